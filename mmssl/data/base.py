@@ -1,0 +1,121 @@
+"""In-memory datasets of raw tensors and a seeded, resumable batch iterator.
+
+Every built-in dataset is small enough to hold as tensors (images as uint8), so batches are made by
+indexing — no per-sample Python or PIL work in the training hot path. Batch order depends only on
+``(seed, epoch)``, so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from mmssl.errors import DataError
+from mmssl.types import Batch
+
+
+class ArrayDataset:
+    """Tensors keyed by modality, all with the same first dimension, plus optional integer labels.
+
+    Images are stored as (N, C, H, W) uint8 or float; ``batch(idx)`` returns floats in [0, 1].
+    """
+
+    def __init__(self, data: Mapping[str, torch.Tensor], labels: torch.Tensor | None = None,
+                 classes: list[str] | None = None, name: str = "dataset", extra: Mapping | None = None):
+        if not data:
+            raise DataError(f"{name}: no modalities given")
+        sizes = {k: len(v) for k, v in data.items()}
+        if labels is not None:
+            sizes["labels"] = len(labels)
+        if len(set(sizes.values())) != 1:
+            raise DataError(f"{name}: modalities have different lengths {sizes}; every item needs all of them")
+        if next(iter(sizes.values())) == 0:
+            raise DataError(f"{name} is empty: no items to train or evaluate on; check the data path or filters")
+        self.data = dict(data)
+        self.labels = labels
+        self.classes = classes
+        self.name = name
+        self.extra = dict(extra or {})
+
+    def __len__(self) -> int:
+        return len(next(iter(self.data.values())))
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.data)
+
+    def batch(self, idx: torch.Tensor) -> Batch:
+        data = {k: _as_float(v[idx]) for k, v in self.data.items()}
+        labels = None if self.labels is None else self.labels[idx]
+        return Batch(data, labels)
+
+    def subset(self, idx: torch.Tensor, name: str | None = None) -> ArrayDataset:
+        return ArrayDataset({k: v[idx] for k, v in self.data.items()},
+                            None if self.labels is None else self.labels[idx], self.classes, name or self.name,
+                            self.extra)
+
+    def all(self) -> Batch:
+        return self.batch(torch.arange(len(self)))
+
+
+def _as_float(t: torch.Tensor) -> torch.Tensor:
+    return t.float().div_(255) if t.dtype == torch.uint8 else t
+
+
+@dataclass
+class DatasetSplits:
+    """``train`` for self-supervised training and probe fitting, ``test`` for reporting."""
+
+    train: ArrayDataset
+    test: ArrayDataset
+    meta: dict = field(default_factory=dict)
+
+
+def split_indices(n: int, test_fraction: float, seed: int, labels: torch.Tensor | None = None):
+    """Seeded train/test index split, stratified by label when labels are given."""
+    if not 0 < test_fraction < 1:
+        raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    g = torch.Generator().manual_seed(seed)
+    if labels is None:
+        perm = torch.randperm(n, generator=g)
+        k = int(round(n * test_fraction))
+        return perm[k:], perm[:k]
+    train, test = [], []
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = int(round(len(idx) * test_fraction))
+        test.append(idx[:k])
+        train.append(idx[k:])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+class BatchIterator:
+    """Endless shuffled batches: epoch e uses permutation ``randperm(N, seed + e)``; drops the last partial batch.
+
+    ``batches_from(step)`` starts at any global step, which is how a resumed run continues exactly.
+    """
+
+    def __init__(self, dataset: ArrayDataset, batch_size: int, seed: int = 0):
+        if batch_size < 1:
+            raise DataError(f"batch_size must be ≥ 1, got {batch_size}")
+        self.dataset = dataset
+        self.batch_size = min(batch_size, len(dataset))
+        self.seed = seed
+        self.per_epoch = max(1, len(dataset) // self.batch_size)
+
+    def batches_from(self, step: int = 0) -> Iterator[Batch]:
+        epoch, i = divmod(step, self.per_epoch)
+        while True:
+            perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+            for j in range(i, self.per_epoch):
+                yield self.dataset.batch(perm[j * self.batch_size:(j + 1) * self.batch_size])
+            epoch, i = epoch + 1, 0
+
+
+def iterate(dataset: ArrayDataset, batch_size: int) -> Iterator[Batch]:
+    """Every item once, in order (evaluation)."""
+    for start in range(0, len(dataset), batch_size):
+        yield dataset.batch(torch.arange(start, min(start + batch_size, len(dataset))))

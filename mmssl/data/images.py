@@ -1,0 +1,158 @@
+"""Image datasets: scikit-learn digits (the default), Fashion-MNIST IDX files, torchvision sets, image folders.
+
+Each builder returns ``DatasetSplits`` of uint8 (N, C, H, W) images and integer labels, with splits
+fixed by ``seed``.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmssl.data.base import ArrayDataset, DatasetSplits, split_indices
+from mmssl.errors import DataError
+from mmssl.registry import DATASETS
+from mmssl.types import IMAGE
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def _splits(images: torch.Tensor, labels: torch.Tensor, classes: list[str], name: str, test_fraction: float,
+            seed: int, limit: int | None = None) -> DatasetSplits:
+    if len(images) == 0:
+        raise DataError(f"{name} is empty: no images found; check the path")
+    if images.ndim != 4:
+        raise DataError(f"{name}: images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    full = ArrayDataset({IMAGE: images}, labels, classes, name)
+    if limit:
+        full = full.subset(torch.arange(min(limit, len(full))))
+    train, test = split_indices(len(full), test_fraction, seed, full.labels)
+    return DatasetSplits(full.subset(train, f"{name}/train"), full.subset(test, f"{name}/test"))
+
+
+@DATASETS.register("digits", modalities=(IMAGE,))
+def digits(seed: int = 0, test_fraction: float = 0.3, size: int = 8) -> DatasetSplits:
+    """scikit-learn's 1797 real handwritten digits, 8×8 grayscale (optionally upsampled to ``size``)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.from_numpy(np.round(d.images * (255 / 16))).to(torch.uint8).unsqueeze(1)
+    if size != 8:
+        images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
+                                                 align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    return _splits(images, torch.from_numpy(d.target).long(), DIGIT_NAMES, "digits", test_fraction, seed)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped), the format of MNIST and Fashion-MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read IDX file {path}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic); is it corrupt?")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: header says {dims}, found {data.size} values")
+    return data.reshape(dims)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (root / name).exists():
+            return root / name
+    raise DataError(f"{stem}[.gz] not found in {root}; install it with `apt-get install dataset-fashion-mnist` "
+                    "or pass data.root=<dir with the IDX files>")
+
+
+@DATASETS.register("fashion_mnist", modalities=(IMAGE,))
+def fashion_mnist(seed: int = 0, root: str = FASHION_MNIST_DIR, limit: int | None = None,
+                  test_fraction: float = 0.3, use_official_split: bool = True) -> DatasetSplits:
+    """Fashion-MNIST (70k real 28×28 clothing images) from IDX files, e.g. Debian's dataset-fashion-mnist.
+
+    ``limit`` keeps the first N training and N/6 test images (small, fast runs).
+    """
+    r = Path(root)
+    if not r.is_dir():
+        raise DataError(f"Fashion-MNIST directory {root} does not exist; `apt-get install dataset-fashion-mnist` "
+                        "or pass data.root=<dir>")
+    load = lambda stem: torch.from_numpy(read_idx(_find(r, stem)).copy())  # noqa: E731
+    x_tr, y_tr = load("train-images-idx3-ubyte").unsqueeze(1), load("train-labels-idx1-ubyte").long()
+    x_te, y_te = load("t10k-images-idx3-ubyte").unsqueeze(1), load("t10k-labels-idx1-ubyte").long()
+    if not use_official_split:
+        return _splits(torch.cat([x_tr, x_te]), torch.cat([y_tr, y_te]), FASHION_CLASSES, "fashion_mnist",
+                       test_fraction, seed, limit)
+    if limit:
+        g = torch.Generator().manual_seed(seed)
+        tr, te = torch.randperm(len(x_tr), generator=g)[:limit], torch.randperm(len(x_te), generator=g)[:max(1, limit // 6)]
+        x_tr, y_tr, x_te, y_te = x_tr[tr], y_tr[tr], x_te[te], y_te[te]
+    return DatasetSplits(ArrayDataset({IMAGE: x_tr}, y_tr, FASHION_CLASSES, "fashion_mnist/train"),
+                         ArrayDataset({IMAGE: x_te}, y_te, FASHION_CLASSES, "fashion_mnist/test"))
+
+
+def _stack_pil(items, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.transforms.v2 import functional as TF
+
+    images, labels = [], []
+    for img, label in items:
+        t = TF.pil_to_tensor(img.convert("RGB")) if not torch.is_tensor(img) else img
+        if size:
+            t = TF.resize(t, [size, size], antialias=True)
+        images.append(t)
+        labels.append(int(label))
+    return torch.stack(images), torch.tensor(labels)
+
+
+@DATASETS.register("torchvision", modalities=(IMAGE,))
+def torchvision_dataset(seed: int = 0, name: str = "CIFAR10", root: str = "data", download: bool = False,
+                        size: int | None = None, limit: int | None = None) -> DatasetSplits:
+    """A torchvision classification dataset (CIFAR10, CIFAR100, STL10, …) from a local copy (``download`` opt-in)."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, name, None)
+    if cls is None:
+        raise DataError(f"torchvision has no dataset {name!r}; e.g. CIFAR10, CIFAR100, STL10, SVHN")
+    splits = {}
+    for split, train in (("train", True), ("test", False)):
+        kwargs = {"split": split} if name in ("STL10", "SVHN") else {"train": train}
+        try:
+            ds = cls(root, download=download, **kwargs)
+        except RuntimeError as exc:
+            raise DataError(f"{name} not found under {root!r} ({exc}); put a copy there or set data.download=true") from None
+        n = min(limit, len(ds)) if limit else len(ds)
+        images, labels = _stack_pil((ds[i] for i in range(n)), size)
+        splits[split] = ArrayDataset({IMAGE: images}, labels, list(getattr(ds, "classes", [])) or None, f"{name}/{split}")
+    return DatasetSplits(splits["train"], splits["test"])
+
+
+@DATASETS.register("image_folder", modalities=(IMAGE,))
+def image_folder(root: str, seed: int = 0, size: int = 32, test_fraction: float = 0.2,
+                 limit: int | None = None) -> DatasetSplits:
+    """Your own images: one sub-folder per class (torchvision ImageFolder layout), resized to ``size``×``size``."""
+    from PIL import UnidentifiedImageError
+    from torchvision.datasets import ImageFolder
+
+    try:
+        ds = ImageFolder(root)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"image folder {root!r}: {exc}".splitlines()[0]) from None
+    n = min(limit, len(ds)) if limit else len(ds)
+
+    def items():
+        for i in range(n):
+            try:
+                yield ds[i]
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"corrupt image {ds.samples[i][0]}: {exc}; remove or replace the file") from None
+
+    images, labels = _stack_pil(items(), size)
+    return _splits(images, labels, ds.classes, f"image_folder:{root}", test_fraction, seed)

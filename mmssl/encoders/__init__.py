@@ -1,0 +1,7 @@
+"""Encoders for every modality, registered in ``mmssl.registry.ENCODERS``."""
+
+from mmssl.encoders import vision  # noqa: F401  (registers)
+from mmssl.encoders.base import Encoder
+from mmssl.encoders.heads import mlp
+
+__all__ = ["Encoder", "mlp"]

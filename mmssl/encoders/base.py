@@ -1,0 +1,37 @@
+"""The Encoder contract: an ``nn.Module`` with ``modality`` and ``dim`` returning ``EncoderOutput``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmssl.errors import ShapeError
+from mmssl.types import EncoderOutput
+
+
+class Encoder(nn.Module):
+    """Base class: subclasses set ``modality`` and ``dim`` and implement ``encode``.
+
+    ``forward(x) -> EncoderOutput(pooled=(B, dim), tokens=(B, N, dim) or None)``.
+    """
+
+    modality: str = ""
+    dim: int = 0
+
+    def forward(self, x: torch.Tensor) -> EncoderOutput:
+        self.check_input(x)
+        return self.encode(x)
+
+    def encode(self, x: torch.Tensor) -> EncoderOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a one-line ``ShapeError`` when ``x`` cannot be read; subclasses refine."""
+
+    def expect(self, x: torch.Tensor, ndim: int, what: str, channels: int | None = None) -> None:
+        """Shared shape check: ``ndim`` dimensions and, optionally, ``channels`` at dim 1."""
+        if x.ndim != ndim or (channels is not None and x.shape[1] != channels):
+            raise ShapeError(
+                f"{type(self).__name__} expects {what}, got a tensor of shape {tuple(x.shape)}; "
+                "check the data's shape or the encoder's in_channels"
+            )

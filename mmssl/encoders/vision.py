@@ -1,0 +1,189 @@
+"""Vision encoders: a small conv net, torchvision ResNet-18 and open_clip vision towers.
+
+All take images as (B, C, H, W) floats in [0, 1] and normalise them internally (``mean``/``std``),
+so augmentations and datasets never need to know which encoder follows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torchvision
+from einops import rearrange
+from torch import nn
+
+from mmssl.encoders.base import Encoder
+from mmssl.errors import ConfigError
+from mmssl.registry import ENCODERS
+from mmssl.types import IMAGE, EncoderOutput
+
+
+class _ImageEncoder(Encoder):
+    modality = IMAGE
+
+    def _set_norm(self, in_channels: int, mean: Sequence[float] | float, std: Sequence[float] | float) -> None:
+        self.in_channels = in_channels
+        as_t = lambda v: torch.as_tensor(v, dtype=torch.float32).expand(in_channels).reshape(1, -1, 1, 1)  # noqa: E731
+        self.register_buffer("mean", as_t(mean).clone(), persistent=False)
+        self.register_buffer("std", as_t(std).clone(), persistent=False)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        self.expect(x, 4, f"images (B, {self.in_channels}, H, W)", channels=self.in_channels)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+@ENCODERS.register("convnet", modalities=(IMAGE,))
+class ConvNet(_ImageEncoder):
+    """Small VGG-style conv net for 8×8–64×64 images: three stages (width, 2·width, 4·width), global pool.
+
+    Stage 1 keeps the resolution; stages 2 and 3 halve it, and further stride-2 stages are added for
+    inputs above 32×32 (``extra_stages``). tokens: the last feature map, (B, H'·W', dim).
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 32, extra_stages: int = 0,
+                 mean: float | list[float] = 0.5, std: float | list[float] = 0.25):
+        super().__init__()
+        self._set_norm(in_channels, mean, std)
+        widths = [width, 2 * width, 4 * width] + [4 * width] * extra_stages
+        strides = [1, 2, 2] + [2] * extra_stages
+        blocks, cin = [], in_channels
+        for w, s in zip(widths, strides):
+            blocks.append(_conv_block(cin, w, s))
+            cin = w
+        self.features = nn.Sequential(*blocks)
+        self.dim = cin
+
+    def encode(self, x: torch.Tensor) -> EncoderOutput:
+        fmap = self.features(self.normalise(x))
+        tokens = rearrange(fmap, "b c h w -> b (h w) c")
+        return EncoderOutput(pooled=tokens.mean(dim=1), tokens=tokens)
+
+
+@ENCODERS.register("resnet18", modalities=(IMAGE,))
+class ResNet18(_ImageEncoder):
+    """torchvision ResNet-18 without its classifier; ``cifar_stem`` swaps in a 3×3 stride-1 stem, no max-pool.
+
+    tokens: layer4's feature map, (B, H'·W', 512).
+    """
+
+    def __init__(self, in_channels: int = 3, cifar_stem: bool = True, weights: str | None = None,
+                 mean: float | list[float] = (0.4914, 0.4822, 0.4465),
+                 std: float | list[float] = (0.247, 0.243, 0.261)):
+        super().__init__()
+        if in_channels != 3 and isinstance(mean, Sequence):
+            mean, std = 0.5, 0.25
+        self._set_norm(in_channels, mean, std)
+        net = torchvision.models.resnet18(weights=None)
+        if weights:
+            net.load_state_dict(_load_local_weights(weights), strict=False)
+        if cifar_stem:
+            net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+            net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        net.fc = nn.Identity()
+        self.net = net
+        self.dim = 512
+
+    def encode(self, x: torch.Tensor) -> EncoderOutput:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(self.normalise(x)))))
+        fmap = n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        tokens = rearrange(fmap, "b c h w -> b (h w) c")
+        return EncoderOutput(pooled=tokens.mean(dim=1), tokens=tokens)
+
+
+@ENCODERS.register("open_clip_vision", modalities=(IMAGE,))
+class OpenCLIPVision(_ImageEncoder):
+    """An open_clip vision tower by architecture name (``arch="ViT-B-32"``) or a small custom config.
+
+    ``config`` (used when ``arch`` is None) is an open_clip ``CLIPVisionCfg`` dict, e.g.
+    ``{image_size: 32, patch_size: 4, width: 128, layers: 4, heads: 4}``; ``embed_dim`` is the pooled
+    size. Weights come only from a local file (``weights``), never from a hub. tokens: patch tokens
+    mapped through the tower's output projection, (B, N, dim).
+    """
+
+    def __init__(self, arch: str | None = None, config: dict | None = None, embed_dim: int = 128,
+                 in_channels: int = 3, weights: str | None = None,
+                 mean: float | list[float] = (0.48145466, 0.4578275, 0.40821073),
+                 std: float | list[float] = (0.26862954, 0.26130258, 0.27577711)):
+        super().__init__()
+        import open_clip
+        from open_clip.model import CLIPVisionCfg, _build_vision_tower
+
+        if in_channels not in (1, 3):
+            raise ConfigError(f"open_clip_vision reads 1- or 3-channel images, got in_channels={in_channels}")
+        self._set_norm(in_channels, mean, std)
+        if arch is not None:
+            if arch not in open_clip.list_models():
+                from mmssl.registry import _suggest
+
+                raise ConfigError(f"unknown open_clip architecture {arch!r}; {_suggest(arch, open_clip.list_models())}")
+            model_cfg = open_clip.get_model_config(arch)
+            embed_dim, vision_cfg = model_cfg["embed_dim"], model_cfg["vision_cfg"]
+        else:
+            vision_cfg = dict(image_size=32, patch_size=4, width=128, layers=4, head_width=32) | dict(config or {})
+        try:
+            self.visual = _build_vision_tower(embed_dim, CLIPVisionCfg(**vision_cfg))
+        except TypeError as exc:
+            raise ConfigError(f"bad open_clip vision config {vision_cfg}: {exc}") from None
+        if weights:
+            state = _load_local_weights(weights)
+            state = {k.removeprefix("visual."): v for k, v in state.items() if not k.startswith("transformer.")}
+            self.visual.load_state_dict(state, strict=False)
+        if hasattr(self.visual, "output_tokens"):
+            self.visual.output_tokens = True
+        self.dim = embed_dim
+        self.image_size = self.visual.image_size if hasattr(self.visual, "image_size") else None
+
+    def encode(self, x: torch.Tensor) -> EncoderOutput:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+            mean, std = self.mean.expand(-1, 3, -1, -1), self.std.expand(-1, 3, -1, -1)
+        else:
+            mean, std = self.mean, self.std
+        size = self.image_size
+        if size is not None:
+            size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+            if tuple(x.shape[-2:]) != size:
+                x = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        out = self.visual((x - mean) / std)
+        if isinstance(out, tuple):
+            pooled, tokens = out
+            proj = getattr(self.visual, "proj", None)
+            if proj is not None and tokens.shape[-1] != pooled.shape[-1]:
+                tokens = tokens @ proj
+            return EncoderOutput(pooled=pooled, tokens=tokens)
+        return EncoderOutput(pooled=out, tokens=None)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        self.expect(x, 4, "images (B, 1 or 3, H, W)")
+
+
+def _load_local_weights(path: str) -> dict:
+    """A state dict from a local ``.safetensors`` or torch file, loaded without running pickled code."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"weights file {path!r} does not exist; pass a local path (hub downloads are not used)")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state

@@ -1,0 +1,29 @@
+"""Cross-rank gathering for objectives with in-batch negatives or batch statistics.
+
+``gather(x)`` concatenates ``x`` from every rank along dim 0 *with gradients* (through
+``torch.distributed.nn``), so a loss over the gathered batch at world size W has the same value and
+gradients as the loss at world size 1 on the same global batch. Without an initialised process group
+it returns ``x`` unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """(B, ...) on each rank → (W·B, ...) in rank order, differentiable."""
+    if world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)

@@ -1,0 +1,185 @@
+"""Name → class registries for every pluggable part of mmssl.
+
+``@OBJECTIVES.register("simclr")`` on a class makes ``OBJECTIVES.build("simclr", temperature=0.2)``
+work. ``build`` checks keyword names and simple types against the constructor's signature, so a typo
+in a config fails before any work starts, naming the bad key and listing the accepted ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from mmssl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    obj: Callable
+    modalities: tuple[str, ...]
+    sequence: bool
+
+    @property
+    def doc(self) -> str:
+        """First line of the docstring."""
+        text = inspect.getdoc(self.obj) or ""
+        return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _suggest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    return f"{hint}available: {', '.join(sorted(options))}"
+
+
+_SIMPLE_TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+
+
+def _type_ok(value, annotation) -> bool:
+    """True when ``value`` plausibly fits ``annotation``; unknown annotations are accepted."""
+    if annotation is inspect.Parameter.empty or annotation is typing.Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation in _SIMPLE_TYPES:
+        if annotation is not bool and isinstance(value, bool):
+            return False
+        return isinstance(value, _SIMPLE_TYPES[annotation])
+    if origin in (list, tuple, typing.Sequence) or annotation in (list, tuple):
+        from collections.abc import Sequence
+
+        return isinstance(value, Sequence) and not isinstance(value, str)
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    return True
+
+
+class Registry:
+    """A named collection of buildable classes (or factory functions)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, modalities: tuple[str, ...] | None = None, sequence: bool = False):
+        """Class decorator: ``@REG.register("name", modalities=("image",))``."""
+
+        def decorator(obj):
+            if name in self._entries:
+                raise ConfigError(f"{self.kind} {name!r} is registered twice")
+            mods = modalities if modalities is not None else tuple(getattr(obj, "modalities", ()))
+            self._entries[name] = Entry(name, obj, tuple(mods), sequence or bool(getattr(obj, "sequence", False)))
+            if inspect.isclass(obj):
+                obj.registry_name = name
+            return obj
+
+        return decorator
+
+    def __contains__(self, name: str) -> bool:
+        _import_builtins()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry]:
+        _import_builtins()
+        return iter(sorted(self._entries.values(), key=lambda e: e.name))
+
+    def names(self) -> list[str]:
+        return [e.name for e in self]
+
+    def get(self, name: str) -> Entry:
+        _import_builtins()
+        if name not in self._entries:
+            raise ConfigError(f"unknown {self.kind} {name!r}; {_suggest(str(name), list(self._entries))}")
+        return self._entries[name]
+
+    def build(self, name: str, *args, **kwargs):
+        """Instantiate ``name`` after checking ``kwargs`` against its signature."""
+        entry = self.get(name)
+        self.check_kwargs(name, kwargs, positional=len(args))
+        return entry.obj(*args, **kwargs)
+
+    def check_kwargs(self, name: str, kwargs: dict, positional: int = 0) -> None:
+        entry = self.get(name)
+        target = entry.obj.__init__ if inspect.isclass(entry.obj) else entry.obj
+        sig = inspect.signature(target)
+        params = [p for p in sig.parameters.values() if p.name != "self"]
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return
+        hints = _hints(target)
+        accepted = [p.name for p in params[positional:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        for key, value in kwargs.items():
+            if key not in accepted:
+                close = difflib.get_close_matches(key, accepted, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(
+                    f"{self.kind} {name!r} has no option {key!r}{hint}; accepted: {', '.join(accepted) or 'none'}"
+                )
+            annotation = hints.get(key, inspect.Parameter.empty)
+            if not _type_ok(value, annotation):
+                raise ConfigError(
+                    f"{self.kind} {name!r} option {key!r} must be {_type_name(annotation)}, got {value!r}"
+                )
+        missing = [
+            p.name
+            for p in params[positional:]
+            if p.default is p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in kwargs
+        ]
+        if missing:
+            raise ConfigError(f"{self.kind} {name!r} needs option(s) {', '.join(missing)}")
+
+
+def _hints(fn) -> dict:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # unresolved forward references: skip type checks rather than fail
+        return {}
+
+
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+ENCODERS = Registry("encoder")
+OBJECTIVES = Registry("objective")
+AUGMENTATIONS = Registry("augmentation")
+DATASETS = Registry("dataset")
+INTRINSIC_REWARDS = Registry("intrinsic reward")
+
+REGISTRIES = {
+    "encoders": ENCODERS,
+    "objectives": OBJECTIVES,
+    "augmentations": AUGMENTATIONS,
+    "datasets": DATASETS,
+    "intrinsic_rewards": INTRINSIC_REWARDS,
+}
+
+_BUILTIN_MODULES = (
+    "mmssl.encoders",
+    "mmssl.augment",
+    "mmssl.objectives",
+    "mmssl.data",
+    "mmssl.rl.intrinsic",
+)
+_imported = False
+
+
+def _import_builtins() -> None:
+    """Import the modules that register built-in entries (once, lazily, so importing mmssl is cheap)."""
+    global _imported
+    if _imported:
+        return
+    _imported = True
+    import importlib
+    import importlib.util
+
+    for module in _BUILTIN_MODULES:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
