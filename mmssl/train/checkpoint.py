@@ -1,0 +1,128 @@
+"""Atomic, verifiable checkpoints and exact RNG capture.
+
+A checkpoint is one torch file written to a temporary name, fsynced and renamed, so a kill at any
+moment leaves either the previous file or the new one — never a partial one. A SHA-256 of the bytes is
+stored beside it (``<file>.sha256``, written after the rename); loading verifies it, and ``latest``
+falls back to the previous valid checkpoint with a warning. Loading always uses ``weights_only=True``:
+RNG states and configs are stored as tensors and plain containers so that nothing needs pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmssl.errors import MMSSLError
+
+
+class CheckpointError(MMSSLError):
+    """A checkpoint that is missing, truncated, tampered with or from another architecture."""
+
+
+def capture_rng() -> dict:
+    """torch, numpy and Python RNG states as weights_only-loadable values."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+def save(state: dict, path: str | Path) -> Path:
+    """Write ``state`` atomically to ``path`` (temp file, fsync, rename) plus its SHA-256 sidecar."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}; earlier checkpoints are intact") from None
+    digest_tmp = path.with_name(f".{path.name}.sha256.tmp")
+    digest_tmp.write_text(hashlib.sha256(data).hexdigest() + "\n")
+    os.replace(digest_tmp, path.with_name(path.name + ".sha256"))
+    return path
+
+
+def load(path: str | Path, verify: bool = True) -> dict:
+    """Load a checkpoint with ``weights_only=True`` after checking its SHA-256 (when the sidecar exists)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    data = path.read_bytes()
+    digest_file = path.with_name(path.name + ".sha256")
+    if verify and digest_file.exists() and hashlib.sha256(data).hexdigest() != digest_file.read_text().strip():
+        raise CheckpointError(f"checkpoint {path} fails its checksum (truncated or modified); use an earlier one")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types; all mean "unusable"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({first[:200]})") from None
+
+
+_STEP = re.compile(r"step_(\d+)\.pt$")
+
+
+def checkpoints(directory: str | Path) -> list[Path]:
+    """``step_*.pt`` files in ``directory``, oldest first."""
+    d = Path(directory)
+    found = [(int(m.group(1)), p) for p in d.glob("step_*.pt") if (m := _STEP.search(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest(directory: str | Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads and verifies, falling back (with a warning) past broken ones."""
+    for path in reversed(checkpoints(directory)):
+        try:
+            return path, load(path)
+        except CheckpointError as exc:
+            warnings.warn(f"{exc}; falling back to the previous checkpoint", stacklevel=2)
+    return None
+
+
+def prune(directory: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints (and their checksums)."""
+    for path in checkpoints(directory)[:-keep] if keep > 0 else []:
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+
+
+def load_matching(module: torch.nn.Module, state: dict, what: str = "model") -> None:
+    """``load_state_dict`` that fails with one line listing missing/unexpected/mismatched keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", mismatched)):
+            if keys:
+                parts.append(f"{label} {keys[:5]}{' …' if len(keys) > 5 else ''}")
+        raise CheckpointError(f"{what} checkpoint does not fit this architecture: {'; '.join(parts)}")
+    module.load_state_dict(state)
