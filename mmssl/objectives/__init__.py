@@ -1,6 +1,6 @@
 """The objective library, registered in ``mmssl.registry.OBJECTIVES``."""
 
-from mmssl.objectives import contrastive, noncontrastive  # noqa: F401  (registers)
+from mmssl.objectives import contrastive, crossmodal, generative, noncontrastive, predictive, temporal  # noqa: F401
 from mmssl.objectives.base import Objective
 
 __all__ = ["Objective"]

@@ -1,0 +1,1 @@
+"""Gymnasium environments and wrappers registered under ``mmssl/...`` ids."""

@@ -1,0 +1,1 @@
+"""Evaluation: probes, diagnostics, retrieval and zero-shot, plots."""

@@ -1,0 +1,1 @@
+"""Reinforcement learning: PPO agents with registry encoders, auxiliary objectives and intrinsic rewards."""

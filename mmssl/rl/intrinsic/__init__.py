@@ -1,0 +1,1 @@
+"""Intrinsic rewards, registered in ``mmssl.registry.INTRINSIC_REWARDS`` (watch → compute → update)."""
