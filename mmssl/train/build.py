@@ -1,0 +1,86 @@
+"""Build encoders, objectives and data from a composed config (the only place config meets registries)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from mmssl.config import registry_kwargs
+from mmssl.data.base import DatasetSplits
+from mmssl.errors import ConfigError
+from mmssl.registry import DATASETS, ENCODERS, OBJECTIVES
+from mmssl.types import MODALITIES, Batch, ObjectiveOutput
+
+#: keys of a data config that are not dataset-builder options
+DATA_LOADER_KEYS = ("name", "batch_size", "augment")
+#: keys of an objective config that the trainer, not the objective, reads
+OBJECTIVE_RUN_KEYS = ("name", "weight")
+
+
+def build_encoders(spec: Mapping) -> nn.ModuleDict:
+    """``{modality: {name, **options}}`` → ``ModuleDict`` of encoders keyed by modality."""
+    encoders = {}
+    for modality, node in spec.items():
+        if modality not in MODALITIES:
+            raise ConfigError(f"encoder key {modality!r} is not a modality; use one of {list(MODALITIES)}")
+        if "name" not in node:
+            raise ConfigError(f"encoder.{modality} needs a 'name' (one of the registered encoders; `mmssl list encoders`)")
+        encoder = ENCODERS.build(node["name"], **registry_kwargs(node))
+        if encoder.modality != modality and not (modality == "obs"):
+            raise ConfigError(f"encoder {node['name']!r} reads {encoder.modality!r}, not {modality!r}; "
+                              f"put it under encoder.{encoder.modality}")
+        encoders[modality] = encoder
+    if not encoders:
+        raise ConfigError("no encoder configured; pick one with encoder=<name> (`mmssl list encoders`)")
+    return nn.ModuleDict(encoders)
+
+
+class SSLModel(nn.Module):
+    """Encoders (by modality) plus weighted objectives (by slot name); ``forward`` sums the weighted losses."""
+
+    def __init__(self, encoders: nn.ModuleDict, objectives: Mapping[str, nn.Module], weights: Mapping[str, float]):
+        super().__init__()
+        self.encoders = encoders
+        self.objectives = nn.ModuleDict(dict(objectives))
+        self.weights = dict(weights)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, ObjectiveOutput]]:
+        outputs = {slot: objective(batch, self.encoders) for slot, objective in self.objectives.items()}
+        total = sum(self.weights[slot] * out.loss for slot, out in outputs.items())
+        return total, outputs
+
+    def after_step(self, progress: float) -> None:
+        for objective in self.objectives.values():
+            objective.after_step(self.encoders, progress)
+
+
+def build_model(cfg: DictConfig) -> SSLModel:
+    encoders = build_encoders(cfg.encoder)
+    objectives, weights = {}, {}
+    if not cfg.objective:
+        raise ConfigError("no objective configured; pick one with objective=<name> (`mmssl list objectives`)")
+    for slot, node in cfg.objective.items():
+        if not isinstance(node, Mapping) or "name" not in node:
+            raise ConfigError(f"objective.{slot} needs a 'name' (`mmssl list objectives`)")
+        objectives[slot] = OBJECTIVES.build(node["name"], encoders, **registry_kwargs(node, OBJECTIVE_RUN_KEYS))
+        weights[slot] = float(node.get("weight", 1.0))
+    return SSLModel(encoders, objectives, weights)
+
+
+def build_data(cfg: DictConfig) -> DatasetSplits:
+    node = cfg.data
+    if "name" not in node:
+        raise ConfigError("data needs a 'name' (`mmssl list datasets`)")
+    kwargs = registry_kwargs(node, DATA_LOADER_KEYS)
+    if "seed" in _params(node["name"]):
+        kwargs.setdefault("seed", int(cfg.seed))
+    return DATASETS.build(node["name"], **kwargs)
+
+
+def _params(name: str) -> list[str]:
+    import inspect
+
+    return list(inspect.signature(DATASETS.get(name).obj).parameters)

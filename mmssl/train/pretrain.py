@@ -1,0 +1,54 @@
+"""`mmssl pretrain`: compose the config, train, evaluate, write the run folder, print the probe table."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from mmssl.config import compose, to_container
+from mmssl.logging import RunLogger, console
+
+
+def default_run_dir(cfg: DictConfig) -> Path:
+    objectives = "+".join(node.name for node in cfg.objective.values()) if cfg.objective else "none"
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{objectives}-{cfg.data.name}"
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train and evaluate ``cfg``; returns the summary (also written to ``summary.json``)."""
+    from mmssl.eval.report import evaluate, probe_table
+    from mmssl.train.trainer import Trainer
+
+    if cfg.run_dir is None:
+        OmegaConf.update(cfg, "run_dir", str(default_run_dir(cfg)))
+    run_dir = Path(cfg.run_dir)
+    started = time.perf_counter()
+    trainer = Trainer(cfg, run_dir)  # builds (and validates) everything before the run folder is touched
+    lcfg = cfg.logger
+    logger = RunLogger(run_dir, to_container(cfg), mode=lcfg.mode, project=lcfg.project, name=lcfg.name,
+                       group=lcfg.group, tags=list(lcfg.tags), resume=bool(cfg.resume))
+    try:
+        trainer.fit(logger)
+        train_seconds = time.perf_counter() - started
+        results = evaluate(trainer.model, trainer.data, cfg, baselines=bool(cfg.eval.baselines), run_dir=run_dir)
+        summary = {f"eval/{k}": v for k, v in results.items()} | {
+            "train/steps": trainer.step, "train/skipped_steps": trainer.skipped_steps,
+            "time/train_seconds": round(train_seconds, 2),
+            "time/total_seconds": round(time.perf_counter() - started, 2)}
+        logger.log({k: v for k, v in summary.items() if k.startswith("eval/")}, trainer.step)
+        logger.summary(summary)
+        for png in sorted((run_dir / "plots").glob("*.png")):
+            logger.log_file(png, f"plots/{png.stem}")
+    finally:
+        logger.close()
+    table = probe_table(results)
+    (run_dir / "probes.md").write_text(table + "\n")
+    print(table)
+    console(f"run folder: {run_dir}  ({summary['time/total_seconds']:.0f} s)")
+    return summary
+
+
+def main(overrides: list[str]) -> dict:
+    return run(compose("pretrain", overrides))

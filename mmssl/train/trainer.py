@@ -1,0 +1,207 @@
+"""The pretraining loop: seeded, checkpointed atomically, exactly resumable on CPU.
+
+One step: batch (indexed from in-memory tensors) → device → objectives (each makes its own views) →
+weighted sum → backward → non-finite check → grad clip → optimiser and LR schedule → EMA hooks →
+metrics. Every ``checkpoint_every`` steps the model, optimiser, scheduler, RNG states, step and config
+go into one atomic file; ``resume=true`` continues from the newest valid one and reproduces the
+uninterrupted run bit for bit on CPU (batch order is a function of (seed, epoch), augmentation draws
+come from the restored torch RNG, EMA momenta are functions of progress).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from mmssl.config import to_container
+from mmssl.data.base import BatchIterator, DatasetSplits
+from mmssl.errors import ConfigError, MMSSLError
+from mmssl.logging import RunLogger, console
+from mmssl.train import checkpoint
+from mmssl.train.build import SSLModel, build_data, build_model
+
+
+class NonFiniteError(MMSSLError):
+    """A NaN or Inf loss or gradient."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, final_fraction: float):
+    """LR multiplier: linear warmup to 1 over ``warmup_steps``, then cosine to ``final_fraction``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_optimizer(model: torch.nn.Module, tcfg: DictConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD; biases and normalisation parameters (ndim ≤ 1) get no weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": float(tcfg.weight_decay)},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    if tcfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=float(tcfg.lr))
+    if tcfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=float(tcfg.lr), momentum=float(tcfg.momentum), nesterov=True)
+    raise ConfigError(f"trainer.optimizer must be adamw or sgd, got {tcfg.optimizer!r}")
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    if amp not in ("auto", "bf16"):
+        raise ConfigError(f"trainer.amp must be auto, bf16 or off, got {amp!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+class Trainer:
+    """Runs ``cfg`` in ``run_dir``: build, (resume), train, checkpoint, evaluate."""
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, rank: int = 0):
+        self.cfg, self.run_dir, self.rank = cfg, Path(run_dir), rank
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg.threads))
+        self.device = resolve_device(str(cfg.device))
+        torch.manual_seed(int(cfg.seed))
+        self.data: DatasetSplits = build_data(cfg)
+        missing = [m for m in cfg.encoder if m not in self.data.train.modalities]
+        if missing:
+            raise ConfigError(f"encoders for {missing} but dataset {cfg.data.name!r} has {self.data.train.modalities}; "
+                              "pick a dataset with those modalities or drop the encoders")
+        torch.manual_seed(int(cfg.seed))
+        self.model: SSLModel = build_model(cfg).to(self.device)
+        if cfg.trainer.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(self.model, cfg.trainer)
+        total = int(cfg.trainer.steps)
+        if total < 1:
+            raise ConfigError(f"trainer.steps must be ≥ 1, got {total}")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(int(cfg.trainer.warmup_steps), total, float(cfg.trainer.final_lr_fraction)))
+        self.step = 0
+        self.skipped_steps = 0
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "skipped_steps": self.skipped_steps,
+            "rng": checkpoint.capture_rng(),
+            "config": to_container(self.cfg),
+        }
+
+    def save(self) -> Path | None:
+        if self.rank != 0:
+            return None
+        path = checkpoint.save(self.state(), self.ckpt_dir / f"step_{self.step:08d}.pt")
+        checkpoint.prune(self.ckpt_dir, int(self.cfg.trainer.keep_checkpoints))
+        return path
+
+    def try_resume(self) -> bool:
+        found = checkpoint.latest(self.ckpt_dir)
+        if found is None:
+            return False
+        path, state = found
+        checkpoint.load_matching(self.model, state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.skipped_steps = int(state["step"]), int(state.get("skipped_steps", 0))
+        checkpoint.restore_rng(state["rng"])
+        console(f"resumed from {path} at step {self.step}")
+        return True
+
+    # -- training ---------------------------------------------------------------------------------
+    def fit(self, logger: RunLogger) -> None:
+        cfg, tcfg = self.cfg, self.cfg.trainer
+        total = int(tcfg.steps)
+        if cfg.resume:
+            self.try_resume()
+        if self.step >= total:
+            return
+        batches = BatchIterator(self.data.train, int(cfg.data.batch_size), seed=int(cfg.seed)).batches_from(self.step)
+        self.model.train()
+        bar = tqdm(total=total, initial=self.step, disable=not tcfg.progress or self.rank != 0, mininterval=1.0,
+                   desc="pretrain", dynamic_ncols=True)
+        start, start_step = time.perf_counter(), self.step
+        while self.step < total:
+            batch = next(batches).to(self.device, non_blocking=True)
+            if tcfg.channels_last:
+                batch.data = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
+                              for k, v in batch.data.items()}
+            with autocast(self.device, str(tcfg.amp)):
+                loss, outputs = self.model(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self._nonfinite(loss, outputs, "loss"):
+                continue
+            loss.backward()
+            grad_norm = self._clip()
+            if self._nonfinite(grad_norm, outputs, "gradient"):
+                continue
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            self.model.after_step(self.step / total)
+            bar.update(1)
+            if self.step % int(tcfg.log_every) == 0 or self.step == total:
+                metrics = {"train/loss": loss.item(), "train/lr": self.scheduler.get_last_lr()[0],
+                           "train/grad_norm": float(grad_norm),
+                           "train/steps_per_second": (self.step - start_step) / (time.perf_counter() - start)}
+                for slot, out in outputs.items():
+                    metrics[f"train/{slot}/loss"] = out.loss.item()
+                    metrics |= {f"train/{slot}/{k}": v for k, v in out.metrics.items()}
+                bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
+                logger.log(metrics, self.step)
+            if int(tcfg.checkpoint_every) and self.step % int(tcfg.checkpoint_every) == 0:
+                self.save()
+            if int(tcfg.eval_every) and self.step % int(tcfg.eval_every) == 0 and self.step < total:
+                from mmssl.eval.report import evaluate
+
+                logger.log({f"eval/{k}": v for k, v in evaluate(self.model, self.data, cfg, baselines=False).items()},
+                           self.step)
+                self.model.train()
+        bar.close()
+        self.save()
+
+    def _clip(self) -> torch.Tensor:
+        clip = self.cfg.trainer.grad_clip
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if clip is None:
+            return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        return torch.nn.utils.clip_grad_norm_(params, float(clip))
+
+    def _nonfinite(self, value: torch.Tensor, outputs: dict, what: str) -> bool:
+        """True (skip the step) or raise when ``value`` is NaN/Inf; names the step and the offending term."""
+        if torch.isfinite(value).all():
+            return False
+        bad = [slot for slot, out in outputs.items() if not torch.isfinite(out.loss).all()] or ["(all terms finite: gradient)"]
+        message = (f"non-finite {what} at step {self.step + 1} from objective term(s) {bad}; "
+                   f"lower trainer.lr, set trainer.grad_clip, or trainer.nonfinite=skip")
+        if self.cfg.trainer.nonfinite == "skip":
+            self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            console(f"warning: {message} (skipped)")
+            return True
+        raise NonFiniteError(message + f"; the last good checkpoint in {self.ckpt_dir} is intact")
