@@ -24,7 +24,11 @@ class _ImageEncoder(Encoder):
 
     def _set_norm(self, in_channels: int, mean: Sequence[float] | float, std: Sequence[float] | float) -> None:
         self.in_channels = in_channels
-        as_t = lambda v: torch.as_tensor(v, dtype=torch.float32).expand(in_channels).reshape(1, -1, 1, 1)  # noqa: E731
+
+        def as_t(v):  # a 3-channel statistic on a 1-channel input becomes its grey average
+            t = torch.as_tensor(v, dtype=torch.float32).flatten()
+            return (t.mean(0, keepdim=True) if len(t) != in_channels else t).expand(in_channels).reshape(1, -1, 1, 1)
+
         self.register_buffer("mean", as_t(mean).clone(), persistent=False)
         self.register_buffer("std", as_t(std).clone(), persistent=False)
 
@@ -88,8 +92,9 @@ class ResNet18(_ImageEncoder):
             mean, std = 0.5, 0.25
         self._set_norm(in_channels, mean, std)
         net = torchvision.models.resnet18(weights=None)
-        if weights:
-            net.load_state_dict(_load_local_weights(weights), strict=False)
+        if weights:  # torchvision ImageNet layout; the classifier is dropped below
+            state = {k: v for k, v in _load_local_weights(weights).items() if not k.startswith("fc.")}
+            net.load_state_dict(state, strict=False)
         if cifar_stem:
             net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
@@ -127,7 +132,8 @@ class OpenCLIPVision(_ImageEncoder):
 
         if in_channels not in (1, 3):
             raise ConfigError(f"open_clip_vision reads 1- or 3-channel images, got in_channels={in_channels}")
-        self._set_norm(in_channels, mean, std)
+        self._set_norm(3, mean, std)  # grey inputs are repeated to 3 channels before the tower
+        self.in_channels = in_channels
         if arch is not None:
             if arch not in open_clip.list_models():
                 from mmssl.registry import _suggest
@@ -143,8 +149,11 @@ class OpenCLIPVision(_ImageEncoder):
             raise ConfigError(f"bad open_clip vision config {vision_cfg}: {exc}") from None
         if weights:
             state = _load_local_weights(weights)
-            state = {k.removeprefix("visual."): v for k, v in state.items() if not k.startswith("transformer.")}
-            self.visual.load_state_dict(state, strict=False)
+            if any(k.startswith("visual.") for k in state):  # a whole CLIP checkpoint: keep the vision tower
+                state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+            from mmssl.train.checkpoint import load_matching
+
+            load_matching(self.visual, state, what=f"open_clip vision weights {weights}")
         if hasattr(self.visual, "output_tokens"):
             self.visual.output_tokens = True
         self.dim = embed_dim
@@ -153,15 +162,12 @@ class OpenCLIPVision(_ImageEncoder):
     def encode(self, x: torch.Tensor) -> EncoderOutput:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-            mean, std = self.mean.expand(-1, 3, -1, -1), self.std.expand(-1, 3, -1, -1)
-        else:
-            mean, std = self.mean, self.std
         size = self.image_size
         if size is not None:
             size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
             if tuple(x.shape[-2:]) != size:
                 x = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        out = self.visual((x - mean) / std)
+        out = self.visual(self.normalise(x))
         if isinstance(out, tuple):
             pooled, tokens = out
             proj = getattr(self.visual, "proj", None)
@@ -171,7 +177,7 @@ class OpenCLIPVision(_ImageEncoder):
         return EncoderOutput(pooled=out, tokens=None)
 
     def check_input(self, x: torch.Tensor) -> None:
-        self.expect(x, 4, "images (B, 1 or 3, H, W)")
+        self.expect(x, 4, f"images (B, {self.in_channels}, H, W)", channels=self.in_channels)
 
 
 def _load_local_weights(path: str) -> dict:

@@ -1,0 +1,21 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def tiny_overrides(run_dir, *extra):
+    """Overrides for a seconds-long pretraining run on digits."""
+    return [f"run_dir={run_dir}", "logger.mode=disabled", "trainer.steps=6", "trainer.warmup_steps=2",
+            "trainer.log_every=2", "trainer.checkpoint_every=3", "trainer.progress=false", "data.batch_size=32",
+            "encoder.image.width=4", "eval.plot=false", "eval.baselines=false", *extra]

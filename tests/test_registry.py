@@ -1,0 +1,56 @@
+import pytest
+
+from mmssl.errors import ConfigError
+from mmssl.registry import ENCODERS, OBJECTIVES, Registry
+
+
+def test_unknown_name_suggests_closest():
+    with pytest.raises(ConfigError, match=r"unknown objective 'simcl'.*did you mean 'simclr'"):
+        OBJECTIVES.get("simcl")
+
+
+def test_unknown_keyword_names_key_and_accepted():
+    with pytest.raises(ConfigError, match=r"no option 'widht' \(did you mean 'width'\?\); accepted: in_channels, width, extra_stages"):
+        ENCODERS.build("convnet", widht=3)
+
+
+def test_ill_typed_keyword_is_refused():
+    with pytest.raises(ConfigError, match=r"option 'width' must be int, got 'big'"):
+        ENCODERS.build("convnet", width="big")
+    with pytest.raises(ConfigError, match=r"must be int, got True"):
+        ENCODERS.build("convnet", width=True)
+
+
+def test_missing_required_and_double_registration():
+    reg = Registry("thing")
+
+    @reg.register("a", modalities=("image",))
+    class A:
+        """An A."""
+
+        def __init__(self, size: int):
+            self.size = size
+
+    with pytest.raises(ConfigError, match="needs option"):
+        reg.build("a")
+    assert reg.build("a", size=3).size == 3
+    assert reg.get("a").doc == "An A." and reg.get("a").modalities == ("image",)
+    with pytest.raises(ConfigError, match="registered twice"):
+        reg.register("a")(A)
+
+
+def test_list_cli_prints_every_objective(capsys):
+    from mmssl.cli import main
+
+    assert main(["list", "objectives"]) == 0
+    out = capsys.readouterr().out
+    for name in ("simclr", "byol"):
+        assert name in out
+    assert "image" in out and "NT-Xent" in out or "InfoNCE" in out
+
+
+def test_list_unknown_kind(capsys):
+    from mmssl.cli import main
+
+    assert main(["list", "objectivs"]) == 2
+    assert "did you mean 'objectives'" in capsys.readouterr().err
