@@ -6,6 +6,8 @@
   mmssl rl [overrides…]              PPO with registry encoders, auxiliary objectives, intrinsic rewards
   mmssl sweep create|local SPEC …    wandb sweeps, online or without a server
   mmssl report RUNS…                 multi-seed tables (mean, IQM, bootstrap CIs) and plots
+  mmssl finetune RUN [overrides…]    few-label fine-tuning / semi-supervised training of a pretrained encoder
+  mmssl export RUN --out DIR         encoders as safetensors + config, loadable without pickle
 
 Errors a user can fix print one line, ``error: …``, and exit with status 2.
 """
@@ -26,6 +28,8 @@ PASS_THROUGH = {
     "rl": "mmssl.rl.run",
     "sweep": "mmssl.sweep",
     "report": "mmssl.report",
+    "finetune": "mmssl.finetune",
+    "export": "mmssl.export",
 }
 
 
