@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -28,7 +29,42 @@ def config_dir() -> Path:
 
 
 def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Compose ``configs/<name>.yaml`` with Hydra overrides; errors become one-line ``ConfigError``s."""
+    """Compose ``configs/<name>.yaml`` with Hydra overrides; errors become one-line ``ConfigError``s.
+
+    Besides Hydra's own checks (unknown keys, unknown group options, syntax), an override must keep the
+    type of the default it replaces (``trainer.steps=abc`` fails here, not deep inside the trainer).
+    """
+    overrides = list(overrides)
+    cfg = _compose(name, overrides)
+    groups = [o for o in overrides if _is_group_override(o)]
+    base = _compose(name, groups) if len(groups) < len(overrides) else cfg
+    for override in overrides:
+        if override in groups or "=" not in override or override.startswith(("+", "~")):
+            continue
+        key = override.split("=", 1)[0]
+        default = OmegaConf.select(base, key, default=None)
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(default, bool | int | float) and value is not None and not _same_kind(default, value):
+            raise ConfigError(f"bad override {override!r}: {key} must be {type(default).__name__} "
+                              f"(default {default!r}), got {value!r}")
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def _same_kind(default, value) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_group_override(override: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return (config_dir() / key.replace(".", "/")).is_dir()
+
+
+def _compose(name: str, overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -38,28 +74,27 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfi
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         try:
-            cfg = hydra_compose(config_name=name, overrides=list(overrides))
+            return hydra_compose(config_name=name, overrides=overrides)
         except (HydraException, OmegaConfBaseException) as exc:
-            raise ConfigError(_explain(exc, name, overrides)) from None
-    OmegaConf.resolve(cfg)
-    return cfg
+            raise ConfigError(_explain(exc, name)) from None
 
 
-def _explain(exc: Exception, name: str, overrides) -> str:
+def _explain(exc: Exception, name: str) -> str:
     text = " ".join(str(exc).split())
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key and f"'{key}'" in text or key.split(".")[-1] in text:
-            base = compose_keys(name)
-            close = difflib.get_close_matches(key, base, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            if "Could not find" in text or "Could not load" in text:
-                group = key
-                options = _group_options(group)
-                hint = f"; options for {group}: {', '.join(options)}" if options else hint
-                return f"bad override {override!r}: no such config option{hint}"
-            return f"bad override {override!r}: {text.split('full_key:')[0].strip()[:160]}{hint}"
-    return f"config error: {text[:240]}"
+    if m := re.search(r"Could not override '([^']+)'", text):
+        key = m.group(1)
+        close = difflib.get_close_matches(key, compose_keys(name), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        return f"unknown config key {key!r}; {hint}(use +{key}=… to add a new key)"
+    if m := re.search(r"Could not find '([^']+)/([^']+)'", text):
+        group, option = m.groups()
+        options = _group_options(group)
+        close = difflib.get_close_matches(option, options, n=2)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        return f"unknown {group} {option!r}; {hint}options: {', '.join(options)}"
+    if m := re.search(r"Error parsing override '([^']+)'", text):
+        return f"cannot parse override {m.group(1)!r}; write key=value (Hydra override syntax)"
+    return f"config error: {text.split(' See https')[0][:240]}"
 
 
 def compose_keys(name: str) -> list[str]:

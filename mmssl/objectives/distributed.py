@@ -24,6 +24,6 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     """(B, ...) on each rank → (W·B, ...) in rank order, differentiable."""
     if world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed._functional_collectives import all_gather_tensor_autograd, wait_tensor
 
-    return torch.cat(all_gather(x), dim=0)
+    return wait_tensor(all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from mmssl.config import compose, to_container
+from mmssl.errors import ConfigError
 from mmssl.logging import RunLogger, console
 
 
@@ -22,15 +24,19 @@ def run(cfg: DictConfig) -> dict:
     from mmssl.train.trainer import Trainer
 
     if cfg.run_dir is None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("under torchrun every rank must agree on the run folder: pass run_dir=<path>")
         OmegaConf.update(cfg, "run_dir", str(default_run_dir(cfg)))
     run_dir = Path(cfg.run_dir)
     started = time.perf_counter()
     trainer = Trainer(cfg, run_dir)  # builds (and validates) everything before the run folder is touched
     lcfg = cfg.logger
     logger = RunLogger(run_dir, to_container(cfg), mode=lcfg.mode, project=lcfg.project, name=lcfg.name,
-                       group=lcfg.group, tags=list(lcfg.tags), resume=bool(cfg.resume))
+                       group=lcfg.group, tags=list(lcfg.tags), resume=bool(cfg.resume), enabled=trainer.rank == 0)
     try:
         trainer.fit(logger)
+        if trainer.rank != 0:  # only rank 0 evaluates and reports
+            return {"train/steps": trainer.step}
         train_seconds = time.perf_counter() - started
         results = evaluate(trainer.model, trainer.data, cfg, baselines=bool(cfg.eval.baselines), run_dir=run_dir)
         summary = {f"eval/{k}": v for k, v in results.items()} | {

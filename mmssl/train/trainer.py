@@ -23,7 +23,7 @@ from mmssl.config import to_container
 from mmssl.data.base import BatchIterator, DatasetSplits
 from mmssl.errors import ConfigError, MMSSLError
 from mmssl.logging import RunLogger, console
-from mmssl.train import checkpoint
+from mmssl.train import checkpoint, distributed
 from mmssl.train.build import SSLModel, build_data, build_model
 
 
@@ -76,12 +76,13 @@ def autocast(device: torch.device, amp: str):
 class Trainer:
     """Runs ``cfg`` in ``run_dir``: build, (resume), train, checkpoint, evaluate."""
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path, rank: int = 0):
-        self.cfg, self.run_dir, self.rank = cfg, Path(run_dir), rank
+    def __init__(self, cfg: DictConfig, run_dir: str | Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
         self.device = resolve_device(str(cfg.device))
+        self.rank, self.world = distributed.init_from_env(self.device)
         torch.manual_seed(int(cfg.seed))
         self.data: DatasetSplits = build_data(cfg)
         missing = [m for m in cfg.encoder if m not in self.data.train.modalities]
@@ -90,6 +91,9 @@ class Trainer:
                               "pick a dataset with those modalities or drop the encoders")
         torch.manual_seed(int(cfg.seed))
         self.model: SSLModel = build_model(cfg).to(self.device)
+        if self.world > 1:
+            distributed.broadcast_parameters(self.model)
+            torch.manual_seed(int(cfg.seed) + self.rank)  # per-rank augmentation streams
         if cfg.trainer.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model, cfg.trainer)
@@ -110,14 +114,18 @@ class Trainer:
             "step": self.step,
             "skipped_steps": self.skipped_steps,
             "rng": checkpoint.capture_rng(),
+            "rng_per_rank": distributed.gather_objects(checkpoint.capture_rng()) if self.world > 1 else [],
             "config": to_container(self.cfg),
         }
 
     def save(self) -> Path | None:
-        if self.rank != 0:
-            return None
-        path = checkpoint.save(self.state(), self.ckpt_dir / f"step_{self.step:08d}.pt")
-        checkpoint.prune(self.ckpt_dir, int(self.cfg.trainer.keep_checkpoints))
+        state = self.state()  # collective when distributed: every rank contributes its RNG state
+        path = None
+        if self.rank == 0:
+            path = checkpoint.save(state, self.ckpt_dir / f"step_{self.step:08d}.pt")
+            checkpoint.prune(self.ckpt_dir, int(self.cfg.trainer.keep_checkpoints))
+        if self.world > 1:
+            torch.distributed.barrier()
         return path
 
     def try_resume(self) -> bool:
@@ -129,7 +137,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.skipped_steps = int(state["step"]), int(state.get("skipped_steps", 0))
-        checkpoint.restore_rng(state["rng"])
+        per_rank = state.get("rng_per_rank") or []
+        checkpoint.restore_rng(per_rank[self.rank] if len(per_rank) == self.world else state["rng"])
         console(f"resumed from {path} at step {self.step}")
         return True
 
@@ -147,7 +156,7 @@ class Trainer:
                    desc="pretrain", dynamic_ncols=True)
         start, start_step = time.perf_counter(), self.step
         while self.step < total:
-            batch = next(batches).to(self.device, non_blocking=True)
+            batch = distributed.shard(next(batches), self.rank, self.world).to(self.device, non_blocking=True)
             if tcfg.channels_last:
                 batch.data = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
                               for k, v in batch.data.items()}
@@ -157,6 +166,7 @@ class Trainer:
             if self._nonfinite(loss, outputs, "loss"):
                 continue
             loss.backward()
+            distributed.average_gradients([p for p in self.model.parameters() if p.requires_grad])
             grad_norm = self._clip()
             if self._nonfinite(grad_norm, outputs, "gradient"):
                 continue
@@ -176,7 +186,7 @@ class Trainer:
                 logger.log(metrics, self.step)
             if int(tcfg.checkpoint_every) and self.step % int(tcfg.checkpoint_every) == 0:
                 self.save()
-            if int(tcfg.eval_every) and self.step % int(tcfg.eval_every) == 0 and self.step < total:
+            if int(tcfg.eval_every) and self.step % int(tcfg.eval_every) == 0 and self.step < total and self.rank == 0:
                 from mmssl.eval.report import evaluate
 
                 logger.log({f"eval/{k}": v for k, v in evaluate(self.model, self.data, cfg, baselines=False).items()},
