@@ -22,6 +22,18 @@ FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
+def _resize(images: torch.Tensor, size: int | None, channels: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) resized to ``size``×``size`` and/or grey repeated to ``channels``."""
+    if size and tuple(images.shape[-2:]) != (size, size):
+        images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
+                                                 align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    if channels != images.shape[1]:
+        if images.shape[1] != 1:
+            raise DataError(f"cannot turn {images.shape[1]}-channel images into {channels} channels")
+        images = images.expand(-1, channels, -1, -1).contiguous()
+    return images
+
+
 def _splits(images: torch.Tensor, labels: torch.Tensor, classes: list[str], name: str, test_fraction: float,
             seed: int, limit: int | None = None) -> DatasetSplits:
     if len(images) == 0:
@@ -36,15 +48,12 @@ def _splits(images: torch.Tensor, labels: torch.Tensor, classes: list[str], name
 
 
 @DATASETS.register("digits", modalities=(IMAGE,))
-def digits(seed: int = 0, test_fraction: float = 0.3, size: int = 8) -> DatasetSplits:
-    """scikit-learn's 1797 real handwritten digits, 8×8 grayscale (optionally upsampled to ``size``)."""
+def digits(seed: int = 0, test_fraction: float = 0.3, size: int = 8, channels: int = 1) -> DatasetSplits:
+    """scikit-learn's 1797 real handwritten digits, 8×8 grayscale (optionally resized and repeated to RGB)."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    images = torch.from_numpy(np.round(d.images * (255 / 16))).to(torch.uint8).unsqueeze(1)
-    if size != 8:
-        images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
-                                                 align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    images = _resize(torch.from_numpy(np.round(d.images * (255 / 16))).to(torch.uint8).unsqueeze(1), size, channels)
     return _splits(images, torch.from_numpy(d.target).long(), DIGIT_NAMES, "digits", test_fraction, seed)
 
 
@@ -76,7 +85,8 @@ def _find(root: Path, stem: str) -> Path:
 
 @DATASETS.register("fashion_mnist", modalities=(IMAGE,))
 def fashion_mnist(seed: int = 0, root: str = FASHION_MNIST_DIR, limit: int | None = None,
-                  test_fraction: float = 0.3, use_official_split: bool = True) -> DatasetSplits:
+                  test_fraction: float = 0.3, use_official_split: bool = True, size: int | None = None,
+                  channels: int = 1) -> DatasetSplits:
     """Fashion-MNIST (70k real 28×28 clothing images) from IDX files, e.g. Debian's dataset-fashion-mnist.
 
     ``limit`` keeps the first N training and N/6 test images (small, fast runs).
@@ -86,8 +96,8 @@ def fashion_mnist(seed: int = 0, root: str = FASHION_MNIST_DIR, limit: int | Non
         raise DataError(f"Fashion-MNIST directory {root} does not exist; `apt-get install dataset-fashion-mnist` "
                         "or pass data.root=<dir>")
     load = lambda stem: torch.from_numpy(read_idx(_find(r, stem)).copy())  # noqa: E731
-    x_tr, y_tr = load("train-images-idx3-ubyte").unsqueeze(1), load("train-labels-idx1-ubyte").long()
-    x_te, y_te = load("t10k-images-idx3-ubyte").unsqueeze(1), load("t10k-labels-idx1-ubyte").long()
+    x_tr, y_tr = _resize(load("train-images-idx3-ubyte").unsqueeze(1), size, channels), load("train-labels-idx1-ubyte").long()
+    x_te, y_te = _resize(load("t10k-images-idx3-ubyte").unsqueeze(1), size, channels), load("t10k-labels-idx1-ubyte").long()
     if not use_official_split:
         return _splits(torch.cat([x_tr, x_te]), torch.cat([y_tr, y_te]), FASHION_CLASSES, "fashion_mnist",
                        test_fraction, seed, limit)
