@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from mmssl.errors import ConfigError, MMSSLError
 from mmssl.logging import RunLogger, console
 from mmssl.train import checkpoint, distributed
 from mmssl.train.build import SSLModel, build_data, build_model
+from mmssl.types import Batch
 
 
 class NonFiniteError(MMSSLError):
@@ -143,6 +145,36 @@ class Trainer:
         return True
 
     # -- training ---------------------------------------------------------------------------------
+    def batches(self) -> Iterator[Batch]:
+        """This rank's batches from the current step on, on the device, in the configured memory format."""
+        cfg = self.cfg
+        source = BatchIterator(self.data.train, int(cfg.data.batch_size), seed=int(cfg.seed)).batches_from(self.step)
+        for batch in source:
+            batch = distributed.shard(batch, self.rank, self.world).to(self.device, non_blocking=True)
+            if cfg.trainer.channels_last:
+                batch.data = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
+                              for k, v in batch.data.items()}
+            yield batch
+
+    def train_step(self, batch: Batch) -> tuple[torch.Tensor, dict, torch.Tensor] | None:
+        """One optimiser update; returns (loss, per-objective outputs, grad norm), or None when skipped."""
+        tcfg = self.cfg.trainer
+        with autocast(self.device, str(tcfg.amp)):
+            loss, outputs = self.model(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._nonfinite(loss, outputs, "loss"):
+            return None
+        loss.backward()
+        distributed.average_gradients([p for p in self.model.parameters() if p.requires_grad])
+        grad_norm = self._clip()
+        if self._nonfinite(grad_norm, outputs, "gradient"):
+            return None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self.model.after_step(self.step / int(tcfg.steps))
+        return loss, outputs, grad_norm
+
     def fit(self, logger: RunLogger) -> None:
         cfg, tcfg = self.cfg, self.cfg.trainer
         total = int(tcfg.steps)
@@ -150,30 +182,16 @@ class Trainer:
             self.try_resume()
         if self.step >= total:
             return
-        batches = BatchIterator(self.data.train, int(cfg.data.batch_size), seed=int(cfg.seed)).batches_from(self.step)
+        batches = self.batches()
         self.model.train()
         bar = tqdm(total=total, initial=self.step, disable=not tcfg.progress or self.rank != 0, mininterval=1.0,
                    desc="pretrain", dynamic_ncols=True)
         start, start_step = time.perf_counter(), self.step
         while self.step < total:
-            batch = distributed.shard(next(batches), self.rank, self.world).to(self.device, non_blocking=True)
-            if tcfg.channels_last:
-                batch.data = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
-                              for k, v in batch.data.items()}
-            with autocast(self.device, str(tcfg.amp)):
-                loss, outputs = self.model(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self._nonfinite(loss, outputs, "loss"):
+            result = self.train_step(next(batches))
+            if result is None:
                 continue
-            loss.backward()
-            distributed.average_gradients([p for p in self.model.parameters() if p.requires_grad])
-            grad_norm = self._clip()
-            if self._nonfinite(grad_norm, outputs, "gradient"):
-                continue
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
-            self.model.after_step(self.step / total)
+            loss, outputs, grad_norm = result
             bar.update(1)
             if self.step % int(tcfg.log_every) == 0 or self.step == total:
                 metrics = {"train/loss": loss.item(), "train/lr": self.scheduler.get_last_lr()[0],
