@@ -1,0 +1,17 @@
+"""Benchmarks are not tests: this only checks that each bench script runs on a tiny budget."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pretrain_simclr_bench_runs_tiny(tmp_path):
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "pretrain_simclr.py"), "--tiny", "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["mmssl_images_per_s"] > 0 and result["gflops_per_step"] > 0
+    assert 0 < result["mfu_vs_fp32_peak"] < 2
