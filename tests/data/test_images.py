@@ -80,3 +80,19 @@ def test_missing_fashion_dir():
 def test_split_indices_validates_fraction():
     with pytest.raises(DataError, match="test_fraction"):
         split_indices(10, 1.5, 0)
+
+
+def test_image_folder_reads_real_files_and_reports_corrupt_ones(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    s = DATASETS.build("image_folder", root=str(tmp_path), size=16, test_fraction=0.2)
+    assert s.train.data["image"].shape[1:] == (3, 16, 16) and len(s.train) + len(s.test) == 10
+    assert s.train.classes == ["cat", "dog"]
+    (tmp_path / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match=r"corrupt image .*broken\.png"):
+        DATASETS.build("image_folder", root=str(tmp_path))
