@@ -1,0 +1,350 @@
+"""The IntrinsicReward contract and the machinery every bonus shares.
+
+Lifecycle (RLeXplore-style), called by the PPO loop:
+
+- ``watch(obs, actions, next_obs, dones, features=None)`` once per env step, tensors (N, ...): episodic
+  memories and counts see transitions in order (``features``: (N, D) agent features of ``next_obs``);
+- ``compute(rollout) -> (T, N) float32`` once per rollout: the bonus for ``next_obs[t]``, already
+  normalised and multiplied by the current coefficient;
+- ``update(rollout) -> dict[str, float]``: train the reward's own networks, decay the coefficient and
+  return metrics to log.
+
+Rewards that judge one transition at a time (counts, NGU, E3B) implement ``step_bonus``; ``compute``
+then uses what ``watch`` recorded for the rollout, or replays the rollout through ``step_bonus`` when the
+loop never called ``watch`` (so both integrations give the same numbers). Rewards that judge a whole batch
+(RND, ICM, RE3, …) implement ``batch_bonus``.
+
+Inputs: with ``use_agent_features`` the reward reads the agent's detached features from the rollout;
+otherwise it encodes observations with its own encoder, chosen from the observation space (MLP for
+vectors, a small CNN for pixels / MiniGrid grids). Dict observations are read at ``obs_key`` (default
+``"image"`` when present).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmssl.errors import ConfigError, ShapeError
+from mmssl.rl.storage import Obs, Rollout, flatten_obs
+
+NORMALISE = ("none", "std", "return")
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean and variance of a stream (Chan et al.'s parallel update) over leading batch dims.
+
+    Torch buffers rather than gymnasium's numpy ``RunningMeanStd`` so the statistics live on the
+    reward's device and travel in its ``state_dict`` (checkpoints, exact resume).
+    """
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(epsilon, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().to(torch.float64).reshape(-1, *self.mean.shape)
+        n = x.shape[0]
+        batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
+        delta, total = batch_mean - self.mean, self.count + n
+        m2 = self.var * self.count + batch_var * n + delta.square() * self.count * n / total
+        self.mean.add_(delta * n / total)
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.var.sqrt()
+
+
+def select_obs(obs: Obs, key: str | None) -> torch.Tensor:
+    """The tensor the reward reads: ``obs`` itself, or ``obs[key]`` for dict observations."""
+    if not isinstance(obs, dict):
+        return obs
+    if key not in obs:
+        raise ConfigError(f"observation key {key!r} not in the observation dict {sorted(obs)}; set obs_key")
+    return obs[key]
+
+
+def pick_space(space: gym.Space, key: str | None) -> tuple[gym.Space, str | None]:
+    """The sub-space at ``key`` of a Dict space (default: ``image``, else the first Box), and that key."""
+    if not isinstance(space, gym.spaces.Dict):
+        return space, None
+    if key is None:
+        boxes = [k for k, s in space.spaces.items() if isinstance(s, gym.spaces.Box)]
+        key = "image" if "image" in space.spaces else (boxes[0] if boxes else None)
+    if key not in space.spaces:
+        raise ConfigError(f"obs_key {key!r} is not in the observation space's keys {sorted(space.spaces)}")
+    return space.spaces[key], key
+
+
+def is_channels_last(shape: tuple[int, ...]) -> bool:
+    """(H, W, C) with a small C (MiniGrid grids, gymnasium pixels) rather than (C, H, W)."""
+    return len(shape) == 3 and shape[-1] <= 4 < shape[0]
+
+
+class Preprocess(nn.Module):
+    """Raw observations (B, *space.shape) → float tensors an encoder reads.
+
+    Images become (B, C, H, W) (channel-last input is permuted), uint8 is scaled to [0, 1]; Discrete
+    observations become one-hot vectors; vectors are flattened to (B, D).
+    """
+
+    def __init__(self, space: gym.Space):
+        super().__init__()
+        if isinstance(space, gym.spaces.Discrete):
+            self.kind, self.shape = "discrete", (int(space.n),)
+        elif isinstance(space, gym.spaces.Box) and len(space.shape) == 3:
+            c_last = is_channels_last(space.shape)
+            h, w, c = space.shape if c_last else (space.shape[1], space.shape[2], space.shape[0])
+            self.kind, self.shape, self.channels_last = "image", (c, h, w), c_last
+        elif isinstance(space, gym.spaces.Box):
+            self.kind, self.shape = "vector", (int(np.prod(space.shape)),)
+        else:
+            raise ConfigError(f"intrinsic rewards read Box or Discrete observations, not {space}; "
+                              "set obs_key to a Box entry of a Dict space or use_agent_features=true")
+        self.scale = 1 / 255 if isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 else 1.0
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.kind == "discrete":
+            return F.one_hot(obs.long().reshape(-1), self.shape[0]).float()
+        x = obs.float() * self.scale
+        if self.kind == "image":
+            x = x.permute(0, 3, 1, 2) if self.channels_last else x
+            if tuple(x.shape[1:]) != self.shape:
+                raise ShapeError(f"expected image observations {self.shape} (C, H, W), got {tuple(obs.shape[1:])}")
+            return x
+        return x.reshape(len(x), -1)
+
+
+def default_encoder(shape: tuple[int, ...], dim: int, hidden: int = 64) -> nn.Module:
+    """A small randomly initialised encoder (B, *shape) → (B, dim) for a preprocessed observation shape.
+
+    Vectors: a 2-layer MLP. Images of at least 36 pixels a side: the Nature-DQN CNN (Mnih et al. 2015);
+    smaller grids (MiniGrid's 7×7): three 3×3 convolutions. The flattened size is found by a dry run.
+    """
+    if len(shape) == 1:
+        return nn.Sequential(nn.Linear(shape[0], hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                             nn.Linear(hidden, dim))
+    c = shape[0]
+    if min(shape[1:]) >= 36:
+        convs = [nn.Conv2d(c, 32, 8, 4), nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU(), nn.Conv2d(64, 64, 3, 1)]
+    else:
+        convs = [nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+                 nn.Conv2d(32, 32, 3, padding=1)]
+    body = nn.Sequential(*convs, nn.ReLU(), nn.Flatten())
+    with torch.no_grad():
+        flat = body(torch.zeros(1, *shape)).shape[1]
+    return nn.Sequential(body, nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+
+class ActionCodec:
+    """Actions as network inputs (one-hot for Discrete, flat floats for Box) and the inverse-model loss."""
+
+    def __init__(self, space: gym.Space):
+        if isinstance(space, gym.spaces.Discrete):
+            self.discrete, self.dim = True, int(space.n)
+        elif isinstance(space, gym.spaces.Box):
+            self.discrete, self.dim = False, int(np.prod(space.shape))
+        else:
+            raise ConfigError(f"intrinsic rewards support Discrete or Box action spaces, not {space}")
+
+    def encode(self, actions: torch.Tensor) -> torch.Tensor:
+        """(B,) or (B, *shape) actions → (B, dim) float."""
+        if self.discrete:
+            return F.one_hot(actions.long().reshape(-1), self.dim).float()
+        return actions.float().reshape(len(actions), -1)
+
+    def inverse_loss(self, prediction: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over discrete actions, MSE for continuous ones."""
+        if self.discrete:
+            return F.cross_entropy(prediction, actions.long().reshape(-1))
+        return F.mse_loss(prediction, self.encode(actions))
+
+
+class IntrinsicReward(nn.Module):
+    """Base class of every exploration bonus; see the module docstring for the lifecycle.
+
+    Common options (every registered reward accepts them): ``coef`` (β, the bonus scale),
+    ``coef_decay`` (β ← β·decay after each ``update``), ``normalise`` (``none``; ``std``: divide by the
+    running std of the bonus; ``return``: RND's forward filter, divide by the running std of the
+    discounted intrinsic return ``R_t = γ R_{t-1} + r_t``), ``gamma`` (that filter's discount),
+    ``use_agent_features``, ``obs_key``, ``embed_dim``, ``lr``, ``update_epochs``, ``batch_size``.
+    """
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space, num_envs: int, *,
+                 coef: float = 0.01, coef_decay: float = 1.0, normalise: str = "std", gamma: float = 0.99,
+                 use_agent_features: bool = False, obs_key: str | None = None, embed_dim: int = 64,
+                 lr: float = 1e-3, update_epochs: int = 1, batch_size: int = 256):
+        super().__init__()
+        if normalise not in NORMALISE:
+            raise ConfigError(f"normalise must be one of {list(NORMALISE)}, got {normalise!r}")
+        if num_envs < 1 or coef < 0 or not 0 < coef_decay <= 1:
+            raise ConfigError(f"need num_envs ≥ 1, coef ≥ 0 and 0 < coef_decay ≤ 1; got {num_envs}, {coef}, {coef_decay}")
+        self.observation_space, self.action_space, self.num_envs = observation_space, action_space, num_envs
+        self.use_agent_features, self.normalise_mode, self.gamma = use_agent_features, normalise, gamma
+        self.embed_dim, self.lr, self.update_epochs, self.batch_size = embed_dim, lr, update_epochs, batch_size
+        self.space, self.obs_key = pick_space(observation_space, obs_key)
+        self.preprocess = None if use_agent_features else Preprocess(self.space)
+        self.actions = ActionCodec(action_space)
+        self.register_buffer("coef", torch.tensor(float(coef), dtype=torch.float64))
+        self.coef_decay = coef_decay
+        self.bonus_stats = RunningMeanStd()
+        self.return_stats = RunningMeanStd()
+        self.register_buffer("intrinsic_return", torch.zeros(num_envs, dtype=torch.float64))
+        self._watched: list[torch.Tensor] = []
+        self._last: dict[str, float] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # Subclasses take ``**common`` and forward it here; merging this signature into theirs keeps
+    # ``INTRINSIC_REWARDS.build`` checking every key (a typo fails with "did you mean …").
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        own = inspect.signature(init)
+        params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        if len(params) == len(own.parameters):
+            return
+        names = {p.name for p in params}
+        base = inspect.signature(IntrinsicReward.__init__).parameters.values()
+        params += [p for p in base if p.kind is p.KEYWORD_ONLY and p.name not in names]
+        init.__signature__ = own.replace(parameters=params)
+        init.__annotations__ = {**IntrinsicReward.__init__.__annotations__, **init.__annotations__}
+
+    # -- building blocks for subclasses ---------------------------------------------------------
+    def make_encoder(self, dim: int | None = None) -> nn.Module:
+        """A fresh network from this reward's input (observations or agent features) to (B, dim)."""
+        dim = dim or self.embed_dim
+        if self.use_agent_features:  # the agent's feature size is only known when features arrive
+            return nn.Sequential(nn.LazyLinear(self.embed_dim), nn.ReLU(), nn.Linear(self.embed_dim, dim))
+        return default_encoder(self.preprocess.shape, dim, hidden=self.embed_dim)
+
+    def inputs(self, obs: Obs | None, features: torch.Tensor | None) -> torch.Tensor:
+        """(B, ...) network input: agent features, or the preprocessed observation at ``obs_key``."""
+        if self.use_agent_features:
+            if features is None:
+                raise ConfigError(f"{self.name} has use_agent_features=true but the rollout carries no features; "
+                                  "have the agent store them or set use_agent_features=false")
+            return features.float()
+        return self.preprocess(select_obs(obs, self.obs_key))
+
+    def rollout_inputs(self, rollout: Rollout, next_: bool = True) -> torch.Tensor:
+        """(T·N, ...) network inputs for ``next_obs`` (or ``obs``) of a rollout."""
+        obs = rollout.next_obs if next_ else rollout.obs
+        feats = rollout.next_features if next_ else rollout.features
+        return self.inputs(flatten_obs(obs), None if feats is None else feats.flatten(0, 1))
+
+    def make_optimizer(self, modules: list[nn.Module]) -> None:
+        self.optimizer = torch.optim.Adam([p for m in modules for p in m.parameters()], lr=self.lr)
+
+    def fit(self, loss_fn: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]], n: int) -> dict[str, float]:
+        """``update_epochs`` passes of shuffled minibatches of ``n`` samples; mean of each metric."""
+        totals: dict[str, float] = {}
+        steps = 0
+        for _ in range(self.update_epochs):
+            for idx in torch.randperm(n, device=self.coef.device).split(self.batch_size):
+                loss, metrics = loss_fn(idx)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                steps += 1
+                for k, v in metrics.items():
+                    totals[k] = totals.get(k, 0.0) + v
+        return {k: v / max(steps, 1) for k, v in totals.items()}
+
+    @property
+    def name(self) -> str:
+        return getattr(self, "registry_name", type(self).__name__)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def step_bonus(self, obs: Obs, actions: torch.Tensor, next_obs: Obs, dones: torch.Tensor,
+                   features: torch.Tensor | None) -> torch.Tensor:
+        """(N,) raw bonus of one env step, updating episodic state; only step-wise rewards define it."""
+        raise NotImplementedError
+
+    def batch_bonus(self, rollout: Rollout) -> torch.Tensor:
+        """(T, N) raw bonus of a whole rollout; step-wise rewards replay it through ``step_bonus``."""
+        T = rollout.shape[0]
+        if len(self._watched) == T:
+            return torch.stack(self._watched)
+        if self._watched:
+            raise ConfigError(f"{self.name} watched {len(self._watched)} steps but the rollout has {T}; "
+                              "call watch() on every env step or never")
+        index = lambda o, t: {k: v[t] for k, v in o.items()} if isinstance(o, dict) else o[t]  # noqa: E731
+        feats = rollout.next_features
+        return torch.stack([
+            self.step_bonus(index(rollout.obs, t), rollout.actions[t], index(rollout.next_obs, t), rollout.dones[t],
+                            None if feats is None else feats[t])
+            for t in range(T)])
+
+    @torch.no_grad()
+    def watch(self, obs: Obs, actions: torch.Tensor, next_obs: Obs, dones: torch.Tensor,
+              features: torch.Tensor | None = None) -> None:
+        """Record one env step (tensors (N, ...); ``features`` of ``next_obs``) for step-wise rewards."""
+        if type(self).step_bonus is IntrinsicReward.step_bonus:
+            return
+        if self.use_agent_features and features is None:
+            return  # compute() will replay the rollout's stored features instead
+        self._watched.append(self.step_bonus(obs, actions, next_obs, dones, features).float())
+
+    @torch.no_grad()
+    def compute(self, rollout: Rollout) -> torch.Tensor:
+        """(T, N) float32 bonus: ``coef · normalise(raw)``."""
+        raw = self.batch_bonus(rollout).float()
+        self._watched = []
+        if raw.shape != rollout.shape:
+            raise ShapeError(f"{self.name} produced a bonus of shape {tuple(raw.shape)}, expected {rollout.shape}")
+        scaled = (self.coef * self.normalise(raw)).float()
+        self._last = {"bonus_raw_mean": raw.mean().item(), "bonus_mean": scaled.mean().item(),
+                      "bonus_max": scaled.max().item()}
+        return scaled
+
+    def normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        """(T, N) raw → normalised bonus (see the class docstring for the modes)."""
+        if self.normalise_mode == "none":
+            return raw
+        if self.normalise_mode == "std":
+            self.bonus_stats.update(raw)
+            return raw / (self.bonus_stats.std.float() + 1e-8)
+        returns = []
+        for r in raw.double():  # RND's forward filter: per-env discounted intrinsic return, not reset at dones
+            self.intrinsic_return.mul_(self.gamma).add_(r)
+            returns.append(self.intrinsic_return.clone())
+        self.return_stats.update(torch.stack(returns))
+        return raw / (self.return_stats.std.float() + 1e-8)
+
+    def learn(self, rollout: Rollout) -> dict[str, float]:
+        """Train this reward's networks on the rollout; rewards without networks keep the default."""
+        return {}
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        """Train, then decay the coefficient; returns ``{loss…, bonus_mean, bonus_raw_mean, coef}``."""
+        metrics = {**self.learn(rollout), **self._last, "coef": self.coef.item()}
+        self.coef.mul_(self.coef_decay)
+        return metrics
+
+    def memory_size(self) -> int:
+        """Entries held in bounded memories / tables (0 for rewards without any)."""
+        return 0
+
+    def extra_repr(self) -> str:
+        return f"coef={self.coef.item():g}, normalise={self.normalise_mode}, agent_features={self.use_agent_features}"
+
+
+def check_positive(name: str, **values: float) -> None:
+    """One-line ConfigError for a non-positive option."""
+    for key, value in values.items():
+        if not value > 0 or (isinstance(value, float) and math.isnan(value)):
+            raise ConfigError(f"intrinsic reward {name!r} option {key!r} must be > 0, got {value!r}")
