@@ -15,3 +15,11 @@ def test_pretrain_simclr_bench_runs_tiny(tmp_path):
     result = json.loads(out.read_text())
     assert result["mmssl_images_per_s"] > 0 and result["gflops_per_step"] > 0
     assert 0 < result["mfu_vs_fp32_peak"] < 2
+
+
+def test_scaling_bench_runs_tiny(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "bench" / "scaling.py"), "--tiny", "--out", str(tmp_path)],
+                   check=True, cwd=ROOT, capture_output=True, timeout=300)
+    rows = json.loads((tmp_path / "scaling_batch.json").read_text())
+    assert [r["batch"] for r in rows] == [8, 16] and all(r["images_per_s"] > 0 for r in rows)
+    assert (tmp_path / "scaling_batch.png").stat().st_size > 1000
