@@ -73,8 +73,9 @@ class Registry:
         """Class decorator: ``@REG.register("name", modalities=("image",))``."""
 
         def decorator(obj):
-            if name in self._entries:
-                raise ConfigError(f"{self.kind} {name!r} is registered twice")
+            old = self._entries.get(name)
+            if old is not None and _qualname(old.obj) != _qualname(obj):  # re-importing a module is fine
+                raise ConfigError(f"{self.kind} {name!r} is registered twice ({_qualname(old.obj)} and {_qualname(obj)})")
             mods = modalities if modalities is not None else tuple(getattr(obj, "modalities", ()))
             self._entries[name] = Entry(name, obj, tuple(mods), sequence or bool(getattr(obj, "sequence", False)))
             if inspect.isclass(obj):
@@ -134,6 +135,10 @@ class Registry:
         ]
         if missing:
             raise ConfigError(f"{self.kind} {name!r} needs option(s) {', '.join(missing)}")
+
+
+def _qualname(obj) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
 def _hints(fn) -> dict:

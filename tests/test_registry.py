@@ -35,8 +35,13 @@ def test_missing_required_and_double_registration():
         reg.build("a")
     assert reg.build("a", size=3).size == 3
     assert reg.get("a").doc == "An A." and reg.get("a").modalities == ("image",)
+    reg.register("a")(A)  # the same class again (a re-imported module) is fine
+
+    class B:
+        pass
+
     with pytest.raises(ConfigError, match="registered twice"):
-        reg.register("a")(A)
+        reg.register("a")(B)
 
 
 def test_list_cli_prints_every_objective(capsys):
