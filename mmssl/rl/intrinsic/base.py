@@ -89,8 +89,9 @@ def pick_space(space: gym.Space, key: str | None) -> tuple[gym.Space, str | None
 
 
 def is_channels_last(shape: tuple[int, ...]) -> bool:
-    """(H, W, C) with a small C (MiniGrid grids, gymnasium pixels) rather than (C, H, W)."""
-    return len(shape) == 3 and shape[-1] <= 4 < shape[0]
+    """(H, W, C) — gymnasium's convention for pixels and MiniGrid grids — unless the shape only reads as
+    (C, H, W) (a small first and a large last dimension, e.g. stacked frames (4, 84, 84))."""
+    return len(shape) == 3 and not (shape[0] <= 4 < shape[-1])
 
 
 class Preprocess(nn.Module):

@@ -9,7 +9,7 @@ from mmssl.rl.storage import Rollout
 
 SPACES = {
     "vector": gym.spaces.Box(-1.0, 1.0, (4,), np.float32),
-    "pixels": gym.spaces.Box(0, 255, (12, 12, 3), np.uint8),
+    "pixels": gym.spaces.Box(0, 255, (20, 20, 3), np.uint8),
     "minigrid": gym.spaces.Dict({
         "image": gym.spaces.Box(0, 255, (7, 7, 3), np.uint8),
         "direction": gym.spaces.Discrete(4),
