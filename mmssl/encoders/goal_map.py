@@ -1,0 +1,127 @@
+"""An observation encoder for instruction-following on grids of images (the flagship DigitGrid task).
+
+It reads a dict observation ``{"image": (B, 2, T·G, T·G), "instruction": ids or waveform}`` whose image
+channel 0 holds G×G tiles of T×T pictures and channel 1 the agent's cell. Every tile is encoded by an
+image encoder and the instruction by a text or audio encoder — any registry encoders, e.g. the towers of
+a cross-modal pretraining run, loaded and optionally frozen — both projected into a joint space. The
+cosine similarity of each tile with the instruction forms a G×G "goal map" which, stacked with the agent
+and occupancy maps, a small CNN turns into the state feature. With cross-modally bound encoders the goal
+map is meaningful before any RL; from scratch, PPO has to learn the binding from reward alone.
+
+pooled: (B, dim) state feature; tokens: (B, G·G, joint_dim) tile embeddings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from mmssl.encoders.base import Encoder
+from mmssl.errors import ConfigError, ShapeError
+from mmssl.registry import ENCODERS
+from mmssl.types import OBS, EncoderOutput
+
+
+def _build(spec: dict) -> Encoder:
+    spec = dict(spec)
+    if "name" not in spec:
+        raise ConfigError(f"encoder spec {spec} needs a 'name' (`mmssl list encoders`)")
+    return ENCODERS.build(spec.pop("name"), **spec)
+
+
+@ENCODERS.register("goal_map", modalities=(OBS,))
+class GoalMapEncoder(Encoder):
+    """Per-tile image embeddings compared with an instruction embedding → goal map → CNN (DigitGrid agents)."""
+
+    modality = OBS
+
+    def __init__(self, tile_encoder: dict | None = None, instruction_encoder: dict | None = None,
+                 instruction_modality: str = "text", tile: int = 8, joint_dim: int = 64, dim: int = 128,
+                 image_key: str = "image", instruction_key: str = "instruction", pretrained: str | None = None,
+                 freeze: bool = False):
+        super().__init__()
+        self.tile, self.image_key, self.instruction_key = tile, image_key, instruction_key
+        self.tile_encoder = _build(tile_encoder or {"name": "convnet", "in_channels": 1, "width": 16})
+        self.instruction_encoder = _build(instruction_encoder) if instruction_encoder else None
+        self.instruction_modality = instruction_modality
+        self.tile_proj = nn.Linear(self.tile_encoder.dim, joint_dim)
+        self.instruction_proj = nn.Linear(self.instruction_encoder.dim, joint_dim) if self.instruction_encoder else None
+        self.logit_scale = nn.Parameter(torch.tensor(10.0).log())
+        self.map_net = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(32 * 16, dim), nn.ReLU())
+        self.dim = dim
+        if pretrained:
+            self.load_pretrained(pretrained)
+        if freeze:
+            frozen = [self.tile_encoder, self.tile_proj] + ([self.instruction_encoder, self.instruction_proj]
+                                                            if self.instruction_encoder else [])
+            for module in frozen:
+                module.requires_grad_(False)
+                module.eval()
+            self.frozen = frozen
+        else:
+            self.frozen = []
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self.frozen:  # frozen towers keep their BatchNorm statistics
+            module.eval()
+        return self
+
+    def load_pretrained(self, path: str) -> None:
+        """Tile/instruction towers (and joint projections when shapes fit) from a pretraining run or checkpoint."""
+        from mmssl.train import checkpoint
+
+        p = Path(path)
+        found = checkpoint.latest(p / "checkpoints") if p.is_dir() else (p, checkpoint.load(p))
+        if found is None:
+            raise ConfigError(f"no pretraining checkpoint in {path}; pass a run folder or a step_*.pt file")
+        state = found[1]["model"]
+
+        def part(prefix: str) -> dict:
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+        checkpoint.load_matching(self.tile_encoder, part("encoders.image."), what="image tower")
+        if self.instruction_encoder is not None:
+            checkpoint.load_matching(self.instruction_encoder, part(f"encoders.{self.instruction_modality}."),
+                                     what=f"{self.instruction_modality} tower")
+        for modality, proj in (("image", self.tile_proj), (self.instruction_modality, self.instruction_proj)):
+            weights = {k.split(f"projections.{modality}.", 1)[1]: v for k, v in state.items()
+                       if f"projections.{modality}." in k}
+            if proj is not None and set(weights) == {"weight", "bias"} and weights["weight"].shape == proj.weight.shape:
+                proj.load_state_dict(weights)
+
+    def check_input(self, x) -> None:
+        if not isinstance(x, dict) or self.image_key not in x:
+            raise ShapeError(f"goal_map reads a dict observation with key {self.image_key!r} "
+                             f"(B, 2, {self.tile}·G, {self.tile}·G); got {type(x).__name__}"
+                             f"{sorted(x) if isinstance(x, dict) else ''}")
+        img = x[self.image_key]
+        if img.ndim != 4 or img.shape[1] != 2 or img.shape[-1] % self.tile or img.shape[-2] % self.tile:
+            raise ShapeError(f"goal_map expects {self.image_key!r} as (B, 2, H, W) with H, W multiples of "
+                             f"{self.tile}; got {tuple(img.shape)}")
+
+    def encode(self, obs: dict) -> EncoderOutput:
+        img = obs[self.image_key].float()
+        if obs[self.image_key].dtype == torch.uint8 or img.max() > 1.5:
+            img = img / 255.0
+        g_rows, g_cols = img.shape[-2] // self.tile, img.shape[-1] // self.tile
+        tiles = rearrange(img[:, :1], "b c (gh t1) (gw t2) -> (b gh gw) c t1 t2", t1=self.tile, t2=self.tile)
+        tile_emb = F.normalize(self.tile_proj(self.tile_encoder(tiles).pooled), dim=-1)
+        tile_emb = rearrange(tile_emb, "(b n) d -> b n d", b=img.shape[0])
+        occupied = (rearrange(img[:, 0], "b (gh t1) (gw t2) -> b (gh gw) (t1 t2)", t1=self.tile, t2=self.tile)
+                    .amax(-1) > 0).float()
+        agent = rearrange(img[:, 1], "b (gh t1) (gw t2) -> b (gh gw) (t1 t2)", t1=self.tile, t2=self.tile).mean(-1)
+        if self.instruction_encoder is not None and self.instruction_key in obs:
+            goal = F.normalize(self.instruction_proj(self.instruction_encoder(obs[self.instruction_key]).pooled), dim=-1)
+            similarity = torch.einsum("bnd,bd->bn", tile_emb, goal) * occupied
+        else:
+            similarity = torch.zeros_like(occupied)
+        maps = torch.stack([similarity * self.logit_scale.exp().clamp(max=100) / 10, agent, occupied], dim=1)
+        pooled = self.map_net(rearrange(maps, "b c (gh gw) -> b c gh gw", gh=g_rows, gw=g_cols))
+        return EncoderOutput(pooled=pooled, tokens=tile_emb)
