@@ -1,1 +1,162 @@
-"""Gymnasium environments and wrappers registered under ``mmssl/...`` ids."""
+"""Gymnasium environments and wrappers registered under ``mmssl/...`` ids, and the vector-env factory.
+
+Ids (importing ``envs`` registers them):
+
+- ``mmssl/MiniGridSymbolic-v0``: a MiniGrid task (``env_id``) seen as its 7×7×3 symbolic egocentric grid;
+- ``mmssl/MiniGridPixels-v0``: the same partial view rendered to (3, 7·tile, 7·tile) uint8 pixels;
+- ``mmssl/MiniGridDict-v0``: ``{"image": grid, "direction": Discrete(4)}`` (a multimodal dict observation);
+- ``mmssl/Atari-v0``: an ALE game (``game``) with the standard DQN preprocessing (noop reset, frame skip
+  4, 84×84 grey, max-pool) and a 4-frame stack → (4, 84, 84) uint8; registered when ``ale-py`` is installed;
+- ``mmssl/MuJoCo-v0``: a MuJoCo task (``env_id``, e.g. ``HalfCheetah-v5``) with clipped actions;
+  registered only when ``mujoco`` is installed.
+
+``make_vector(env_cfg, num_envs, seed)`` builds a gymnasium vector env whose sub-envs carry episode
+statistics, a success flag and exact-replay snapshots (see ``envs.wrappers``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+
+import gymnasium as gym
+import numpy as np
+
+from envs.wrappers import ChannelsFirst, Replayable, SuccessInfo
+
+MINIGRID_IDS = ("mmssl/MiniGridSymbolic-v0", "mmssl/MiniGridPixels-v0", "mmssl/MiniGridDict-v0")
+
+
+def _minigrid(env_id: str, render_mode: str | None, max_steps: int | None):
+    import minigrid  # noqa: F401  (registers MiniGrid-* ids)
+
+    kwargs = {"max_steps": max_steps} if max_steps else {}
+    return gym.make(env_id, render_mode=render_mode, **kwargs)
+
+
+def make_minigrid_symbolic(env_id: str = "MiniGrid-DoorKey-5x5-v0", render_mode: str | None = None,
+                           max_steps: int | None = None) -> gym.Env:
+    """MiniGrid's egocentric symbolic view (7, 7, 3) uint8 of (object, colour, state) ids."""
+    from minigrid.wrappers import ImgObsWrapper
+
+    return ImgObsWrapper(_minigrid(env_id, render_mode, max_steps))
+
+
+def make_minigrid_pixels(env_id: str = "MiniGrid-DoorKey-5x5-v0", tile_size: int = 8, render_mode: str | None = None,
+                         max_steps: int | None = None) -> gym.Env:
+    """MiniGrid's egocentric view rendered as RGB, channels-first (3, 7·tile_size, 7·tile_size) uint8."""
+    from minigrid.wrappers import ImgObsWrapper, RGBImgPartialObsWrapper
+
+    return ChannelsFirst(ImgObsWrapper(RGBImgPartialObsWrapper(_minigrid(env_id, render_mode, max_steps), tile_size)))
+
+
+class _DropMission(gym.ObservationWrapper):
+    """Keeps ``image`` and ``direction`` (the mission string is not a tensor; tokenise it to use it)."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.observation_space = gym.spaces.Dict({k: env.observation_space[k] for k in ("image", "direction")})
+
+    def observation(self, observation):
+        return {"image": observation["image"], "direction": observation["direction"]}
+
+
+def make_minigrid_dict(env_id: str = "MiniGrid-DoorKey-5x5-v0", render_mode: str | None = None,
+                       max_steps: int | None = None) -> gym.Env:
+    """MiniGrid's dict observation ``{"image": (7, 7, 3) ids, "direction": Discrete(4)}``."""
+    return _DropMission(_minigrid(env_id, render_mode, max_steps))
+
+
+def make_atari(game: str = "Pong", render_mode: str | None = None, noop_max: int = 30,
+               terminal_on_life_loss: bool = False) -> gym.Env:
+    """An ALE game with AtariPreprocessing (Machado et al. 2018 settings, sticky actions off) + 4-frame stack."""
+    import ale_py
+
+    gym.register_envs(ale_py)
+    env = gym.make(f"ALE/{game}-v5", frameskip=1, repeat_action_probability=0.0, render_mode=render_mode)
+    env = gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=4, screen_size=84,
+                                          terminal_on_life_loss=terminal_on_life_loss, grayscale_obs=True)
+    return gym.wrappers.FrameStackObservation(env, 4)
+
+
+def make_mujoco(env_id: str = "HalfCheetah-v5", render_mode: str | None = None) -> gym.Env:
+    """A MuJoCo task with actions clipped to the action space (the policy's Gaussian is unbounded)."""
+    return gym.wrappers.ClipAction(gym.make(env_id, render_mode=render_mode))
+
+
+def register() -> None:
+    """Register the ``mmssl/...`` ids (idempotent)."""
+    entries = {"mmssl/MiniGridSymbolic-v0": make_minigrid_symbolic, "mmssl/MiniGridPixels-v0": make_minigrid_pixels,
+               "mmssl/MiniGridDict-v0": make_minigrid_dict}
+    if importlib.util.find_spec("ale_py") is not None:
+        entries["mmssl/Atari-v0"] = make_atari
+    if importlib.util.find_spec("mujoco") is not None:
+        entries["mmssl/MuJoCo-v0"] = make_mujoco
+    for env_id, entry in entries.items():
+        if env_id not in gym.registry:
+            gym.register(env_id, entry_point=entry)
+
+
+register()
+
+
+def make_env(env_cfg: Mapping, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
+    """One env from a config node ``{id, kwargs, success, max_episode_steps}`` with the mmssl wrappers."""
+    kwargs = dict(env_cfg.get("kwargs") or {})
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    try:
+        env = gym.make(env_cfg["id"], max_episode_steps=env_cfg.get("max_episode_steps"), **kwargs)
+    except gym.error.Error as exc:
+        from mmssl.errors import ConfigError
+
+        raise ConfigError(f"cannot make env {env_cfg['id']!r}: {str(exc).splitlines()[0]}") from None
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env = SuccessInfo(env, env_cfg.get("success", "none"))
+    env = Replayable(env)
+    if seed is not None:
+        env.action_space.seed(seed)
+    return env
+
+
+def make_vector(env_cfg: Mapping, num_envs: int, seed: int, asynchronous: bool = False) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``env_cfg`` in a gymnasium vector env, env i seeded with ``seed + i``.
+
+    Autoreset is SAME_STEP: when an episode ends, ``step`` returns the next episode's first observation
+    and puts the true final observation and info in ``infos["final_obs"]`` / ``infos["final_info"]``.
+    Synchronous envs can be snapshotted and restored exactly (``snapshot_vector`` / ``restore_vector``).
+    """
+    fns = [lambda i=i: make_env(env_cfg, seed + i) for i in range(num_envs)]
+    cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
+    return cls(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+def snapshot_vector(envs: gym.vector.VectorEnv) -> list[dict]:
+    if not isinstance(envs, gym.vector.SyncVectorEnv):
+        from mmssl.errors import ConfigError
+
+        raise ConfigError("exact checkpoints need synchronous envs; set env.asynchronous=false")
+    return [env.snapshot() for env in envs.envs]
+
+
+def restore_vector(envs: gym.vector.SyncVectorEnv, snapshots: list[dict]):
+    """Rebuild every sub-env from its snapshot; returns the batched current observation."""
+    obs = [env.restore(s) for env, s in zip(envs.envs, snapshots, strict=True)]
+    space = envs.single_observation_space
+    if isinstance(space, gym.spaces.Dict):
+        return {k: np.stack([o[k] for o in obs]) for k in space.spaces}
+    return np.stack(obs)
+
+
+def true_state(env: gym.Env) -> np.ndarray | None:
+    """The simulator state a representation probe regresses on, where known.
+
+    CartPole: (x, ẋ, θ, θ̇); MiniGrid: (agent x, agent y, cos, sin of the facing direction). Else None.
+    """
+    u = env.unwrapped
+    if type(u).__name__ == "CartPoleEnv":
+        return np.asarray(u.state, dtype=np.float64)
+    if hasattr(u, "agent_pos") and hasattr(u, "agent_dir") and u.agent_pos is not None:
+        angle = u.agent_dir * np.pi / 2
+        return np.array([u.agent_pos[0], u.agent_pos[1], np.cos(angle), np.sin(angle)], dtype=np.float64)
+    return None

@@ -1,0 +1,147 @@
+"""The PPO actor-critic: an observation encoder from the registry plus policy and value heads.
+
+The encoder is built from scratch (``encoder_for_space``) or loaded from a pretraining checkpoint
+(``model`` keys ``encoders.<modality>.*``) and then frozen or fine-tuned. It lives in
+``agent.encoders["obs"]`` so auxiliary objectives receive it exactly as pretraining objectives receive
+theirs. Discrete action spaces get a Categorical policy, Box spaces a diagonal Gaussian with a
+state-independent log-std (CleanRL's ``ppo_continuous_action.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Normal
+
+from mmssl.encoders.obs import ModalityAdapter, encoder_for_space, layer_init
+from mmssl.errors import ConfigError
+from mmssl.rl.storage import Obs
+from mmssl.train import checkpoint
+
+
+@dataclass
+class Step:
+    """What the agent returns for a batch of observations (B, ...)."""
+
+    features: torch.Tensor  # (B, D) actor-encoder features
+    action: torch.Tensor  # (B,) discrete or (B, A) continuous
+    logprob: torch.Tensor  # (B,)
+    entropy: torch.Tensor  # (B,)
+    value: torch.Tensor  # (B,) extrinsic value
+    value_int: torch.Tensor | None = None  # (B,) intrinsic value (second head), when configured
+
+
+def _head(in_dim: int, out_dim: int, hidden: int, gain: float) -> nn.Module:
+    if hidden <= 0:
+        return layer_init(nn.Linear(in_dim, out_dim), gain)
+    return nn.Sequential(layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(), layer_init(nn.Linear(hidden, out_dim), gain))
+
+
+class Agent(nn.Module):
+    """Encoder → (policy head, value head[, intrinsic value head]); see the module docstring."""
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space, encoder: dict,
+                 separate_critic: bool = False, head_hidden: int = 0, encoder_checkpoint: str | None = None,
+                 checkpoint_modality: str = "image", freeze_encoder: bool = False, intrinsic_value_head: bool = False):
+        super().__init__()
+        self.encoders = nn.ModuleDict({"obs": encoder_for_space(observation_space, encoder)})
+        if encoder_checkpoint:
+            load_pretrained(self.encoders["obs"], encoder_checkpoint, checkpoint_modality)
+        self.freeze_encoder = freeze_encoder
+        if freeze_encoder:
+            self.encoders["obs"].requires_grad_(False)
+        # CleanRL's classic-control agent has separate actor and critic networks; a shared trunk is the default
+        self.critic_encoder = encoder_for_space(observation_space, encoder) if separate_critic else None
+        dim = self.encoders["obs"].dim
+        if isinstance(action_space, gym.spaces.Discrete):
+            self.discrete, self.action_dim = True, int(action_space.n)
+        elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+            self.discrete, self.action_dim = False, int(action_space.shape[0])
+            self.actor_logstd = nn.Parameter(torch.zeros(1, self.action_dim))
+        else:
+            raise ConfigError(f"PPO handles Discrete and 1-D Box action spaces, not {action_space}")
+        self.actor = _head(dim, self.action_dim, head_hidden, 0.01)
+        self.critic = _head(dim, 1, head_hidden, 1.0)
+        self.critic_int = _head(dim, 1, head_hidden, 1.0) if intrinsic_value_head else None
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.encoders["obs"]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_encoder:  # a frozen encoder keeps its normalisation statistics too
+            self.encoders["obs"].eval()
+        return self
+
+    def features(self, obs: Obs) -> torch.Tensor:
+        """(B, D) pooled features of the actor encoder."""
+        return self.encoder(obs).pooled
+
+    def values(self, obs: Obs, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B,) extrinsic value and (B,) intrinsic value (or None)."""
+        critic_features = features if self.critic_encoder is None else self.critic_encoder(obs).pooled
+        value_int = None if self.critic_int is None else self.critic_int(critic_features).squeeze(-1)
+        return self.critic(critic_features).squeeze(-1), value_int
+
+    def distribution(self, features: torch.Tensor):
+        out = self.actor(features)
+        if self.discrete:
+            return Categorical(logits=out)
+        return Normal(out, self.actor_logstd.expand_as(out).exp())
+
+    def _logprob_entropy(self, dist, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.discrete:
+            return dist.log_prob(action), dist.entropy()
+        return dist.log_prob(action).sum(-1), dist.entropy().sum(-1)
+
+    def act(self, obs: Obs, deterministic: bool = False, generator: torch.Generator | None = None) -> Step:
+        """Sample (or take the mode of) the policy for observations (B, ...)."""
+        features = self.features(obs)
+        dist = self.distribution(features)
+        if deterministic:
+            action = dist.probs.argmax(-1) if self.discrete else dist.mean
+        elif self.discrete:
+            action = torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1)
+        else:
+            noise = torch.randn(dist.mean.shape, generator=generator, device=dist.mean.device)
+            action = dist.mean + dist.stddev * noise
+        logprob, entropy = self._logprob_entropy(dist, action)
+        value, value_int = self.values(obs, features)
+        return Step(features, action, logprob, entropy, value, value_int)
+
+    def evaluate(self, obs: Obs, action: torch.Tensor) -> Step:
+        """Log-probability, entropy and values of given actions (B, ...) under the current policy."""
+        features = self.features(obs)
+        logprob, entropy = self._logprob_entropy(self.distribution(features), action)
+        value, value_int = self.values(obs, features)
+        return Step(features, action, logprob, entropy, value, value_int)
+
+
+def load_pretrained(encoder: nn.Module, path: str, modality: str) -> None:
+    """Load ``model`` entries ``encoders.<modality>.*`` of a pretraining checkpoint into ``encoder``.
+
+    An encoder wrapped in ``ModalityAdapter`` (an image tower reading pixel observations) receives the
+    weights in its inner module, whose parameter names match the pretraining run's.
+    """
+    state = checkpoint.load(path)
+    model = state.get("model", state)
+    prefix = f"encoders.{modality}."
+    sub = {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
+    if not sub:
+        found = sorted({k.split(".")[1] for k in model if k.startswith("encoders.")})
+        raise ConfigError(f"checkpoint {path} has no encoder for modality {modality!r} (it has {found}); "
+                          "set agent.checkpoint_modality")
+    target = encoder.inner if isinstance(encoder, ModalityAdapter) else encoder
+    checkpoint.load_matching(target, sub, what=f"pretrained {modality} encoder")
+
+
+def scale_action(action: np.ndarray, space: gym.Space) -> np.ndarray:
+    """Clip continuous actions to the space's bounds (the Gaussian is unbounded); discrete pass through."""
+    if isinstance(space, gym.spaces.Box):
+        return np.clip(action, space.low, space.high).astype(space.dtype)
+    return action

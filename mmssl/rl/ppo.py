@@ -1,0 +1,367 @@
+"""PPO (Schulman et al. 2017) in the shape of CleanRL's ``ppo.py``, with auxiliary objectives and intrinsic rewards.
+
+One update, top to bottom (``PPO.update``):
+  1. rollout: T steps of N envs with the current policy; truncated episodes are bootstrapped with
+     ``r ← r + γ·V(final_obs)``; rewards optionally scaled by the running std of the return;
+  2. intrinsic rewards: ``compute(rollout)`` → (T, N) bonus, added to the reward before GAE
+     (``intrinsic_integration=add``) or given its own value head and GAE (``value_head``);
+  3. GAE(γ, λ) advantages and returns;
+  4. ``update_epochs`` passes over shuffled minibatches: clipped policy loss, (clipped) value loss,
+     entropy bonus, plus the weighted auxiliary objectives on the same minibatch, one Adam step with
+     global-norm clipping, then each objective's ``after_step`` (momentum encoders);
+  5. intrinsic rewards ``update(rollout)`` train their own networks.
+The learning rate anneals linearly to 0 over the run. ``state_dict``/``load_state_dict`` capture
+everything (networks, optimiser, normalisers, RNGs, env replay snapshots), so a resumed run on CPU
+continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Mapping
+
+import gymnasium as gym
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+import envs as mmssl_envs
+from mmssl.config import registry_kwargs
+from mmssl.errors import ConfigError
+from mmssl.registry import INTRINSIC_REWARDS
+from mmssl.rl.agent import Agent, scale_action
+from mmssl.rl.aux import build_aux_objectives, rollout_batch
+from mmssl.rl.normalize import ObsNormalizer, RewardScaler
+from mmssl.rl.storage import Rollout, flatten_obs
+from mmssl.train.checkpoint import capture_rng, restore_rng
+
+INTEGRATIONS = ("add", "value_head")
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_value: torch.Tensor,
+        gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016).
+
+    rewards, values, dones: (T, N) with ``dones[t] = 1`` when the episode ended at step t (so o_{t+1}
+    belongs to a new episode); last_value: (N,) V(o_T). ``δ_t = r_t + γ V(o_{t+1})(1-d_t) - V(o_t)``,
+    ``A_t = δ_t + γλ(1-d_t) A_{t+1}``. Returns (advantages, returns = advantages + values), both (T, N).
+    """
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(last_value)
+    for t in reversed(range(rewards.shape[0])):
+        next_value = last_value if t == rewards.shape[0] - 1 else values[t + 1]
+        nonterminal = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_value * nonterminal - values[t]
+        running = delta + gamma * lam * nonterminal * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+def policy_loss(new_logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
+                clip_coef: float) -> tuple[torch.Tensor, dict]:
+    """PPO's clipped surrogate ``mean(max(-A·ρ, -A·clip(ρ, 1±ε)))``, ρ = exp(logπ_new - logπ_old); all (B,).
+
+    Also returns CleanRL's diagnostics: approx_kl = mean((ρ-1) - log ρ), clipfrac = mean(|ρ-1| > ε).
+    """
+    log_ratio = new_logprob - old_logprob
+    ratio = log_ratio.exp()
+    loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()
+    with torch.no_grad():
+        stats = {"approx_kl": ((ratio - 1) - log_ratio).mean().item(),
+                 "clipfrac": ((ratio - 1).abs() > clip_coef).float().mean().item()}
+    return loss, stats
+
+
+def value_loss(new_value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor, clip_coef: float,
+               clip: bool) -> torch.Tensor:
+    """``0.5·mean((V - R)²)``, or with clipping ``0.5·mean(max((V - R)², (V_old + clip(V - V_old, ±ε) - R)²))``."""
+    unclipped = (new_value - returns).pow(2)
+    if not clip:
+        return 0.5 * unclipped.mean()
+    clipped = old_value + (new_value - old_value).clamp(-clip_coef, clip_coef)
+    return 0.5 * torch.max(unclipped, (clipped - returns).pow(2)).mean()
+
+
+def normalise_advantages(advantages: torch.Tensor) -> torch.Tensor:
+    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
+    var = returns.var()
+    return float("nan") if var == 0 else (1 - (returns - values).var() / var).item()
+
+
+def to_tensor(obs) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Env observations (numpy, batched) → torch tensors with their dtype (uint8 stays uint8)."""
+    if isinstance(obs, dict):
+        return {k: torch.as_tensor(np.asarray(v)) for k, v in obs.items()}
+    return torch.as_tensor(np.asarray(obs))
+
+
+def index_obs(obs, idx):
+    return {k: v[idx] for k, v in obs.items()} if isinstance(obs, dict) else obs[idx]
+
+
+def stack_obs(items: list):
+    if isinstance(items[0], dict):
+        return {k: torch.stack([o[k] for o in items]) for k in items[0]}
+    return torch.stack(items)
+
+
+def intrinsic_specs(node) -> list[dict]:
+    """``intrinsic:`` as a list of ``{name, ...}`` (a list, or a dict slot → spec)."""
+    node = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    if not node:
+        return []
+    items = node.values() if isinstance(node, dict) and "name" not in node else ([node] if isinstance(node, dict) else node)
+    specs = []
+    for item in items:
+        if not isinstance(item, Mapping) or "name" not in item:
+            raise ConfigError(f"each intrinsic entry needs a 'name' (`mmssl list intrinsic_rewards`), got {item!r}")
+        specs.append(dict(item))
+    return specs
+
+
+class PPO:
+    """Owns envs, agent, auxiliary objectives, intrinsic rewards and the optimiser of one PPO run."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg, a = cfg, cfg.agent
+        self.num_envs, self.num_steps = int(a.num_envs), int(a.num_steps)
+        self.batch_size = self.num_envs * self.num_steps
+        self.minibatch_size = self.batch_size // int(a.num_minibatches)
+        self.num_updates = max(1, int(a.total_timesteps) // self.batch_size)
+        torch.manual_seed(int(cfg.seed))
+        np.random.seed(int(cfg.seed))
+        self.envs = mmssl_envs.make_vector(cfg.env, self.num_envs, int(cfg.seed), bool(cfg.env.get("asynchronous", False)))
+        self.obs_space, self.action_space = self.envs.single_observation_space, self.envs.single_action_space
+        self.integration = str(cfg.get("intrinsic_integration", "add"))
+        if self.integration not in INTEGRATIONS:
+            raise ConfigError(f"intrinsic_integration must be one of {list(INTEGRATIONS)}, got {self.integration!r}")
+        specs = intrinsic_specs(cfg.get("intrinsic"))
+        self.agent = Agent(self.obs_space, self.action_space, registry_kwargs(cfg.agent_encoder, drop=()),
+                           separate_critic=bool(a.separate_critic), head_hidden=int(a.head_hidden),
+                           encoder_checkpoint=a.encoder_checkpoint, checkpoint_modality=str(a.checkpoint_modality),
+                           freeze_encoder=bool(a.freeze_encoder),
+                           intrinsic_value_head=bool(specs) and self.integration == "value_head")
+        self.aux, self.aux_weights = build_aux_objectives(cfg.get("objective"), self.agent.encoders, self.obs_space,
+                                                          self.action_space)
+        self.intrinsic = nn.ModuleDict({
+            spec.get("slot", spec["name"]): INTRINSIC_REWARDS.build(
+                spec["name"], self.obs_space, self.action_space, self.num_envs,
+                **{k: v for k, v in spec.items() if k not in ("name", "slot")})
+            for spec in specs})
+        vector_obs = isinstance(self.obs_space, gym.spaces.Box) and len(self.obs_space.shape) == 1
+        if a.normalize_obs and not vector_obs:
+            raise ConfigError(f"agent.normalize_obs applies to vector observations, not {self.obs_space}; set it false")
+        self.obs_norm = ObsNormalizer(tuple(self.obs_space.shape or ()), bool(a.normalize_obs))
+        self.reward_scaler = RewardScaler(self.num_envs, float(a.gamma), bool(a.normalize_reward))
+        params = [p for p in [*self.agent.parameters(), *self.aux.parameters()] if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=float(a.learning_rate), eps=1e-5)
+        self.params = params
+        self.update_index, self.global_step = 0, 0
+        self.recent_returns: deque = deque(maxlen=100)
+        self.recent_success: deque = deque(maxlen=100)
+        obs, _ = self.envs.reset(seed=int(cfg.seed))
+        self.next_obs = self.prepare(to_tensor(obs))
+
+    # -- observations ------------------------------------------------------------------------------
+    def prepare(self, obs, update_stats: bool = True):
+        """Raw env observations → what the agent reads (normalised vectors; pixels and ids unchanged)."""
+        return self.obs_norm(obs, update=update_stats) if self.obs_norm.enabled else obs
+
+    # -- one PPO update ---------------------------------------------------------------------------
+    def update(self) -> dict:
+        a, T, N = self.cfg.agent, self.num_steps, self.num_envs
+        start = time.perf_counter()
+        if a.anneal_lr:  # CleanRL: linear decay to 0 over the run
+            frac = 1.0 - self.update_index / self.num_updates
+            self.optimizer.param_groups[0]["lr"] = frac * float(a.learning_rate)
+
+        # 1. rollout ---------------------------------------------------------------------------------
+        obs_l, next_obs_l, act_l, logp_l, val_l, vint_l, rew_l, done_l, feat_l, next_feat_l = ([] for _ in range(10))
+        episodes: list[tuple[float, float, float]] = []
+        self.agent.eval()
+        with torch.no_grad():
+            for _ in range(T):
+                obs = self.next_obs
+                step = self.agent.act(obs)
+                raw_next, reward, terminated, truncated, infos = self.envs.step(
+                    scale_action(step.action.numpy(), self.action_space))
+                self.global_step += N
+                done = np.logical_or(terminated, truncated)
+                next_obs = self.prepare(to_tensor(raw_next))
+                real_next = next_obs if not isinstance(next_obs, dict) else dict(next_obs)
+                reward = self.reward_scaler(torch.as_tensor(reward, dtype=torch.float32), torch.as_tensor(done))
+                final_features = None
+                if done.any():
+                    idx = np.flatnonzero(done)
+                    final = self.prepare(to_tensor(_stack_final(infos["final_obs"], idx)), update_stats=False)
+                    if isinstance(real_next, dict):
+                        real_next = {k: v.clone() for k, v in real_next.items()}
+                        for k in real_next:
+                            real_next[k][idx] = final[k]
+                    else:
+                        real_next = real_next.clone()
+                        real_next[idx] = final
+                    final_features = self.agent.features(final)
+                    final_value, _ = self.agent.values(final, final_features)
+                    trunc = torch.as_tensor(truncated[idx] & ~terminated[idx], dtype=torch.float32)
+                    reward[idx] += float(a.gamma) * final_value * trunc  # bootstrap time-limit truncations
+                    episodes += _finished_episodes(infos["final_info"], idx)
+                for reward_fn in self.intrinsic.values():
+                    reward_fn.watch(obs, step.action, real_next, torch.as_tensor(done, dtype=torch.float32))
+                obs_l.append(obs), next_obs_l.append(real_next), act_l.append(step.action)
+                logp_l.append(step.logprob), val_l.append(step.value), rew_l.append(reward)
+                done_l.append(torch.as_tensor(done, dtype=torch.float32)), feat_l.append(step.features)
+                next_feat_l.append((idx, final_features) if final_features is not None else None)
+                if step.value_int is not None:
+                    vint_l.append(step.value_int)
+                self.next_obs = next_obs
+            last_features = self.agent.features(self.next_obs)
+            last_value, last_value_int = self.agent.values(self.next_obs, last_features)
+
+        features = torch.stack(feat_l)  # (T, N, D)
+        next_features = torch.cat([features[1:], last_features[None]])
+        for t, item in enumerate(next_feat_l):
+            if item is not None:
+                next_features[t, item[0]] = item[1]
+        rollout = Rollout(obs=stack_obs(obs_l), next_obs=stack_obs(next_obs_l), actions=torch.stack(act_l),
+                          rewards=torch.stack(rew_l), dones=torch.stack(done_l), features=features,
+                          next_features=next_features)
+        values, logprobs = torch.stack(val_l), torch.stack(logp_l)
+
+        # 2. intrinsic rewards -----------------------------------------------------------------------
+        bonus = torch.zeros_like(rollout.rewards)
+        for reward_fn in self.intrinsic.values():
+            bonus += reward_fn.compute(rollout)
+
+        # 3. advantages ------------------------------------------------------------------------------
+        gamma, lam = float(a.gamma), float(a.gae_lambda)
+        if self.integration == "add":
+            advantages, returns = gae(rollout.rewards + bonus, values, rollout.dones, last_value, gamma, lam)
+            returns_int = values_int = None
+        else:  # RND-style: a non-episodic intrinsic return with its own head, advantages mixed
+            advantages, returns = gae(rollout.rewards, values, rollout.dones, last_value, gamma, lam)
+            values_int = torch.stack(vint_l)
+            adv_int, returns_int = gae(bonus, values_int, torch.zeros_like(bonus), last_value_int,
+                                       float(a.intrinsic_gamma), lam)
+            advantages = float(a.extrinsic_coef) * advantages + float(a.intrinsic_coef) * adv_int
+
+        # 4. optimise policy, value and auxiliary losses ---------------------------------------------
+        b_obs, b_next = flatten_obs(rollout.obs), flatten_obs(rollout.next_obs)
+        b_actions, b_dones = rollout.actions.flatten(0, 1), rollout.dones.flatten(0, 1)
+        b_logprobs, b_adv, b_returns, b_values = logprobs.flatten(), advantages.flatten(), returns.flatten(), values.flatten()
+        self.agent.train()
+        self.aux.train()
+        stats: dict[str, list[float]] = {}
+        for _ in range(int(a.update_epochs)):
+            for mb in torch.randperm(self.batch_size).split(self.minibatch_size):
+                new = self.agent.evaluate(index_obs(b_obs, mb), b_actions[mb])
+                mb_adv = normalise_advantages(b_adv[mb]) if a.norm_adv else b_adv[mb]
+                pg_loss, pg_stats = policy_loss(new.logprob, b_logprobs[mb], mb_adv, float(a.clip_coef))
+                v_loss = value_loss(new.value, b_values[mb], b_returns[mb], float(a.clip_coef), bool(a.clip_vloss))
+                if returns_int is not None:
+                    v_loss = v_loss + value_loss(new.value_int, values_int.flatten()[mb], returns_int.flatten()[mb],
+                                                 float(a.clip_coef), bool(a.clip_vloss))
+                entropy = new.entropy.mean()
+                loss = pg_loss - float(a.ent_coef) * entropy + float(a.vf_coef) * v_loss
+                if self.aux:
+                    batch = rollout_batch(index_obs(b_obs, mb), index_obs(b_next, mb), b_actions[mb], b_dones[mb])
+                    for slot, objective in self.aux.items():
+                        out = objective(batch, self.agent.encoders)
+                        loss = loss + self.aux_weights[slot] * out.loss
+                        _add(stats, {f"aux/{slot}/loss": out.loss.item(),
+                                     **{f"aux/{slot}/{k}": v for k, v in out.metrics.items()}})
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = nn.utils.clip_grad_norm_(self.params, float(a.max_grad_norm))
+                self.optimizer.step()
+                progress = (self.update_index + 1) / self.num_updates
+                for objective in self.aux.values():
+                    objective.after_step(self.agent.encoders, progress)
+                _add(stats, {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy.item(),
+                             "grad_norm": grad_norm.item(), **pg_stats})
+            if a.target_kl is not None and stats["approx_kl"][-1] > float(a.target_kl):
+                break  # CleanRL's early stop on the last minibatch's KL estimate
+
+        # 5. intrinsic rewards learn -----------------------------------------------------------------
+        intrinsic_metrics = {}
+        for slot, reward_fn in self.intrinsic.items():
+            intrinsic_metrics |= {f"intrinsic/{slot}/{k}": v for k, v in reward_fn.update(rollout).items()}
+
+        self.update_index += 1
+        for ret, _length, success in episodes:
+            self.recent_returns.append(ret)
+            self.recent_success.append(success)
+        elapsed = time.perf_counter() - start
+        metrics = {k: float(np.mean(v)) for k, v in stats.items()}
+        metrics |= intrinsic_metrics | {
+            "global_step": self.global_step, "update": self.update_index,
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
+            "explained_variance": explained_variance(values.flatten(), returns.flatten()),
+            "steps_per_second": self.batch_size / elapsed,
+            "bonus_mean": bonus.mean().item(),
+        }
+        if episodes:
+            metrics |= {"episodic_return": float(np.mean([e[0] for e in episodes])),
+                        "episodic_length": float(np.mean([e[1] for e in episodes])),
+                        "success_rate": float(np.mean([e[2] for e in episodes])),
+                        "episodes": len(episodes)}
+        return metrics
+
+    # -- checkpoint state -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "agent": self.agent.state_dict(), "aux": self.aux.state_dict(), "intrinsic": self.intrinsic.state_dict(),
+            "obs_norm": self.obs_norm.state_dict(), "reward_scaler": self.reward_scaler.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "rng": capture_rng(),
+            "update_index": self.update_index, "global_step": self.global_step,
+            "recent_returns": list(self.recent_returns), "recent_success": list(self.recent_success),
+            "envs": mmssl_envs.snapshot_vector(self.envs), "next_obs": self.next_obs,
+            "aux_momentum": {slot: float(getattr(o, "momentum", 0.0)) for slot, o in self.aux.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.agent.load_state_dict(state["agent"])
+        self.aux.load_state_dict(state["aux"])
+        self.intrinsic.load_state_dict(state["intrinsic"])
+        self.obs_norm.load_state_dict(state["obs_norm"])
+        self.reward_scaler.load_state_dict(state["reward_scaler"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.update_index, self.global_step = int(state["update_index"]), int(state["global_step"])
+        self.recent_returns.extend(state["recent_returns"])
+        self.recent_success.extend(state["recent_success"])
+        for slot, momentum in state.get("aux_momentum", {}).items():
+            if hasattr(self.aux[slot], "momentum"):
+                self.aux[slot].momentum = momentum
+        mmssl_envs.restore_vector(self.envs, state["envs"])
+        self.next_obs = state["next_obs"]
+        restore_rng(state["rng"])
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def _stack_final(final_obs, idx: np.ndarray):
+    """``infos["final_obs"]`` (an object array, or a dict of them) at env indices ``idx`` → a batched array."""
+    if isinstance(final_obs, dict):
+        return {k: np.stack([v[i] for i in idx]) for k, v in final_obs.items()}
+    return np.stack([final_obs[i] for i in idx])
+
+
+def _finished_episodes(final_info: dict, idx: np.ndarray) -> list[tuple[float, float, float]]:
+    """(return, length, success) of the episodes that ended at env indices ``idx``."""
+    out = []
+    for i in idx:
+        episode = final_info["episode"]
+        success = final_info.get("success")
+        out.append((float(episode["r"][i]), float(episode["l"][i]), float(success[i]) if success is not None else 0.0))
+    return out
+
+
+def _add(stats: dict[str, list[float]], values: dict[str, float]) -> None:
+    for k, v in values.items():
+        stats.setdefault(k, []).append(float(v))

@@ -1,0 +1,162 @@
+"""``mmssl rl [overrides…]``: train PPO, checkpoint, evaluate (episodes, GIF, state probe), summarise.
+
+The run folder holds config.yaml, metrics.jsonl (one record per PPO update), checkpoints/step_*.pt
+(atomic; ``resume=true`` continues bit-identically on CPU), eval_episode.gif and summary.json with the
+final training statistics, evaluation returns/success, the linear state probe and env-steps/s.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+import envs as mmssl_envs
+from mmssl.config import compose, to_container
+from mmssl.logging import RunLogger, console
+from mmssl.rl.ppo import PPO, to_tensor
+from mmssl.train import checkpoint
+
+
+def main(overrides: list[str]) -> None:
+    cfg = compose("rl", overrides)
+    run(cfg)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train (or resume) the run described by ``cfg``; returns the summary dict."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    run_dir = Path(cfg.run_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}-rl-{cfg.env.name}-s{cfg.seed}")
+    ckpt_dir = run_dir / "checkpoints"
+    found = checkpoint.latest(ckpt_dir) if cfg.resume else None
+    ppo = PPO(cfg)
+    if found is not None:
+        ppo.load_state_dict(found[1]["ppo"])
+        console(f"resumed from {found[0]} at update {ppo.update_index}")
+    lcfg = cfg.logger
+    logger = RunLogger(run_dir, to_container(cfg), mode=lcfg.mode, project=lcfg.project, name=lcfg.name,
+                       group=lcfg.group, tags=list(lcfg.tags), resume=found is not None)
+    every, stop_after = int(cfg.checkpoint_every), cfg.get("stop_after_updates")
+    started, done_this_run = time.perf_counter(), 0
+    try:
+        while ppo.update_index < ppo.num_updates:
+            metrics = ppo.update()
+            done_this_run += 1
+            logger.log(metrics, step=ppo.global_step)
+            if cfg.get("progress", True) and ppo.update_index % max(1, int(cfg.log_every)) == 0:
+                console(f"update {ppo.update_index}/{ppo.num_updates} step {ppo.global_step} "
+                        f"return {np.mean(ppo.recent_returns) if ppo.recent_returns else float('nan'):.2f} "
+                        f"success {np.mean(ppo.recent_success) if ppo.recent_success else float('nan'):.2f} "
+                        f"sps {metrics['steps_per_second']:.0f}")
+            last = ppo.update_index == ppo.num_updates
+            interrupted = stop_after is not None and done_this_run >= int(stop_after)
+            if last or interrupted or (every and ppo.update_index % every == 0):
+                checkpoint.save({"ppo": ppo.state_dict(), "config": to_container(cfg)},
+                                ckpt_dir / f"step_{ppo.global_step:09d}.pt")
+                checkpoint.prune(ckpt_dir, int(cfg.keep_checkpoints))
+            if interrupted and not last:
+                logger.close()
+                return {"interrupted_at_update": ppo.update_index}
+        wall = time.perf_counter() - started
+        summary = {
+            "global_step": ppo.global_step, "updates": ppo.update_index, "train_wall_clock_s": wall,
+            "env_steps_per_second": ppo.num_steps * ppo.num_envs * done_this_run / max(wall, 1e-9),
+            "train_return_last100": float(np.mean(ppo.recent_returns)) if ppo.recent_returns else None,
+            "train_success_last100": float(np.mean(ppo.recent_success)) if ppo.recent_success else None,
+        }
+        summary |= evaluate(ppo, cfg, run_dir, logger)
+        logger.summary(summary)
+        return summary
+    finally:
+        logger.close()
+        ppo.close()
+
+
+@torch.no_grad()
+def evaluate(ppo: PPO, cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict:
+    """Evaluation episodes on a fresh env (own seed and torch generator, so training RNG is untouched).
+
+    Records the first episode as ``eval_episode.gif`` and fits a linear (ridge) probe from the agent's
+    frozen features to the true simulator state where ``envs.true_state`` knows it; the probe's R² on
+    the last 30 % of the visited states is reported.
+    """
+    ecfg = cfg.eval
+    episodes = int(ecfg.episodes)
+    if episodes <= 0:
+        return {}
+    env = mmssl_envs.make_env(cfg.env, render_mode="rgb_array" if ecfg.video else None)
+    generator = torch.Generator().manual_seed(int(cfg.seed) + 10_000)
+    ppo.agent.eval()
+    returns, successes, frames, feats, states = [], [], [], [], []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=int(cfg.seed) + 10_000 + ep)
+        total, done, success = 0.0, False, 0.0
+        while not done:
+            if ep == 0 and ecfg.video and len(frames) < int(ecfg.max_video_frames):
+                frames.append(_render(env))
+            x = ppo.prepare(to_tensor(_batch1(obs)), update_stats=False)
+            step = ppo.agent.act(x, deterministic=bool(ecfg.deterministic), generator=generator)
+            state = mmssl_envs.true_state(env)
+            if state is not None:
+                feats.append(step.features[0].numpy())
+                states.append(state)
+            action = step.action[0].numpy()
+            obs, reward, terminated, truncated, info = env.step(action if action.shape else action.item())
+            total += float(reward)
+            done = terminated or truncated
+            success = max(success, float(info.get("success", 0.0)))
+        returns.append(total)
+        successes.append(success)
+    env.close()
+    out = {"eval_return_mean": float(np.mean(returns)), "eval_return_std": float(np.std(returns)),
+           "eval_success_rate": float(np.mean(successes)), "eval_episodes": episodes}
+    frames = [f for f in frames if f is not None]
+    if frames:
+        path = run_dir / "eval_episode.gif"
+        _save_gif(frames, path)
+        logger.log_file(path, "eval/video")
+        out["eval_video"] = path.name
+    if len(states) >= 20:
+        out |= state_probe(np.stack(feats), np.stack(states))
+    return out
+
+
+def state_probe(features: np.ndarray, states: np.ndarray, alpha: float = 1.0) -> dict:
+    """Ridge regression features (M, D) → states (M, S), fit on the first 70 %, R² on the rest (time order)."""
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+    from sklearn.preprocessing import StandardScaler
+
+    split = int(0.7 * len(features))
+    scaler = StandardScaler().fit(features[:split])
+    probe = Ridge(alpha=alpha).fit(scaler.transform(features[:split]), states[:split])
+    prediction = probe.predict(scaler.transform(features[split:]))
+    per_dim = r2_score(states[split:], prediction, multioutput="raw_values")
+    return {"probe_state_r2": float(np.mean(per_dim)), "probe_state_r2_per_dim": [float(v) for v in per_dim],
+            "probe_samples": int(len(features))}
+
+
+def _batch1(obs):
+    return {k: np.asarray(v)[None] for k, v in obs.items()} if isinstance(obs, dict) else np.asarray(obs)[None]
+
+
+def _render(env):
+    try:
+        return env.render()
+    except Exception as exc:  # noqa: BLE001 - a missing renderer must not lose the evaluation
+        warnings.warn(f"rendering failed ({exc}); no video", stacklevel=2)
+        return None
+
+
+def _save_gif(frames: list[np.ndarray], path: Path, fps: int = 15) -> None:
+    """Frames (H, W, 3) uint8 → an animated GIF with Pillow (no ffmpeg/moviepy needed offline)."""
+    from PIL import Image
+
+    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
