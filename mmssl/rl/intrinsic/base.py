@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmssl.encoders.obs import encoder_for_space
 from mmssl.errors import ConfigError, ShapeError
 from mmssl.rl.storage import Obs, Rollout, flatten_obs
 
@@ -128,25 +129,32 @@ class Preprocess(nn.Module):
         return x.reshape(len(x), -1)
 
 
-def default_encoder(shape: tuple[int, ...], dim: int, hidden: int = 64) -> nn.Module:
-    """A small randomly initialised encoder (B, *shape) → (B, dim) for a preprocessed observation shape.
+def is_symbolic_grid(space: gym.Space) -> bool:
+    """MiniGrid-style symbolic grids: (H, W, 3) integer (object, colour, state) ids on a small square grid."""
+    shape = getattr(space, "shape", None) or ()
+    return (isinstance(space, gym.spaces.Box) and np.issubdtype(space.dtype, np.integer) and len(shape) == 3
+            and shape[2] == 3 and shape[0] == shape[1] <= 15)
 
-    Vectors: a 2-layer MLP. Images of at least 36 pixels a side: the Nature-DQN CNN (Mnih et al. 2015);
-    smaller grids (MiniGrid's 7×7): three 3×3 convolutions. The flattened size is found by a dry run.
-    """
+
+def default_encoder_spec(shape: tuple[int, ...], grid: bool) -> dict:
+    """The obs encoder (``ENCODERS`` name) for an input: ``minigrid`` for symbolic grids, ``mlp`` for
+    vectors, ``nature_cnn`` for images of at least 36 pixels a side and ``impala_cnn`` for smaller ones."""
+    if grid:
+        return {"name": "minigrid"}
     if len(shape) == 1:
-        return nn.Sequential(nn.Linear(shape[0], hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                             nn.Linear(hidden, dim))
-    c = shape[0]
-    if min(shape[1:]) >= 36:
-        convs = [nn.Conv2d(c, 32, 8, 4), nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU(), nn.Conv2d(64, 64, 3, 1)]
-    else:
-        convs = [nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-                 nn.Conv2d(32, 32, 3, padding=1)]
-    body = nn.Sequential(*convs, nn.ReLU(), nn.Flatten())
-    with torch.no_grad():
-        flat = body(torch.zeros(1, *shape)).shape[1]
-    return nn.Sequential(body, nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        return {"name": "mlp"}
+    return {"name": "nature_cnn" if min(shape[1:]) >= 36 else "impala_cnn"}
+
+
+class Pooled(nn.Module):
+    """An ``Encoder`` seen as a plain module: input → ``pooled`` (B, dim)."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x).pooled
 
 
 class ActionCodec:
@@ -180,12 +188,15 @@ class IntrinsicReward(nn.Module):
     ``coef_decay`` (β ← β·decay after each ``update``), ``normalise`` (``none``; ``std``: divide by the
     running std of the bonus; ``return``: RND's forward filter, divide by the running std of the
     discounted intrinsic return ``R_t = γ R_{t-1} + r_t``), ``gamma`` (that filter's discount),
-    ``use_agent_features``, ``obs_key``, ``embed_dim``, ``lr``, ``update_epochs``, ``batch_size``.
+    ``use_agent_features``, ``obs_key``, ``encoder`` (an ``ENCODERS`` spec ``{name, **options}`` for the
+    reward's own networks; default from the space, see ``default_encoder_spec``), ``embed_dim``, ``lr``,
+    ``update_epochs``, ``batch_size``.
     """
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, num_envs: int, *,
                  coef: float = 0.01, coef_decay: float = 1.0, normalise: str = "std", gamma: float = 0.99,
-                 use_agent_features: bool = False, obs_key: str | None = None, embed_dim: int = 64,
+                 use_agent_features: bool = False, obs_key: str | None = None, encoder: dict | None = None,
+                 embed_dim: int = 64,
                  lr: float = 1e-3, update_epochs: int = 1, batch_size: int = 256):
         super().__init__()
         if normalise not in NORMALISE:
@@ -197,6 +208,14 @@ class IntrinsicReward(nn.Module):
         self.embed_dim, self.lr, self.update_epochs, self.batch_size = embed_dim, lr, update_epochs, batch_size
         self.space, self.obs_key = pick_space(observation_space, obs_key)
         self.preprocess = None if use_agent_features else Preprocess(self.space)
+        # symbolic grids stay integer ids (the minigrid encoder embeds them); everything else is preprocessed
+        self.grid = not use_agent_features and is_symbolic_grid(self.space)
+        if not use_agent_features:
+            shape = self.space.shape if self.grid else self.preprocess.shape
+            self.encoder_spec = dict(encoder or default_encoder_spec(shape, self.grid))
+            # the space the encoder reads, for encoder_for_space's dry run (valid grid ids: 0..2)
+            self.input_space = (gym.spaces.Box(0, 2, shape, np.int64) if self.grid
+                                else gym.spaces.Box(-1.0, 1.0, shape, np.float32))
         self.actions = ActionCodec(action_space)
         self.register_buffer("coef", torch.tensor(float(coef), dtype=torch.float64))
         self.coef_decay = coef_decay
@@ -230,7 +249,9 @@ class IntrinsicReward(nn.Module):
         dim = dim or self.embed_dim
         if self.use_agent_features:  # the agent's feature size is only known when features arrive
             return nn.Sequential(nn.LazyLinear(self.embed_dim), nn.ReLU(), nn.Linear(self.embed_dim, dim))
-        return default_encoder(self.preprocess.shape, dim, hidden=self.embed_dim)
+        spec = {"dim": self.embed_dim, **self.encoder_spec}
+        body = encoder_for_space(self.input_space, spec)
+        return nn.Sequential(Pooled(body), nn.Linear(body.dim, dim))
 
     def inputs(self, obs: Obs | None, features: torch.Tensor | None) -> torch.Tensor:
         """(B, ...) network input: agent features, or the preprocessed observation at ``obs_key``."""
@@ -239,7 +260,8 @@ class IntrinsicReward(nn.Module):
                 raise ConfigError(f"{self.name} has use_agent_features=true but the rollout carries no features; "
                                   "have the agent store them or set use_agent_features=false")
             return features.float()
-        return self.preprocess(select_obs(obs, self.obs_key))
+        x = select_obs(obs, self.obs_key)
+        return x.long() if self.grid else self.preprocess(x)
 
     def rollout_inputs(self, rollout: Rollout, next_: bool = True) -> torch.Tensor:
         """(T·N, ...) network inputs for ``next_obs`` (or ``obs``) of a rollout."""

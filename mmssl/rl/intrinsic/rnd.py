@@ -16,7 +16,7 @@ class RND(IntrinsicReward):
 
     f̂: a fixed, randomly initialised target network; f: a predictor trained to match it, so the error is
     high on rarely seen states. Inputs are whitened with running statistics and clipped to ±``obs_clip``
-    (the paper's observation normalisation); the bonus defaults to the paper's forward-filter
+    (the paper's observation normalisation; not for symbolic grid ids or agent features); the bonus defaults to the paper's forward-filter
     normalisation (``normalise: return``). Only ``update_proportion`` of each rollout trains the
     predictor, which keeps the bonus from vanishing too fast with many envs. Shapes: next_obs (T, N, ...)
     → bonus (T, N).
@@ -29,8 +29,8 @@ class RND(IntrinsicReward):
         check_positive("rnd", obs_clip=obs_clip, update_proportion=update_proportion)
         self.obs_clip, self.update_proportion = obs_clip, update_proportion
         self.target, self.predictor = self.make_encoder(), self.make_encoder()
-        # agent features: their size is known only at the first call, so their statistics start lazily
-        self.obs_stats = None if self.use_agent_features else RunningMeanStd(self.preprocess.shape)
+        # whitening fits float inputs; agent features (size unknown up front) and grid ids are used as they are
+        self.obs_stats = None if self.use_agent_features or self.grid else RunningMeanStd(self.preprocess.shape)
         self.make_optimizer([self.predictor])
 
     def whiten(self, x: torch.Tensor) -> torch.Tensor:

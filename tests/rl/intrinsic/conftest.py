@@ -25,9 +25,11 @@ def sample(space: gym.Space, prefix: tuple[int, ...], gen: torch.Generator):
         return {k: sample(s, prefix, gen) for k, s in space.spaces.items()}
     if isinstance(space, gym.spaces.Discrete):
         return torch.randint(space.n, prefix, generator=gen)
+    if space.shape == (7, 7, 3):  # MiniGrid (object, colour, state) ids: 11, 6 and 3 values
+        u = torch.rand(*prefix, *space.shape, generator=gen)
+        return (u * torch.tensor([11, 6, 3])).long()
     if np.issubdtype(space.dtype, np.integer):
-        high = 11 if space.shape == (7, 7, 3) else 256  # MiniGrid object ids are small
-        return torch.randint(0, high if space.shape != (6,) else 50, (*prefix, *space.shape), generator=gen)
+        return torch.randint(0, 256 if space.shape != (6,) else 50, (*prefix, *space.shape), generator=gen)
     return torch.randn(*prefix, *space.shape, generator=gen)
 
 
