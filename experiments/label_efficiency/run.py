@@ -1,0 +1,124 @@
+"""Label efficiency on digits: `python experiments/label_efficiency/run.py [--seeds 0 1 2]` → results.md, plot.
+
+For each seed: a SimCLR pretraining run (`mmssl pretrain seed=S`, the defaults; reused when its folder
+already exists), then for each label fraction four ways to use the labels — supervised from scratch, a
+linear head on frozen SSL features, fine-tuning the SSL encoder, semi-supervised (FixMatch + SimCLR on the
+unlabelled rest) — each through `mmssl.finetune.run` (the same code as `mmssl finetune RUN …`). Finished
+fine-tuning runs (their summary.json) are reused, so an interrupted study continues where it stopped.
+Writes results.json, results.md (mean ± std over seeds) and label_efficiency.png next to this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+#: method → (label, overrides); every method sees the same labelled subset for a given (seed, fraction)
+METHODS = {
+    "scratch": ("supervised from scratch", ["from_scratch=true", "mode=full"]),
+    "probe": ("linear head on frozen SSL encoder", ["mode=frozen", "head_lr=0.01"]),
+    "finetune": ("fine-tuned SSL encoder", ["mode=full"]),
+    "semi": ("semi-supervised (FixMatch + SimCLR)", ["mode=semi"]),
+}
+
+
+def pretrain(run_dir: Path, seed: int) -> None:
+    if (run_dir / "summary.json").exists():
+        return
+    subprocess.run([sys.executable, "-m", "mmssl.cli", "pretrain", f"seed={seed}", f"run_dir={run_dir}",
+                    "trainer.progress=false", "logger.mode=disabled", "threads=1", "eval.plot=false"], check=True)
+
+
+def finetune(run_dir: Path, method: str, fraction: float, steps: int) -> dict:
+    from mmssl.finetune import run
+
+    name = f"{method}-labels{fraction}"
+    summary_path = run_dir / "finetune" / name / "summary.json"
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    overrides = [f"labels={fraction}", f"steps={steps}", f"name={name}", "threads=1", "logger.mode=disabled",
+                 *METHODS[method][1]]
+    summary = run(run_dir, overrides)
+    print(f"{run_dir.name} {name}: test accuracy {summary['test/accuracy']:.4f} "
+          f"({summary['steps_run']} steps, {summary['time/seconds']:.0f} s)", flush=True)
+    return summary
+
+
+def table(results: dict, fractions: list[float], seeds: list[int]) -> str:
+    def cell(method: str, fraction: float) -> str:
+        values = [results[f"{method}/{fraction}/{s}"] for s in seeds if f"{method}/{fraction}/{s}" in results]
+        if not values:
+            return "—"
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
+
+    header = "| method | " + " | ".join(f"{f:g} labels" if f >= 1 else f"{100 * f:g}% labels" for f in fractions) + " |"
+    lines = [header, "|---|" + "---:|" * len(fractions)]
+    for method, (label, _) in METHODS.items():
+        lines.append(f"| {label} | " + " | ".join(cell(method, f) for f in fractions) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, fractions: list[float], seeds: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, (label, _) in METHODS.items():
+        xs, means, sds = [], [], []
+        for f in fractions:
+            values = [results[f"{method}/{f}/{s}"] for s in seeds if f"{method}/{f}/{s}" in results]
+            if values:
+                xs.append(f)
+                means.append(100 * statistics.mean(values))
+                sds.append(100 * statistics.stdev(values) if len(values) > 1 else 0.0)
+        ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
+    ax.set_xlabel("labelled fraction of the digits training split (1258 images)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Label efficiency on digits (mean ± std, {len(seeds)} seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 1.0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--out", default="runs/label_efficiency")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    results: dict[str, float] = {}
+    for seed in args.seeds:
+        run_dir = Path(args.out) / f"pretrain_seed{seed}"
+        pretrain(run_dir, seed)
+        for fraction in args.fractions:
+            for method in args.methods:
+                if method == "semi" and fraction >= 1:
+                    continue  # no unlabelled data left: semi-supervised is undefined at 100% labels
+                results[f"{method}/{fraction}/{seed}"] = finetune(run_dir, method, fraction, args.steps)["test/accuracy"]
+    (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    text = (f"Test accuracy (%) on the digits test split (539 images), mean ± std over seeds {args.seeds}; "
+            f"{args.steps} steps max with early stopping.\nCommand: `python experiments/label_efficiency/run.py "
+            f"--seeds {' '.join(map(str, args.seeds))}`\n\n{table(results, args.fractions, args.seeds)}\n")
+    (HERE / "results.md").write_text(text)
+    plot(results, args.fractions, args.seeds, HERE / "label_efficiency.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

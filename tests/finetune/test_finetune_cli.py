@@ -1,0 +1,90 @@
+"""`mmssl finetune` end to end on a seconds-long pretraining run: outputs, frozen weights, semi, transfer, errors."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from mmssl.cli import main
+from mmssl.train import checkpoint
+from tests.conftest import tiny_overrides
+
+FAST = ["steps=4", "eval_every=2", "batch_size=16", "threads=1", "logger.mode=disabled"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pretrain")
+    torch.manual_seed(0)
+    assert main(["pretrain", *tiny_overrides(path)]) == 0
+    return path
+
+
+def _encoder_state(state: dict, prefix: str) -> dict:
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def test_finetune_writes_results_into_the_run_folder(run_dir, capsys):
+    assert main(["finetune", str(run_dir), "labels=5", "name=full5", *FAST]) == 0
+    out = run_dir / "finetune" / "full5"
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["test/accuracy"] <= 1.0
+    assert summary["labelled/per_class_min"] == summary["labelled/per_class_max"] == 5
+    assert summary["labelled/train_items"] == 40 and summary["labelled/val_items"] == 10  # 4 + 1 per class
+    assert f"test accuracy {summary['test/accuracy']:.4f}" in capsys.readouterr().out
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["finetune"]["labels"] == 5 and config["encoder"]["image"]["width"] == 4  # merged with the run's
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val/accuracy" in r] == [2, 4]
+    # full fine-tuning starts from the pretrained weights and moves them
+    pretrained = _encoder_state(checkpoint.latest(run_dir / "checkpoints")[1]["model"], "encoders.image.")
+    tuned = _encoder_state(checkpoint.load(out / "classifier.pt")["model"], "encoders.image.")
+    assert not torch.equal(pretrained["features.2.0.weight"], tuned["features.2.0.weight"])
+
+
+@pytest.mark.parametrize("mode, frozen_prefixes", [("frozen", ("features.",)), ("partial", ("features.0.", "features.1."))])
+def test_frozen_parameters_stay_bit_identical(run_dir, mode, frozen_prefixes):
+    assert main(["finetune", str(run_dir), "labels=3", f"mode={mode}", "unfreeze_last=1", f"name={mode}", *FAST]) == 0
+    pretrained = _encoder_state(checkpoint.latest(run_dir / "checkpoints")[1]["model"], "encoders.image.")
+    tuned = _encoder_state(checkpoint.load(run_dir / "finetune" / mode / "classifier.pt")["model"], "encoders.image.")
+    frozen = [k for k in pretrained if k.startswith(frozen_prefixes)]
+    assert frozen and all(torch.equal(pretrained[k], tuned[k]) for k in frozen)  # incl. BatchNorm statistics
+    if mode == "partial":
+        assert not torch.equal(pretrained["features.2.0.weight"], tuned["features.2.0.weight"])
+
+
+def test_semi_supervised_and_from_scratch_run(run_dir):
+    assert main(["finetune", str(run_dir), "labels=2", "mode=semi", "pseudo_threshold=0.0", "name=semi",
+                 "unlabelled_batch_size=32", *FAST]) == 0
+    summary = json.loads((run_dir / "finetune" / "semi" / "summary.json").read_text())
+    assert summary["semi"] and summary["unlabelled_items"] == 1258 - 0  # val_fraction 0.2 of 2 per class → no val
+    records = [json.loads(line) for line in (run_dir / "finetune" / "semi" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["train/pseudo_mask_rate"] == 1.0  # threshold 0 keeps every pseudo-label
+    assert "train/ssl_loss" in records[0]
+    assert main(["finetune", str(run_dir), "labels=2", "from_scratch=true", "name=scratch", *FAST]) == 0
+    tuned = checkpoint.load(run_dir / "finetune" / "scratch" / "classifier.pt")["model"]
+    pretrained = checkpoint.latest(run_dir / "checkpoints")[1]["model"]
+    assert not torch.equal(tuned["encoders.image.features.0.0.weight"], pretrained["encoders.image.features.0.0.weight"])
+
+
+def test_transfer_adapts_another_dataset_to_the_encoder(run_dir):
+    # digits rendered as 16×16 RGB: resized and converted back to what the 8×8 grey encoder read in pretraining
+    assert main(["finetune", str(run_dir), "data=digits", "+data.size=16", "+data.channels=3", "labels=2",
+                 "name=transfer", *FAST]) == 0
+    config = yaml.safe_load((run_dir / "finetune" / "transfer" / "config.yaml").read_text())
+    assert config["data"]["size"] == 16 and config["data"]["channels"] == 3
+    assert 0 <= json.loads((run_dir / "finetune" / "transfer" / "summary.json").read_text())["test/accuracy"] <= 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["labels=0.001"], "labels=0.001 leaves class 'zero' empty"),
+    (["lables=0.1"], "did you mean labels"),
+    (["mode=semi", "labels=1", "mode=frozen", "semi=true"], "use mode=full or mode=partial"),
+    (["mode=linear"], "mode must be one of frozen, partial, full, semi"),
+    (["data=fashion_mnist", "data.root=/nonexistent"], "does not exist"),
+])
+def test_bad_inputs_fail_with_one_line(run_dir, capsys, args, message):
+    assert main(["finetune", str(run_dir), *args, *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
