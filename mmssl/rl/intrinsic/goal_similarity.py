@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium as gym
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from mmssl.config import registry_kwargs
@@ -18,15 +21,21 @@ from mmssl.types import AUDIO, IMAGE, OBS, TEXT
 MODES = ("similarity", "increase")
 
 
-def load_encoders(path: str, modalities: tuple[str, ...]) -> dict[str, nn.Module]:
-    """Encoders for ``modalities`` rebuilt from a pretraining checkpoint's config and weights.
+def load_encoders(path: str, modalities: tuple[str, ...]) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """Encoders for ``modalities`` (and their joint-space projections) from a pretraining run or checkpoint.
 
     A pretraining checkpoint holds ``config.encoder.<modality>`` (registry name and options) and the
-    model's ``encoders.<modality>.*`` weights.
+    model's ``encoders.<modality>.*`` weights; a cross-modal objective's linear projections into the
+    joint space are found as ``…projections.<modality>.{weight,bias}`` (the goal_map encoder reads them
+    the same way). ``path``: a ``step_*.pt`` file or a run folder (its newest valid checkpoint).
     """
-    state = ckpt.load(path)
+    p = Path(path)
+    found = ckpt.latest(p / "checkpoints") if p.is_dir() else (p, ckpt.load(p))
+    if found is None:
+        raise ConfigError(f"no pretraining checkpoint in {path}; pass a run folder or a step_*.pt file")
+    state = found[1]
     spec = (state.get("config") or {}).get("encoder") or {}
-    encoders = {}
+    encoders, projections = {}, {}
     for m in modalities:
         if m not in spec:
             raise ConfigError(f"checkpoint {path} has encoders for {sorted(spec)}, not {m!r}; "
@@ -36,7 +45,11 @@ def load_encoders(path: str, modalities: tuple[str, ...]) -> dict[str, nn.Module
         weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
         ckpt.load_matching(encoder, weights, what=f"{m} encoder")
         encoders[m] = encoder
-    return encoders
+        proj = {k.split(f"projections.{m}.", 1)[1]: v for k, v in state["model"].items() if f"projections.{m}." in k}
+        if set(proj) == {"weight", "bias"}:
+            projections[m] = nn.Linear(proj["weight"].shape[1], proj["weight"].shape[0])
+            projections[m].load_state_dict(proj)
+    return encoders, projections
 
 
 @INTRINSIC_REWARDS.register("goal_similarity", modalities=(OBS, IMAGE, TEXT, AUDIO))
@@ -51,13 +64,16 @@ class GoalSimilarity(IntrinsicReward):
     come from a pretraining ``checkpoint`` or are given as modules (``encoders``); the goal is read from
     the observation dict at ``goal_key`` ((N, L) token ids or (N, samples) audio) or fixed (``goal``).
     Observations at ``obs_key`` are preprocessed like every reward's (channel-last → (N, C, H, W),
-    uint8 → [0, 1]) and resized to ``image_size`` when given. Shapes: rollout (T, N) → bonus (T, N).
+    uint8 → [0, 1]) and resized to ``image_size`` when given; with ``agent_tile: t`` only the t×t picture
+    under the agent is embedded (DigitGrid's (2, G·t, G·t) frames: pictures, agent mask), so the bonus
+    says how well the tile the agent stands on matches the instruction. Shapes: rollout (T, N) → bonus (T, N).
     """
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, num_envs: int,
                  checkpoint: str | None = None, encoders: dict | None = None, projections: dict | None = None,
                  obs_modality: str = IMAGE, goal_modality: str = TEXT, goal_key: str | None = "mission",
-                 goal: list | None = None, mode: str = "similarity", image_size: int | None = None, **common):
+                 goal: list | None = None, mode: str = "similarity", image_size: int | None = None,
+                 agent_tile: int | None = None, **common):
         common.setdefault("normalise", "none")
         common.setdefault("coef", 0.1)
         super().__init__(observation_space, action_space, num_envs, **common)
@@ -70,7 +86,8 @@ class GoalSimilarity(IntrinsicReward):
             raise ConfigError("goal_similarity needs exactly one of checkpoint (a pretraining run's .pt file) "
                               "or encoders ({modality: module})")
         pair = (obs_modality, goal_modality)
-        found = load_encoders(checkpoint, pair) if checkpoint is not None else dict(encoders)
+        found, loaded_projections = load_encoders(checkpoint, pair) if checkpoint is not None else (dict(encoders), {})
+        projections = {**loaded_projections, **dict(projections or {})}
         missing = [m for m in pair if m not in found]
         if missing:
             raise ConfigError(f"goal_similarity needs encoders for {list(pair)}; missing {missing}")
@@ -79,9 +96,9 @@ class GoalSimilarity(IntrinsicReward):
             raise ConfigError(f"goal_similarity reads the goal from observation key {goal_key!r}, which the "
                               "observation space lacks; set goal_key or give a fixed goal")
         self.obs_modality, self.goal_modality, self.goal_key, self.mode = obs_modality, goal_modality, goal_key, mode
-        self.image_size = image_size
+        self.image_size, self.agent_tile = image_size, agent_tile
         self.encoders = nn.ModuleDict({m: found[m] for m in pair}).requires_grad_(False).eval()
-        self.projections = nn.ModuleDict(dict(projections or {})).requires_grad_(False).eval()
+        self.projections = nn.ModuleDict(projections).requires_grad_(False).eval()
         self.register_buffer("goal", None if goal is None else torch.as_tensor(goal, dtype=self.goal_dtype))
 
     def train(self, mode: bool = True):
@@ -101,6 +118,8 @@ class GoalSimilarity(IntrinsicReward):
     def similarity(self, obs: Obs) -> torch.Tensor:
         """(B, ...) observations → (B,) cosine similarity with their goals."""
         image = self.preprocess(select_obs(obs, self.obs_key))
+        if self.agent_tile:
+            image = self.tile_under_agent(image)
         if self.image_size is not None:
             image = F.interpolate(image, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         z = self.embed(self.obs_modality, image)
@@ -114,6 +133,16 @@ class GoalSimilarity(IntrinsicReward):
             raise ShapeError(f"the {self.obs_modality} embedding has {z.shape[-1]} dims but the {self.goal_modality} "
                              f"one {goal_z.shape[-1]}; give projections into a shared space")
         return (z * goal_z).sum(-1)
+
+    def tile_under_agent(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 2, G·t, G·t) → (B, 1, t, t): the channel-0 picture of the tile where channel 1 marks the agent."""
+        t = self.agent_tile
+        if image.shape[1] != 2 or image.shape[-1] % t or image.shape[-2] % t:
+            raise ShapeError(f"agent_tile={t} reads (B, 2, G·{t}, G·{t}) images (pictures, agent mask), "
+                             f"got {tuple(image.shape)}")
+        tiles = rearrange(image, "b c (gh t1) (gw t2) -> b (gh gw) c t1 t2", t1=t, t2=t)  # (B, G², 2, t, t)
+        cell = tiles[:, :, 1].flatten(2).mean(-1).argmax(1)  # (B,) the agent's tile
+        return tiles[torch.arange(len(tiles)), cell, :1]
 
     @property
     def goal_dtype(self) -> torch.dtype:

@@ -95,17 +95,53 @@ def test_goal_similarity_increase_mode_and_fixed_goal():
 def test_goal_similarity_loads_encoders_from_a_pretraining_checkpoint(tmp_path):
     image = ENCODERS.build("convnet", in_channels=3, width=4).eval()
     spec = {"name": "convnet", "in_channels": 3, "width": 4}
-    state = {"model": {f"encoders.image.{k}": v for k, v in image.state_dict().items()},
+    projection = nn.Linear(image.dim, 6)
+    state = {"model": {**{f"encoders.image.{k}": v for k, v in image.state_dict().items()},
+                       **{f"objectives.bind.projections.image.{k}": v for k, v in projection.state_dict().items()}},
              "config": {"encoder": {"image": spec}}}
-    path = checkpoint.save(state, tmp_path / "step_00000001.pt")
+    path = checkpoint.save(state, tmp_path / "checkpoints" / "step_00000001.pt")
     space = gym.spaces.Dict({"image": SPACE["image"]})
-    # goal as an image (fixed): the bonus is 1 exactly when the observation is the goal frame
-    goal = (frames([1])[0].permute(2, 0, 1).float() / 255).tolist()
-    reward = INTRINSIC_REWARDS.build("goal_similarity", space, ACTIONS, 3, coef=1.0, checkpoint=str(path),
-                                     goal_modality="image", goal=goal)
-    rollout = goal_rollout([0, 0, 0], [1, 0, 2], missions=[0, 0, 0])
-    rollout.obs, rollout.next_obs = {"image": rollout.obs["image"]}, {"image": rollout.next_obs["image"]}
+    # goal as an image (fixed); the bonus must be the cosine computed by hand with the saved weights
+    pictures = torch.randint(0, 256, (3, 4, 4, 3), dtype=torch.uint8)
+    goal = (pictures[0].permute(2, 0, 1).float() / 255).tolist()
+    reward = INTRINSIC_REWARDS.build("goal_similarity", space, ACTIONS, 3, coef=1.0, checkpoint=str(tmp_path),
+                                     goal_modality="image", goal=goal)  # a run folder: its newest checkpoint
+    torch.testing.assert_close(reward.projections["image"].weight, projection.weight)
+    assert reward.embed("image", torch.rand(2, 3, 4, 4)).shape == (2, 6)  # the joint space of the projection
+    obs = {"image": pictures[None]}
+    rollout = Rollout(obs=obs, next_obs=obs, actions=torch.zeros(1, 3), rewards=torch.zeros(1, 3),
+                      dones=torch.zeros(1, 3))
     bonus = reward.compute(rollout)[0]
-    assert bonus[0] == pytest.approx(1.0, abs=1e-5) and bonus[1] < 1 - 1e-4
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(projection(image(pictures.permute(0, 3, 1, 2).float() / 255).pooled), dim=-1)
+    torch.testing.assert_close(bonus, z @ z[0], rtol=1e-4, atol=1e-5)
+    assert bonus[0] == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ConfigError, match="has encoders for \\['image'\\], not 'text'"):
         INTRINSIC_REWARDS.build("goal_similarity", space, ACTIONS, 3, checkpoint=str(path), goal=[1])
+
+
+class Brightness(nn.Module):
+    """Hand-made tile tower: (B, 1, t, t) → [bright, dim] one-hot by mean intensity."""
+
+    def forward(self, x):
+        bright = (x.mean((1, 2, 3)) > 0.5).float()
+        return EncoderOutput(pooled=torch.stack([bright, 1 - bright], -1))
+
+
+def test_goal_similarity_on_the_tile_under_the_agent():
+    space = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (2, 16, 16), np.uint8),
+                             "instruction": gym.spaces.Box(0, 1, (1,), np.int64)})
+    words = nn.Module()
+    words.forward = lambda tokens: EncoderOutput(pooled=torch.eye(2)[tokens[:, 0]])  # 0 "bright", 1 "dim"
+    reward = INTRINSIC_REWARDS.build("goal_similarity", space, ACTIONS, 2, coef=1.0, goal_key="instruction",
+                                     encoders={"image": Brightness(), "text": words}, agent_tile=8)
+    image = torch.zeros(1, 2, 2, 16, 16, dtype=torch.uint8)
+    image[..., 0, :8, :8] = 230  # top-left tile bright, bottom-right tile dim
+    image[..., 0, 8:, 8:] = 40
+    image[0, 0, 1, :8, :8] = 255  # env 0 stands on the bright tile, env 1 on the dim one
+    image[0, 1, 1, 8:, 8:] = 255
+    obs = {"image": image, "instruction": torch.zeros(1, 2, 1, dtype=torch.long)}  # both told "bright"
+    rollout = Rollout(obs=obs, next_obs=obs, actions=torch.zeros(1, 2), rewards=torch.zeros(1, 2),
+                      dones=torch.zeros(1, 2))
+    bonus = reward.compute(rollout)[0]
+    assert bonus.tolist() == pytest.approx([1.0, 0.0])
