@@ -384,11 +384,13 @@ def _ssl_objective(cfg: DictConfig, encoders: nn.ModuleDict, modality: str, mode
 
 
 def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, out_dir: str | Path,
-             reference_shape: Mapping[str, tuple[int, ...]] | None = None, data: DatasetSplits | None = None) -> dict:
+             reference_shape: Mapping[str, tuple[int, ...]] | None = None, data: DatasetSplits | None = None,
+             source: str | None = None) -> dict:
     """Fine-tune (or probe, or semi-supervise) ``cfg``'s encoder and return the summary written to ``out_dir``.
 
     ``model_state``: the pretraining SSLModel state dict (None with ``from_scratch``); ``reference_shape``:
-    per-item input shapes the encoder was pretrained on (transfer data is adapted to them).
+    per-item input shapes the encoder was pretrained on (transfer data is adapted to them); ``source``: the
+    checkpoint path, recorded in the summary.
     """
     ft = cfg.finetune
     started = time.perf_counter()
@@ -516,6 +518,7 @@ def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, ou
             "data": str(cfg.data.name), "modality": modality, "seed": seed,
             "trainable_units": [u.name for u, t in zip(units, trains) if t],
             "time/seconds": round(time.perf_counter() - started, 2), "folder": str(out_dir),
+            "checkpoint": source,
         }
         logger.log({"test/accuracy": test_acc, "test/loss": test_loss}, step)
         logger.summary(summary)
@@ -533,9 +536,7 @@ def run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
         pretrain_data = build_data(OmegaConf.create(state["config"]))
         reference = {m: tuple(pretrain_data.train.data[m].shape[1:]) for m in pretrain_data.train.modalities}
     model_state = None if cfg.finetune.from_scratch else state["model"]
-    summary = finetune(cfg, model_state, run_dir / "finetune", reference)
-    summary["checkpoint"] = str(ckpt_path)
-    return summary
+    return finetune(cfg, model_state, run_dir / "finetune", reference, source=str(ckpt_path))
 
 
 def main(argv: list[str]) -> None:

@@ -88,3 +88,12 @@ def test_bad_inputs_fail_with_one_line(run_dir, capsys, args, message):
     assert main(["finetune", str(run_dir), *args, *FAST]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_checkpoint_path_layer_decay_and_mlp_head(run_dir):
+    ckpt = checkpoint.checkpoints(run_dir / "checkpoints")[-1]
+    assert main(["finetune", str(ckpt), "labels=2", "mode=partial", "unfreeze_last=2", "layer_decay=0.5",
+                 "head_hidden=16", "name=decay", *FAST]) == 0
+    summary = json.loads((run_dir / "finetune" / "decay" / "summary.json").read_text())
+    assert summary["trainable_units"] == ["features.1", "features.2"] and summary["checkpoint"] == str(ckpt)
+    assert main(["finetune"]) == 2
