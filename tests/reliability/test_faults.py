@@ -73,6 +73,16 @@ def test_persistent_nonfinite_with_skip_gives_up(tmp_path, monkeypatch):
         fit(cfg, tmp_path)
 
 
+# -- data faults ---------------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="colour jitter's _gray assumes 1 or 3 channels; "
+                                                             "2-channel images crash with a tensor-size RuntimeError")
+def test_two_channel_images_train(tmp_path):
+    cfg = compose("pretrain", tiny_overrides(tmp_path, "+data.channels=2", "encoder.image.in_channels=2",
+                                             "trainer.steps=2"))
+    assert fit(cfg, tmp_path).step == 2
+
+
 # -- safe loading --------------------------------------------------------------------------------------
 
 class _Evil:

@@ -1,0 +1,236 @@
+"""Catalogue of bad inputs, one table: every case ends in one line `error: …` (exit 2) through `mmssl.cli.main`,
+says what was wrong, and leaves every file that existed before it untouched."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import pathlib
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from mmssl.cli import main
+from mmssl.train import checkpoint
+from tests.conftest import tiny_overrides
+
+
+@dataclass
+class Case:
+    id: str
+    argv: Callable[[pathlib.Path], list[str]]  # tmp folder (holding a copy of a finished run at tmp/done) → argv
+    expect: tuple[str, ...]  # substrings of the error line
+    patch: Callable | None = None  # (monkeypatch) → None, e.g. a full disk
+    untouched_run: bool = True  # config errors: the run folder is never created
+    check: Callable[[pathlib.Path], None] | None = None
+
+
+def pre(*extra):
+    return lambda tmp: ["pretrain", *tiny_overrides(tmp / "run", *extra)]
+
+
+def resume_done(*extra):
+    return lambda tmp: ["pretrain", *tiny_overrides(tmp / "done", "resume=true", "trainer.steps=9", *extra)]
+
+
+# -- data fixtures written on the fly ------------------------------------------------------------------------
+
+def image_dir(tmp, corrupt=False):
+    from PIL import Image
+
+    root = tmp / "images"
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / label / f"{i}.png")
+    if corrupt:
+        (root / "b" / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    return root
+
+
+def empty_dir(tmp):
+    (tmp / "images" / "cat").mkdir(parents=True)
+    return tmp / "images"
+
+
+def idx_dir(tmp, damage):
+    root = tmp / "fmnist"
+    root.mkdir()
+    header = {"images": bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (4, 28, 28)),
+              "labels": bytes([0, 0, 8, 1]) + (4).to_bytes(4, "big")}
+    for split in ("train", "t10k"):
+        images = header["images"] + bytes(4 * 28 * 28)
+        if damage == "magic":
+            images = b"GIF89a" + images[6:]
+        elif damage == "truncated":
+            images = images[:-100]
+        (root / f"{split}-images-idx3-ubyte").write_bytes(images)
+        (root / f"{split}-labels-idx1-ubyte").write_bytes(header["labels"] + bytes(4))
+    return root
+
+
+def truncate_latest(tmp):
+    newest = checkpoint.checkpoints(tmp / "done" / "checkpoints")[-1]
+    newest.write_bytes(newest.read_bytes()[:2000])
+    return newest
+
+
+def full_disk_on_second_save(monkeypatch):
+    """``open`` inside checkpoint.save writes half the bytes, then fails with ENOSPC (from the 2nd save on)."""
+    real_open, calls = open, [0]
+
+    class HalfWritten:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        calls[0] += 1
+        f = real_open(path, mode, *args, **kwargs)
+        return HalfWritten(f) if calls[0] >= 2 else f
+
+    monkeypatch.setattr(checkpoint, "open", fake_open, raising=False)
+
+
+def full_disk_on_checksum(monkeypatch):
+    real = pathlib.Path.write_text
+
+    def write_text(self, *args, **kwargs):
+        if self.name.endswith(".sha256.tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", write_text)
+
+
+def first_checkpoint_intact(tmp):
+    ckpts = checkpoint.checkpoints(tmp / "run" / "checkpoints")
+    assert [p.name for p in ckpts] == ["step_00000003.pt"]
+    assert checkpoint.load(ckpts[0])["step"] == 3  # loads and verifies its checksum
+    assert not list((tmp / "run" / "checkpoints").glob(".*tmp*"))  # the half-written temp file is gone
+
+
+BUG = "fix described in the reliability report"
+# the error line is right, but the run's config.yaml is overwritten with the rejected config before the check
+OVERWRITES = pytest.mark.xfail(strict=True, reason=f"a failed resume overwrites the run's config.yaml; {BUG}")
+CASES = [
+    # config
+    Case("unknown-key", pre("trainer.stepz=3"), ("trainer.stepz", "trainer.steps")),
+    Case("wrong-type-int", pre("trainer.steps=many"), ("trainer.steps must be int",)),
+    Case("wrong-type-float", pre("trainer.lr=fast"), ("trainer.lr must be float",)),
+    Case("wrong-type-bool", pre("resume=maybe"), ("resume must be bool",)),
+    pytest.param(Case("missing-required", pre("data=image_folder"), ("data.root",)),
+                 marks=pytest.mark.xfail(strict=True, reason=f"a mandatory ??? value reaches the dataset as the "
+                                                             f"literal string '???'; {BUG}")),
+    Case("unparsable-override", pre("trainer.steps=[1,"), ("'[1,'",)),
+    Case("bad-group-objective", pre("objective=simclrr"), ("unknown objective 'simclrr'", "did you mean simclr")),
+    Case("bad-group-encoder", pre("encoder=convnett"), ("unknown encoder 'convnett'", "convnet")),
+    Case("bad-group-data", pre("data=mnist"), ("unknown data 'mnist'", "digits")),
+    Case("zero-steps", pre("trainer.steps=0"), ("trainer.steps must be ≥ 1",)),
+    Case("bad-optimizer", pre("trainer.optimizer=adam"), ("trainer.optimizer must be adamw or sgd",)),
+    Case("bad-amp", pre("trainer.amp=fp8"), ("trainer.amp must be",), untouched_run=False),  # checked at step 1
+    Case("no-cuda", pre("device=cuda"), ("CUDA is not available",)),
+    pytest.param(Case("bad-logger-mode", pre("logger.mode=sometimes"), ("logger.mode must be",)),
+                 marks=pytest.mark.xfail(strict=True, reason=f"RunLogger raises a bare ValueError after creating "
+                                                             f"the run folder; {BUG}")),
+    pytest.param(Case("bad-nonfinite-policy", pre("trainer.nonfinite=ignore"), ("trainer.nonfinite must be",)),
+                 marks=pytest.mark.xfail(strict=True, reason=f"any value but 'skip' silently means raise; {BUG}")),
+    # registry names and options
+    Case("unknown-encoder-name", pre("encoder.image.name=convnett"), ("unknown encoder 'convnett'", "convnet")),
+    Case("unknown-objective-name", pre("objective.simclr.name=simclr_v9"), ("unknown objective 'simclr_v9'",)),
+    Case("unknown-encoder-option", pre("+encoder.image.depth=3"), ("'depth'", "accepted")),
+    Case("ill-typed-encoder-option", pre("+encoder.image.extra_stages=two"), ("'extra_stages' must be int",)),
+    Case("unknown-objective-option", pre("+objective.simclr.temp=0.1"), ("'temp'", "temperature")),
+    Case("objective-wrong-modality", pre("objective.simclr.modality=audio"), ("'simclr'", "'audio'")),
+    Case("encoder-under-wrong-modality", pre("encoder.image.name=audio_conv", "~encoder.image.in_channels",
+                                             "~encoder.image.width"), ("reads 'audio', not 'image'",)),
+    Case("encoder-key-not-a-modality", pre("+encoder.video={name:convnet}"), ("encoders for ['video']",)),
+    Case("encoder-without-name", pre("~encoder.image.name"), ("encoder.image needs a 'name'",)),
+    Case("unknown-dataset-option", pre("+data.colour=red"), ("'colour'", "accepted")),
+    Case("unknown-list-kind", lambda tmp: ["list", "widgets"], ("unknown kind 'widgets'",)),
+    # data
+    Case("empty-image-folder", lambda tmp: pre("data=image_folder", f"data.root={empty_dir(tmp)}")(tmp),
+         ("image folder", "Found no valid file")),
+    Case("corrupt-image", lambda tmp: pre("data=image_folder", f"data.root={image_dir(tmp, corrupt=True)}")(tmp),
+         ("corrupt image", "9.png")),
+    Case("wrong-image-channels", pre("encoder.image.in_channels=3"), ("(B, 3, H, W)", ", 1, 8, 8)"),
+         untouched_run=False),  # checked on the first batch
+    Case("ill-typed-dataset-option", pre("+data.channels=true"), ("'channels' must be int",)),
+    Case("modality-missing-from-data", pre("+encoder.audio={name:audio_conv}"), ("['audio']", "has ['image']")),
+    Case("bad-test-fraction", pre("data.test_fraction=1.5"), ("test_fraction must be in (0, 1)",)),
+    Case("zero-batch-size", pre("data.batch_size=0"), ("batch_size must be ≥ 1",), untouched_run=False),
+    Case("missing-data-dir", pre("data=fashion_mnist", "data.root=/nonexistent/fmnist"), ("does not exist",)),
+    Case("corrupt-idx-file", lambda tmp: pre("data=fashion_mnist", f"data.root={idx_dir(tmp, 'magic')}")(tmp),
+         ("bad magic",)),
+    Case("truncated-idx-file", lambda tmp: pre("data=fashion_mnist", f"data.root={idx_dir(tmp, 'truncated')}")(tmp),
+         ("is truncated",)),
+    # checkpoints and exports
+    Case("eval-missing-run", lambda tmp: ["eval", str(tmp / "nowhere")], ("does not exist",)),
+    Case("eval-truncated-checkpoint", lambda tmp: ["eval", str(truncate_latest(tmp))], ("fails its checksum",)),
+    pytest.param(Case("resume-wrong-architecture", resume_done("encoder.image.width=8"),
+                      ("does not fit this architecture", "shape-mismatched", "encoders.image.")), marks=OVERWRITES),
+    pytest.param(Case("resume-other-objective", resume_done("objective=byol"),
+                      ("does not fit this architecture", "missing")), marks=OVERWRITES),
+    Case("export-non-empty-out", lambda tmp: ["export", str(tmp / "done"), "--out", str(tmp / "done")],
+         ("not empty", "--force")),
+    Case("export-without-out", lambda tmp: ["export", str(tmp / "done")], ("--out",)),
+    Case("export-no-checkpoint", lambda tmp: ["export", str(empty_dir(tmp)), "--out", str(tmp / "x")],
+         ("no valid checkpoint",)),
+    # disk full while checkpointing
+    Case("disk-full-checkpoint", pre(), ("could not write checkpoint", "No space left", "intact"),
+         patch=full_disk_on_second_save, untouched_run=False, check=first_checkpoint_intact),
+    pytest.param(Case("disk-full-checksum", pre(), ("No space left",), patch=full_disk_on_checksum,
+                      untouched_run=False),
+                 marks=pytest.mark.xfail(strict=True, reason=f"the checksum write in checkpoint.save is outside its "
+                                                             f"OSError handler: a traceback, not one line; {BUG}")),
+]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["pretrain", *tiny_overrides(run)]) == 0
+    return run
+
+
+def _files(root: pathlib.Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input(case, tmp_path, capsys, monkeypatch, finished_run):
+    shutil.copytree(finished_run, tmp_path / "done")
+    argv = case.argv(tmp_path)
+    before = _files(tmp_path)
+    if case.patch:
+        case.patch(monkeypatch)
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err, (code, err)
+    assert err[-1].startswith("error: ") and sum(line.startswith("error:") for line in err) == 1, err
+    for text in case.expect:
+        assert text in err[-1], err[-1]
+    after = _files(tmp_path)
+    changed = [name for name, digest in before.items() if after.get(name) != digest]
+    assert not changed, f"files changed or lost by a failed command: {changed}"
+    if case.untouched_run:
+        assert not (tmp_path / "run").exists(), "a failed command left a run folder behind"
+    if case.check:
+        case.check(tmp_path)
+
+
+def test_catalogue_size():
+    assert len(CASES) >= 30
