@@ -83,7 +83,7 @@ class GoalSimilarity(IntrinsicReward):
         if mode not in MODES:
             raise ConfigError(f"goal_similarity mode must be one of {list(MODES)}, got {mode!r}")
         if (checkpoint is None) == (encoders is None):
-            raise ConfigError("goal_similarity needs exactly one of checkpoint (a pretraining run's .pt file) "
+            raise ConfigError("goal_similarity needs exactly one of checkpoint (a pretraining run folder or step_*.pt) "
                               "or encoders ({modality: module})")
         pair = (obs_modality, goal_modality)
         found, loaded_projections = load_encoders(checkpoint, pair) if checkpoint is not None else (dict(encoders), {})

@@ -98,3 +98,21 @@ def test_state_dict_round_trip_gives_identical_bonus():
     b = build("rnd", space)
     b.load_state_dict(a.state_dict())
     torch.testing.assert_close(a.compute(rollout), b.compute(rollout))
+
+
+def test_every_config_in_configs_intrinsic_builds():
+    from omegaconf import OmegaConf
+
+    from mmssl.config import config_dir, registry_kwargs
+
+    files = sorted((config_dir() / "intrinsic").glob("*.yaml"))
+    assert {f.stem for f in files} >= set(GENERIC) | {"mix", "goal_similarity"}
+    for file in files:
+        cfg = OmegaConf.load(file)
+        assert cfg.name == file.stem
+        if cfg.name == "goal_similarity":  # needs a pretraining checkpoint; without one it says so
+            with pytest.raises(ConfigError, match="needs exactly one of checkpoint"):
+                INTRINSIC_REWARDS.build(cfg.name, SPACES["minigrid"], ACTIONS, 2, **registry_kwargs(cfg))
+            continue
+        reward = INTRINSIC_REWARDS.build(cfg.name, SPACES["minigrid"], ACTIONS, 2, **registry_kwargs(cfg))
+        assert reward.coef.item() == cfg.coef
