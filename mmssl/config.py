@@ -75,7 +75,7 @@ def _compose(name: str, overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         try:
             return hydra_compose(config_name=name, overrides=overrides)
-        except (HydraException, OmegaConfBaseException) as exc:
+        except (HydraException, OmegaConfBaseException, TypeError, ValueError) as exc:
             raise ConfigError(_explain(exc, name)) from None
 
 

@@ -23,3 +23,12 @@ def test_scaling_bench_runs_tiny(tmp_path):
     rows = json.loads((tmp_path / "scaling_batch.json").read_text())
     assert [r["batch"] for r in rows] == [8, 16] and all(r["images_per_s"] > 0 for r in rows)
     assert (tmp_path / "scaling_batch.png").stat().st_size > 1000
+
+
+def test_rl_bench_runs_tiny(tmp_path):
+    out = tmp_path / "rl.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "rl_ppo.py"), "--tiny", "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["mmssl_steps_per_s"] > 0 and result["mmssl_rnd_steps_per_s"] > 0
+    assert result["env_steps_per_library"] == 1024
