@@ -354,6 +354,13 @@ def _load_prefix(module: nn.Module, state: Mapping[str, torch.Tensor], prefix: s
 
 
 def _build_augment(node, modality: str, data_augment: Mapping | None, role: str) -> nn.Module:
+    """``node``: None (the modality's default view augmentation with the data's options), one spec
+    ``{name, **kwargs}``, or one spec per modality ``{image: {name, …}, audio: {…}}``."""
+    if node is not None and "name" not in node:
+        if modality not in node:
+            raise ConfigError(f"{role} has no entry for modality {modality!r} (it has {sorted(node)}); "
+                              f"add {role}.{modality}.name=<augmentation>")
+        node = node[modality]
     if node is None:
         name, kwargs = DEFAULT_AUGMENT.get(modality, "identity"), dict(data_augment or {})
     else:
@@ -451,7 +458,9 @@ def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, ou
         raise ConfigError(f"steps must be ≥ 1, got {steps}")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(int(ft.warmup_steps), steps, 0.0))
     weak = _build_augment(ft.weak_augment, modality, None, "weak_augment").to(device)
-    strong = _build_augment(ft.strong_augment, modality, cfg.data.get("augment"), "strong_augment").to(device) if semi else None
+    # a dataset's `augment` options are its image view options (configs/data), so other modalities ignore them
+    data_augment = cfg.data.get("augment") if modality == IMAGE else None
+    strong = _build_augment(ft.strong_augment, modality, data_augment, "strong_augment").to(device) if semi else None
 
     name = ft.name or default_name(cfg)
     out_dir = Path(out_dir) / name

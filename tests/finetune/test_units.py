@@ -121,3 +121,17 @@ def test_adapt_images_resizes_and_converts_channels():
     assert adapt_images(grey, 3, (16, 16)).shape == (2, 3, 16, 16)
     with pytest.raises(DataError, match="cannot adapt 4-channel"):
         adapt_images(torch.zeros(1, 4, 8, 8), 1, (8, 8))
+
+
+def test_augment_specs_per_modality():
+    from mmssl.finetune import _build_augment
+
+    spec = {"image": {"name": "simclr", "crop_scale": [0.8, 1.0]}, "audio": {"name": "audio_default", "noise_p": 0.0}}
+    assert type(_build_augment(spec, "audio", None, "weak_augment")).__name__ == "AudioDefault"
+    assert _build_augment(spec, "image", None, "weak_augment").crop_scale == (0.8, 1.0)
+    with pytest.raises(ConfigError, match="weak_augment has no entry for modality 'text'"):
+        _build_augment(spec, "text", None, "weak_augment")
+    with pytest.raises(ConfigError, match="is for \\['image'\\], not 'audio'"):
+        _build_augment({"name": "simclr"}, "audio", None, "weak_augment")
+    # no spec: the modality's default view augmentation with the data's (image) options
+    assert _build_augment(None, "image", {"crop_scale": [0.5, 1.0]}, "strong_augment").crop_scale == (0.5, 1.0)
