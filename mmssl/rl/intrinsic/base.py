@@ -196,8 +196,7 @@ class IntrinsicReward(nn.Module):
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, num_envs: int, *,
                  coef: float = 0.01, coef_decay: float = 1.0, normalise: str = "std", gamma: float = 0.99,
                  use_agent_features: bool = False, obs_key: str | None = None, encoder: dict | None = None,
-                 embed_dim: int = 64,
-                 lr: float = 1e-3, update_epochs: int = 1, batch_size: int = 256):
+                 embed_dim: int = 64, lr: float = 1e-3, update_epochs: int = 1, batch_size: int = 256):
         super().__init__()
         if normalise not in NORMALISE:
             raise ConfigError(f"normalise must be one of {list(NORMALISE)}, got {normalise!r}")

@@ -15,9 +15,10 @@ class RND(IntrinsicReward):
     """RND (Burda et al. 2018, "Exploration by Random Network Distillation"): b(s') = ‖f(s') − f̂(s')‖².
 
     f̂: a fixed, randomly initialised target network; f: a predictor trained to match it, so the error is
-    high on rarely seen states. Inputs are whitened with running statistics and clipped to ±``obs_clip``
-    (the paper's observation normalisation; not for symbolic grid ids or agent features); the bonus defaults to the paper's forward-filter
-    normalisation (``normalise: return``). Only ``update_proportion`` of each rollout trains the
+    high on rarely seen states. Float inputs are whitened with running statistics and clipped to
+    ±``obs_clip`` (the paper's observation normalisation; symbolic grid ids and agent features are used
+    as they are); the bonus defaults to the paper's forward-filter normalisation (``normalise:
+    return``). Only ``update_proportion`` of each rollout trains the
     predictor, which keeps the bonus from vanishing too fast with many envs. Shapes: next_obs (T, N, ...)
     → bonus (T, N).
     """
