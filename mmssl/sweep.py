@@ -1,0 +1,376 @@
+"""`mmssl sweep create|local SPEC`: wandb sweeps, on wandb's servers or with no server at all.
+
+A spec is a YAML file in wandb's own sweep schema (``method: grid|random|bayes``, ``metric``,
+``parameters`` with dotted config keys, ``early_terminate``, ``command``), e.g. configs/sweep/*.yaml::
+
+    command: ['${env}', mmssl, pretrain, '${args_no_hyphens}']
+
+- ``create`` validates the spec, registers it with ``wandb.sweep`` and prints the ``wandb agent`` command;
+- ``local`` expands the same spec with wandb's own sweep engine (the ``sweeps`` package: grid, random,
+  and bayes fed one finished configuration at a time), runs every configuration over ``--seeds`` seeds in
+  at most ``--workers`` parallel subprocesses, each logged offline into ``<out>/runs/<name>`` (sync later
+  with ``wandb sync``), and ends with the aggregate table of ``mmssl report``.
+
+Before anything runs, every parameter value is composed into the config (``mmssl.config.compose``), so an
+unknown key or a value of the wrong type fails at once, naming the parameter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from mmssl.config import compose
+from mmssl.errors import ConfigError, MMSSLError
+from mmssl.logging import console
+
+METHODS = ("grid", "random", "bayes")
+PROGRAMS = ("pretrain", "rl")  # mmssl subcommands a sweep can run (each composes configs/<name>.yaml)
+DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]  # wandb agent's default
+
+
+def _sweeps():
+    with warnings.catch_warnings():  # the package still uses a pydantic v1 config key
+        warnings.simplefilter("ignore")
+        import sweeps
+        from sweeps.params import HyperParameter
+    return sweeps, HyperParameter
+
+
+# ---------------------------------------------------------------- spec
+
+
+def load_spec(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep spec {path} not found; see configs/sweep/ for examples")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"sweep spec {path} is not valid YAML: {' '.join(str(exc).split())[:160]}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"sweep spec {path} must be a mapping with method, metric and parameters")
+    spec.setdefault("name", path.stem)
+    return spec
+
+
+def program_of(spec: dict) -> str:
+    """The mmssl subcommand the spec's command runs (``pretrain`` or ``rl``)."""
+    tokens = [str(t) for t in spec.get("command") or DEFAULT_COMMAND]
+    tokens = [spec.get("program", "") if t == "${program}" else t for t in tokens]
+    words = [w for t in tokens for w in str(t).split()]
+    for i, word in enumerate(words[:-1]):
+        if Path(word).name in ("mmssl", "mmssl.cli") and words[i + 1] in PROGRAMS:
+            return words[i + 1]
+    raise ConfigError("the sweep command must run `mmssl pretrain` or `mmssl rl` with Hydra overrides, e.g. "
+                      "command: ['${env}', mmssl, pretrain, '${args_no_hyphens}']")
+
+
+def override(name: str, value) -> str:
+    """``key=value`` exactly as the wandb agent's ``${args_no_hyphens}`` writes it (Python ``str`` of the value)."""
+    return f"{name}={value}"
+
+
+def _probe_values(name: str, cfg: dict, HyperParameter) -> list:
+    """The values to check: every listed value, else the distribution's 1 %, 50 % and 99 % quantiles."""
+    hp = HyperParameter(name, cfg)
+    if hp.type == HyperParameter.CONSTANT:
+        return [cfg["value"]]
+    if "values" in cfg:
+        return list(cfg["values"])
+    return [v.item() if hasattr(v, "item") else v for v in (hp.ppf(q) for q in (0.01, 0.5, 0.99))]
+
+
+def _culprit(program: str, extra: list[str], probes: dict, exc: ConfigError) -> tuple[str, object]:
+    """The parameter whose first value the error names (else the first one that fails with the others)."""
+    for name, values in probes.items():
+        if f"{name}=" in str(exc) or f"{name!r}" in str(exc):
+            return name, values[0]
+    firsts = {name: values[0] for name, values in probes.items()}
+    for name in probes:
+        try:
+            compose(program, [*extra, *(override(n, v) for n, v in firsts.items() if n != name)])
+            return name, firsts[name]
+        except ConfigError:
+            continue
+    return next(iter(firsts.items()))
+
+
+def validate(spec: dict, extra: list[str] = ()) -> str:
+    """Check the spec against wandb's schema and every parameter value against the config; returns the program."""
+    method = spec.get("method")
+    if method not in METHODS:
+        raise ConfigError(f"sweep method must be one of {', '.join(METHODS)}, got {method!r}")
+    params = spec.get("parameters")
+    if not isinstance(params, dict) or not params:
+        raise ConfigError("sweep spec needs `parameters`: a mapping of config keys (trainer.lr) to values or ranges")
+    for name, cfg in params.items():
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"sweep parameter {name!r} must be a mapping like {{values: [...]}} or {{min: , max: }}")
+        if "parameters" in cfg:
+            raise ConfigError(f"sweep parameter {name!r}: write nested config keys as dotted names (trainer.lr)")
+    sweeps, HyperParameter = _sweeps()
+    violations = sweeps.schema_violations_from_proposed_config(spec)
+    if violations:
+        raise ConfigError(f"invalid sweep spec: {'; '.join(' '.join(v.split()) for v in violations)[:300]}")
+    if method == "bayes" and not (spec.get("metric") or {}).get("name"):
+        raise ConfigError("a bayes sweep needs `metric: {name: ..., goal: maximize|minimize}` to optimise")
+    program = program_of(spec)
+    probes = {}
+    for name, cfg in params.items():
+        try:
+            probes[name] = _probe_values(name, cfg, HyperParameter)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"sweep parameter {name!r}: {exc}") from None
+    # parameters combine (objective=byol makes objective.byol.* exist): compose every parameter's first value
+    # together, then change one parameter at a time. compose's type check only looks at the kind of a
+    # value, so among non-strings one value per Python type stands for the rest (keeps validation fast)
+    first = [override(name, values[0]) for name, values in probes.items()]
+    checks = [(None, None, first)]
+    for name, values in probes.items():
+        others = [o for o, n in zip(first, probes) if n != name]
+        kinds = {type(values[0])}
+        for value in values[1:]:
+            if isinstance(value, str) or type(value) not in kinds:
+                kinds.add(type(value))
+                checks.append((name, value, [*others, override(name, value)]))
+    for name, value, overrides in checks:
+        try:
+            compose(program, [*extra, *overrides])
+        except ConfigError as exc:
+            if name is None:  # the first values together: find the parameter that breaks alone
+                name, value = _culprit(program, extra, probes, exc)
+            raise ConfigError(f"sweep parameter {name!r} value {value!r}: {exc}") from None
+    return program
+
+
+# ---------------------------------------------------------------- expansion and commands
+
+
+def expand(spec: dict, count: int | None = None, seed: int = 0) -> list[dict]:
+    """Grid or random configurations as ``{key: value}`` dicts, drawn by the ``sweeps`` engine."""
+    sweeps, _ = _sweeps()
+    if spec["method"] == "grid":
+        runs: list = []
+        while (count is None or len(runs) < count) and (nxt := sweeps.next_run(spec, runs)) is not None:
+            nxt.state = sweeps.RunState.finished
+            runs.append(nxt)
+    elif spec["method"] == "random":
+        count = count or spec.get("run_cap")
+        if not count:
+            raise ConfigError("a random sweep needs a run count: --count N or `run_cap: N` in the spec")
+        random.seed(seed)  # the engine samples with Python's `random`
+        runs = sweeps.next_runs(spec, [], n=int(count))
+    else:
+        raise ConfigError("bayes configurations depend on results; they are drawn one at a time while running")
+    return [_params(r) for r in runs]
+
+
+def _params(suggestion) -> dict:
+    """``{key: value}`` of a ``sweeps`` suggestion, numpy scalars made plain Python (YAML, JSON, overrides)."""
+    return {k: v["value"].item() if hasattr(v["value"], "item") else v["value"] for k, v in suggestion.config.items()}
+
+
+def command(spec: dict, params: dict, extra: list[str] = ()) -> list[str]:
+    """The spec's command with wandb agent macros filled in, plus ``extra`` Hydra overrides at the end."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args  # what `wandb agent` itself uses
+
+    macros = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    macros |= {"env": ["/usr/bin/env"], "interpreter": [sys.executable], "program": [str(spec.get("program", ""))]}
+    out: list[str] = []
+    for token in map(str, spec.get("command") or DEFAULT_COMMAND):
+        if token.startswith("${") and token.endswith("}"):
+            if token[2:-1] not in macros or token[2:-1] == "args_dict":
+                raise ConfigError(f"sweep command macro {token} is not supported locally; use ${{args_no_hyphens}}")
+            out += [str(x) for x in macros[token[2:-1]]]
+        else:
+            out.append(token)
+    return out + list(extra)
+
+
+def _executable(cmd: list[str]) -> list[str]:
+    # run `mmssl` with this interpreter, so a sweep uses the same environment as the process that started it
+    i = next((i for i, t in enumerate(cmd) if t == "mmssl"), None)
+    return cmd if i is None else cmd[:i] + [sys.executable, "-m", "mmssl.cli"] + cmd[i + 1:]
+
+
+def _run_one(job: dict, env: dict) -> dict:
+    run_dir = Path(job["run_dir"])
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    log = run_dir.parent / f"{run_dir.name}.log"
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        rc = subprocess.run(_executable(job["command"]), stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    return job | {"returncode": rc, "seconds": round(time.perf_counter() - start, 2), "log": str(log)}
+
+
+class LocalSweep:
+    """Runs a spec's configurations × seeds as subprocesses, ``workers`` at a time, under ``out``."""
+
+    def __init__(self, spec: dict, out: Path, seeds: int, workers: int, extra: list[str]):
+        self.spec, self.out, self.seeds, self.workers, self.extra = spec, out, seeds, workers, extra
+        self.records: list[dict] = []
+        self.env = dict(os.environ)
+        # parallel runs share the cores: give each its share of intra-op threads unless the user chose
+        self.env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+        self.fixed = [] if any(e.startswith("logger.mode=") for e in extra) else ["logger.mode=offline"]
+        self.fixed.append(f"logger.group={spec['name']}")
+
+    def jobs(self, index: int, params: dict) -> list[dict]:
+        seeds = [params["seed"]] if "seed" in params else range(self.seeds)
+        jobs = []
+        for s in seeds:
+            run_dir = self.out / "runs" / f"c{index:03d}-s{s}"
+            overrides = [f"seed={s}"] * ("seed" not in params) + [f"run_dir={run_dir}", *self.fixed, *self.extra]
+            jobs.append({"config_index": index, "seed": s, "params": params, "run_dir": str(run_dir),
+                         "command": command(self.spec, params, overrides)})
+        return jobs
+
+    def run(self, jobs: list[dict], total: int) -> list[dict]:
+        done = []
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            for result in pool.map(lambda j: _run_one(j, self.env), jobs):
+                done.append(result)
+                self.records.append(result)
+                status = "ok" if result["returncode"] == 0 else f"FAILED (exit {result['returncode']}), see {result['log']}"
+                console(f"[{len(self.records)}/{total}] {Path(result['run_dir']).name} {result['params']} "
+                        f"{status} ({result['seconds']:.1f} s)")
+                with open(self.out / "runs.jsonl", "a") as f:
+                    f.write(json.dumps(result, default=str) + "\n")
+        return done
+
+
+def run_local(spec: dict, out: Path, seeds: int = 1, workers: int = 1, count: int | None = None,
+              extra: list[str] = (), dry_run: bool = False, sampler_seed: int = 0, resamples: int = 2000) -> dict:
+    """Validate, expand, run and report a spec locally; returns the report (``mmssl.report.report``)."""
+    from mmssl import report as rep
+
+    extra = list(extra)
+    if seeds < 1 or workers < 1:
+        raise ConfigError(f"--seeds and --workers must be at least 1, got {seeds} and {workers}")
+    if "seed" in spec["parameters"] and seeds > 1:
+        raise ConfigError("the spec sweeps `seed` itself; drop --seeds or the seed parameter")
+    validate(spec, extra)
+    if spec.get("early_terminate"):
+        console("note: early_terminate is applied by wandb agents only; local runs go to completion")
+    sweep = LocalSweep(spec, out, seeds, workers, extra)
+    bayes = spec["method"] == "bayes"
+    configs = [] if bayes else expand(spec, count, sampler_seed)
+    n_configs = (count or spec.get("run_cap") or 0) if bayes else len(configs)
+    if bayes and not n_configs:
+        raise ConfigError("a bayes sweep needs a run count: --count N or `run_cap: N` in the spec")
+    total = n_configs * (1 if "seed" in spec["parameters"] else seeds)
+    if dry_run:
+        # a bayes sweep's first draw has no results to use; later ones depend on them
+        shown = configs or [_params(_sweeps()[0].next_run(spec, []))]
+        for i, params in enumerate(shown):
+            for job in sweep.jobs(i, params):
+                print(shlex.join(job["command"]))
+        console(f"dry run: {n_configs} configurations × {seeds} seeds = {total} runs; nothing started")
+        return {}
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"sweep folder {out} is not empty; pass a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    console(f"sweep {spec['name']}: {n_configs} configurations × {seeds} seeds = {total} runs, "
+            f"{workers} at a time, in {out}")
+    if bayes:
+        _run_bayes(sweep, spec, n_configs, total, sampler_seed)
+    else:
+        sweep.run([job for i, params in enumerate(configs) for job in sweep.jobs(i, params)], total)
+    ok = [r for r in sweep.records if r["returncode"] == 0]
+    if not ok:
+        raise MMSSLError(f"every run of the sweep failed; see the logs, e.g. {sweep.records[0]['log']}")
+    runs = [rep.load_run(r["run_dir"]) for r in ok]
+    metric = (spec.get("metric") or {}).get("name")
+    names = list(spec["parameters"])
+    group_by = [k for k in names if k != "seed"] or None
+    curves = ["train/loss"] if any("train/loss" in r.metric_names() for r in runs) else []
+    result = rep.report(runs, [metric], group_by, out / "report", curves=curves, n_resamples=resamples)
+    print(result["markdown"])
+    failed = len(sweep.records) - len(ok)
+    console(f"{len(ok)} runs finished" + (f", {failed} failed (see runs.jsonl)" if failed else "")
+            + f"; report in {out / 'report'}; upload with: wandb sync {out}/runs/*/wandb/offline-run-*")
+    return result
+
+
+def _run_bayes(sweep: LocalSweep, spec: dict, n_configs: int, total: int, seed: int) -> None:
+    """Sequential Bayesian optimisation: each configuration's mean metric over seeds feeds the next draw."""
+    from mmssl import report as rep
+
+    sweeps, _ = _sweeps()
+    random.seed(seed)
+    np.random.seed(seed)  # the engine's GP sampling draws from numpy's global generator
+    history: list = []
+    metric = spec["metric"]["name"]
+    for index in range(n_configs):
+        suggestion = sweeps.next_run(spec, history)
+        params = _params(suggestion)
+        results = sweep.run(sweep.jobs(index, params), total)
+        runs = [rep.load_run(r["run_dir"]) for r in results if r["returncode"] == 0]
+        values = []
+        if runs:
+            name = rep.resolve_metric(runs, metric)  # fails clearly when the runs never log the metric
+            values = [v for v in (r.final(name) for r in runs) if v is not None]
+        suggestion.state = sweeps.RunState.finished if values else sweeps.RunState.failed
+        suggestion.summary_metrics = {metric: float(np.mean(values))} if values else {}
+        history.append(suggestion)
+
+
+def create(spec: dict, project: str | None, entity: str | None) -> str:
+    """Register the spec with wandb; returns the sweep path ``entity/project/id``."""
+    validate(spec)
+    import wandb
+
+    if not wandb.login(prompt=False, verify=False):
+        raise ConfigError("`mmssl sweep create` needs a wandb login: set WANDB_API_KEY or run `wandb login` "
+                          "(or run the spec without a server: mmssl sweep local SPEC)")
+    project = project or spec.get("project") or "mmssl"
+    try:
+        sweep_id = wandb.sweep(spec, project=project, entity=entity or spec.get("entity"))
+    except Exception as exc:  # noqa: BLE001 - network or permission problems, reported in one line
+        raise ConfigError(f"wandb could not create the sweep ({str(exc).splitlines()[0][:160]})") from None
+    entity = entity or spec.get("entity") or wandb.Api().default_entity
+    return f"{entity}/{project}/{sweep_id}"
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="mmssl sweep", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    c = sub.add_parser("create", help="register SPEC with wandb and print the agent command")
+    c.add_argument("spec")
+    c.add_argument("--project")
+    c.add_argument("--entity")
+    loc = sub.add_parser("local", help="run SPEC here, no server: N seeds per configuration, K parallel workers")
+    loc.add_argument("spec")
+    loc.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides for every run (trainer.steps=50)")
+    loc.add_argument("--workers", type=int, default=1, help="parallel runs")
+    loc.add_argument("--seeds", type=int, default=1, help="seeds per configuration (seed=0..N-1)")
+    loc.add_argument("--count", type=int, help="configurations to run (random/bayes; caps a grid)")
+    loc.add_argument("--out", help="sweep folder (default sweeps/<spec name>-<time>)")
+    loc.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    loc.add_argument("--sampler-seed", type=int, default=0, help="seed of the random/bayes search")
+    loc.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the final report")
+    # Hydra overrides may come anywhere on the line (argparse would only take them right after SPEC)
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = parser.parse_args([a for a in argv if a not in overrides])
+    spec = load_spec(args.spec)
+    if args.action == "create":
+        path = create(spec, args.project, args.entity)
+        print(f"created sweep {path}\nrun agents with:  wandb agent {path}")
+        return
+    out = Path(args.out or f"sweeps/{spec['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_local(spec, out, args.seeds, args.workers, args.count, overrides, args.dry_run, args.sampler_seed,
+              args.resamples)
