@@ -184,3 +184,29 @@ def test_unreadable_inputs_and_modalities_are_one_line_errors(name):
     with pytest.raises(ConfigError, match="encoder for 'text'"):
         OBJECTIVES.build(name, encoders, modality="text")
     assert OBJECTIVES.get(name).sequence
+
+
+def test_cpc_learns_to_pick_the_future_of_rotating_points():
+    """Points circling at ±0.6 rad/step with random phase and radius: after training, CPC picks z_{t+k} among all B·T
+    encodings far above chance (1/256)."""
+    g = torch.Generator().manual_seed(0)
+
+    def trajectories(b, steps=8):
+        radius = 0.5 + 1.5 * torch.rand(b, 1, 1, generator=g)  # per sequence, so states rarely coincide
+        speed = torch.where(torch.rand(b, 1, generator=g) < 0.5, -0.6, 0.6)
+        angle = torch.rand(b, 1, generator=g) * 6.283 + speed * torch.arange(steps)
+        circle = radius * torch.stack([angle.cos(), angle.sin()], -1)
+        return torch.cat([circle, 0.05 * torch.randn(b, steps, 4, generator=g)], -1)
+
+    encoders, obj = _build("cpc", "obs", prediction_steps=2, context_dim=32)
+    opt = torch.optim.Adam([*encoders.parameters(), *obj.parameters()], lr=1e-2)
+    with torch.no_grad():
+        before = obj(Batch({"obs": trajectories(32)}), encoders).metrics["prediction_accuracy"]
+    for _ in range(100):
+        out = obj(Batch({"obs": trajectories(32)}), encoders)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = obj(Batch({"obs": trajectories(32)}), encoders).metrics["prediction_accuracy"]
+    assert after > 0.08 and after > before + 0.05, (before, after)  # measured 0.15–0.24 over 3 seeds
