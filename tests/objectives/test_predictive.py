@@ -341,3 +341,29 @@ def test_masked_text_learns_a_predictable_language():
     with torch.no_grad():
         accuracy = obj(Batch({"text": counting(256)}), encoders).metrics["masked_accuracy"]
     assert accuracy > 0.5, accuracy
+
+
+# -- with the library's own audio and text encoders ----------------------------------------------------------
+@pytest.mark.parametrize("encoder", [
+    {"name": "audio_conv", "sample_rate": 8000, "n_mels": 16, "width": 4},
+    {"name": "audio_transformer", "sample_rate": 8000, "n_mels": 16, "dim": 16, "depth": 1, "heads": 2}])
+def test_masked_audio_with_library_audio_encoders(encoder):
+    from mmssl.registry import ENCODERS
+
+    encoders = nn.ModuleDict({"audio": ENCODERS.build(**encoder)})
+    obj = OBJECTIVES.build("masked_audio", encoders, time_mask_width=4, freq_mask_width=4)
+    assert obj.decoder.out_features == 16  # n_mels read from the encoder
+    out = obj(Batch({"audio": 0.1 * torch.randn(2, 4000)}), encoders)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and _encoder_grad(encoders) > 0
+
+
+def test_masked_text_with_the_library_text_transformer():
+    from mmssl.registry import ENCODERS
+
+    encoders = nn.ModuleDict({"text": ENCODERS.build("text_transformer", dim=16, depth=1, heads=2, vocab_size=TEXT_VOCAB,
+                                                     context_length=12)})
+    obj = OBJECTIVES.build("masked_text", encoders, **TEXT_KW)
+    out = obj(make_batch("text", 3), encoders)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and _encoder_grad(encoders) > 0
