@@ -35,17 +35,23 @@ def test_contract_shape_dtype_finite(name, agent_features, space_name):
 
 
 @pytest.mark.parametrize("name", ["counts", "e3b", "ngu"])
-def test_watch_and_replay_agree(name):
-    """Step-wise rewards give the same bonus whether the loop watched each step or not."""
+@pytest.mark.parametrize("agent_features", [False, True])
+def test_watch_and_replay_agree(name, agent_features):
+    """Step-wise rewards give the same bonus whether the loop watched each step or not — also when the
+    loop watches without features (PPO does) and agent features must come from the rollout."""
     space = SPACES["minigrid"]
     torch.manual_seed(0)
-    watched = build(name, space)
+    watched = build(name, space, use_agent_features=agent_features)
     torch.manual_seed(0)
-    replayed = build(name, space)
+    replayed = build(name, space, use_agent_features=agent_features)
     rollout = make_rollout(space, T=8, done_every=3)
     for t in range(8):
-        watched.watch(*step(rollout, t))
-    torch.testing.assert_close(watched.compute(rollout), replayed.compute(rollout))
+        watched.watch(*step(rollout, t)[:4])  # no features
+    torch.manual_seed(1)  # lazy layers (agent-feature inputs) initialise on first use, from the global RNG
+    bonus = watched.compute(rollout)
+    torch.manual_seed(1)
+    torch.testing.assert_close(bonus, replayed.compute(rollout))
+    assert bonus.abs().sum() > 0
 
 
 def test_partial_watching_is_an_error():
