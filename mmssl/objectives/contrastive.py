@@ -274,7 +274,8 @@ class Triplet(Objective):
     """Triplet loss with in-batch semi-hard mining over two views (Schroff et al. 2015).
 
     Two views of each sample are projected and L2-normalised (2B, P); identities are the batch labels
-    when the batch has them (``use_labels``), else the sample index (the two views are the positives).
+    when the batch has them (``use_labels``; the run is then supervised, logged as ``label_supervised``),
+    else the sample index (the two views are the positives).
     Embeddings and identities are gathered over ranks. See ``semi_hard_triplet_loss`` for the formula.
     """
 
@@ -305,4 +306,6 @@ class Triplet(Objective):
         self_index = torch.cat([idx, idx + len(all_ids)])
         loss, active = semi_hard_triplet_loss(torch.cat([z1, z2]), torch.cat([ids, ids]), keys, key_ids,
                                               self_index, self.margin)
-        return ObjectiveOutput(loss, {"active_triplets": active.item()})
+        # "label_supervised" = 1 when class labels defined the positives: the run is then not self-supervised
+        supervised = float(self.use_labels and batch.labels is not None)
+        return ObjectiveOutput(loss, {"active_triplets": active.item(), "label_supervised": supervised})

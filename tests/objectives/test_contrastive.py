@@ -160,8 +160,8 @@ def test_triplet_uses_labels_when_present():
     triplet = OBJECTIVES.build("triplet", encoders, hidden_dim=16, projection_dim=8, augment="gaussian_noise")
     batch = make_batch("obs", 4, labels=torch.zeros(4, dtype=torch.long))
     out = triplet(batch, encoders)  # one class: no negatives anywhere → nothing to learn
-    assert out.loss.item() == 0.0 and out.metrics["active_triplets"] == 0.0
+    assert out.loss.item() == 0.0 and out.metrics["active_triplets"] == 0.0 and out.metrics["label_supervised"] == 1.0
     batch.labels = None  # sample identities: every other sample is a negative
     triplet.margin = 10.0  # larger than any distance on the unit sphere → every triplet is active
     out = triplet(batch, encoders)
-    assert out.loss.item() > 0 and out.metrics["active_triplets"] == 1.0
+    assert out.loss.item() > 0 and out.metrics["active_triplets"] == 1.0 and out.metrics["label_supervised"] == 0.0
