@@ -23,8 +23,7 @@ def test_every_library_objective_has_a_config():
     assert set(LIBRARY) <= set(OBJECTIVES.names())
 
 
-@pytest.mark.parametrize("name", LIBRARY)
-def test_config_builds_and_runs(name):
+def _build_from_config(name):
     cfg = compose("pretrain", [f"objective={name}"])
     assert list(cfg.objective) == [name]  # the slot name is the file name
     node = cfg.objective[name]
@@ -40,5 +39,35 @@ def test_config_builds_and_runs(name):
     steps = 8 if OBJECTIVES.get(name).sequence and modality == "obs" else None
     data = make_data(modality, 4, steps=steps, channels=channels)
     labels = torch.tensor([0, 1, 0, 1]) if name == "triplet" else None
-    out = objective(Batch({modality: data}, labels), encoders)
+    return encoders, objective, Batch({modality: data}, labels)
+
+
+@pytest.mark.parametrize("name", LIBRARY)
+def test_config_builds_and_runs(name):
+    encoders, objective, batch = _build_from_config(name)
+    out = objective(batch, encoders)
     assert torch.isfinite(out.loss) and all(isinstance(v, float) for v in out.metrics.values())
+
+
+#: losses still computed in bf16 under autocast (similarity/correlation matrices not lifted to float32 yet)
+BF16_LOSS = {"dcl", "barlow_twins"}
+
+
+@pytest.mark.parametrize("name", LIBRARY)
+def test_runs_under_bfloat16_autocast(name):
+    """The trainer's AMP path (bf16 autocast on CUDA) must not break dtypes; CPU autocast runs the same casts."""
+    encoders, objective, batch = _build_from_config(name)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = objective(batch, encoders)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [p.grad for p in encoders.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason="loss computed in bf16; see report"))
+                                  if n in BF16_LOSS else n for n in LIBRARY])
+def test_loss_is_float32_under_autocast(name):
+    encoders, objective, batch = _build_from_config(name)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert objective(batch, encoders).loss.dtype == torch.float32
