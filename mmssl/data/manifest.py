@@ -1,1 +1,95 @@
-"""(being written)."""
+"""``manifest``: a CSV or JSONL file listing one item per row, one column per modality (plus an optional label).
+
+``image`` and ``audio`` cells are file paths (relative to the manifest's folder or absolute), ``text``
+cells are the strings themselves. Every row must have every modality column filled; a row missing
+one raises ``DataError`` naming the row. Images are resized to ``image_size`` (grey or RGB by
+``channels``), clips resampled to ``sample_rate`` and fitted to ``clip_seconds``, texts tokenised.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmssl.data.base import ArrayDataset, DatasetSplits, split_indices
+from mmssl.errors import DataError
+from mmssl.registry import DATASETS
+from mmssl.types import AUDIO, IMAGE, TEXT
+
+MANIFEST_MODALITIES = (IMAGE, AUDIO, TEXT)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a ``.csv`` (with header) or ``.jsonl`` (one object per line) manifest."""
+    try:
+        if path.suffix.lower() == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                return list(csv.DictReader(f))
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path} line {number} is not valid JSON ({exc.msg}); one object per line") from None
+        return rows
+    except OSError as exc:
+        raise DataError(f"cannot read manifest {path}: {exc}") from None
+
+
+def _load_image(path: Path, size: int, channels: int) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}; remove or replace it") from None
+    return torch.from_numpy(arr.copy()).reshape(size, size, channels).permute(2, 0, 1)
+
+
+@DATASETS.register("manifest", modalities=MANIFEST_MODALITIES)
+def manifest(path: str, seed: int = 0, test_fraction: float = 0.2, label_column: str = "label",
+             image_size: int = 32, channels: int = 1, sample_rate: int = 16000, clip_seconds: float = 1.0,
+             context_length: int = 32) -> DatasetSplits:
+    """Paired items from a CSV/JSONL manifest: columns ``image`` (path), ``audio`` (path), ``text``, ``label``."""
+    from mmssl.data.audio import read_audio
+    from mmssl.data.trimodal import fit_length
+    from mmssl.encoders.text import tokenize
+
+    p = Path(path)
+    rows = read_rows(p)
+    if not rows:
+        raise DataError(f"manifest {p} has no rows")
+    mods = [m for m in MANIFEST_MODALITIES if any(m in r for r in rows)]
+    if not mods:
+        raise DataError(f"manifest {p} has none of the columns {list(MANIFEST_MODALITIES)}")
+    for number, row in enumerate(rows, 1):
+        absent = [m for m in mods if row.get(m) in (None, "")]
+        if absent:
+            raise DataError(f"manifest {p} row {number} has no {absent}; every row needs {mods} (or drop the column)")
+    resolve = lambda cell: Path(cell) if Path(cell).is_absolute() else p.parent / cell  # noqa: E731
+    data = {}
+    if IMAGE in mods:
+        data[IMAGE] = torch.stack([_load_image(resolve(r[IMAGE]), image_size, channels) for r in rows])
+    if AUDIO in mods:
+        samples = int(round(clip_seconds * sample_rate))
+        data[AUDIO] = torch.stack([fit_length(read_audio(resolve(r[AUDIO]), sample_rate), samples) for r in rows])
+    if TEXT in mods:
+        data[TEXT] = tokenize([str(r[TEXT]) for r in rows], context_length)
+    labels = classes = None
+    if any(r.get(label_column) not in (None, "") for r in rows):
+        missing = [i for i, r in enumerate(rows, 1) if r.get(label_column) in (None, "")]
+        if missing:
+            raise DataError(f"manifest {p} row {missing[0]} has no {label_column!r}; label every row or none")
+        names = [str(r[label_column]) for r in rows]
+        classes = sorted(set(names), key=lambda n: (0, int(n), "") if n.isdigit() else (1, 0, n))
+        labels = torch.tensor([classes.index(n) for n in names])
+    full = ArrayDataset(data, labels, classes, f"manifest:{p}")
+    train, test = split_indices(len(full), test_fraction, seed, labels)
+    return DatasetSplits(full.subset(train, f"manifest:{p}/train"), full.subset(test, f"manifest:{p}/test"))

@@ -1,1 +1,55 @@
-"""(being written)."""
+"""``text_corpus``: one item per line of a text file, tokenised with open_clip's BPE tokenizer.
+
+Lines may carry a label before a separator (``label_separator="\\t"``: ``positive<TAB>great film``);
+blank lines are skipped. Returns (N, context_length) token ids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mmssl.data.base import ArrayDataset, DatasetSplits, split_indices
+from mmssl.errors import DataError
+from mmssl.registry import DATASETS
+from mmssl.types import TEXT
+
+
+def read_lines(path: str | Path, label_separator: str | None = None) -> tuple[list[str], list[str] | None]:
+    """Non-blank lines of ``path`` (UTF-8) and, with ``label_separator``, the label before it on each line."""
+    p = Path(path)
+    try:
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read text corpus {p}: {exc}") from None
+    if not lines:
+        raise DataError(f"text corpus {p} has no non-blank lines")
+    if label_separator is None:
+        return lines, None
+    texts, labels = [], []
+    for number, line in enumerate(lines, 1):
+        label, sep, text = line.partition(label_separator)
+        if not sep or not text.strip():
+            raise DataError(f"{p}: non-blank line {number} ({line[:40]!r}) has no {label_separator!r} between "
+                            "label and text")
+        labels.append(label.strip())
+        texts.append(text.strip())
+    return texts, labels
+
+
+@DATASETS.register("text_corpus", modalities=(TEXT,))
+def text_corpus(path: str, seed: int = 0, context_length: int = 32, test_fraction: float = 0.1,
+                label_separator: str | None = None, limit: int | None = None) -> DatasetSplits:
+    """Lines of a text file as BPE token ids (N, context_length), optionally labelled, split by seed."""
+    from mmssl.encoders.text import tokenize
+
+    texts, names = read_lines(path, label_separator)
+    if limit:
+        texts, names = texts[:limit], names[:limit] if names else None
+    classes = sorted(set(names)) if names else None
+    labels = torch.tensor([classes.index(n) for n in names]) if names else None
+    full = ArrayDataset({TEXT: tokenize(texts, context_length)}, labels, classes, f"text_corpus:{path}")
+    train, test = split_indices(len(full), test_fraction, seed, labels)
+    return DatasetSplits(full.subset(train, f"text_corpus:{path}/train"), full.subset(test, f"text_corpus:{path}/test"),
+                         {"texts": texts})

@@ -17,7 +17,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss, SigLipLoss
 from torch import nn
 
 from mmssl.encoders.base import Encoder
@@ -35,6 +34,9 @@ def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor) -> to
     ``L = ½ [CE(s·a bᵀ, I) + CE(s·b aᵀ, I)]``: row i's positive is column i, every other item in the
     batch is a negative, in both retrieval directions.
     """
+    # imported here: open_clip is slow to import and the registry imports this module on every lookup
+    from open_clip.loss import ClipLoss
+
     return ClipLoss()(a, b, logit_scale)
 
 
@@ -44,14 +46,19 @@ def siglip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, log
     ``L = -(1/B) Σ_ij log σ(z_ij (s·a_i·b_j + t))`` with ``z_ij = +1`` for i = j and −1 otherwise:
     every pair is an independent binary decision, no softmax over the batch.
     """
+    from open_clip.loss import SigLipLoss
+
     return SigLipLoss()(a, b, logit_scale, logit_bias)
 
 
 class _Binding(Objective):
-    """Shared machinery: modality checks, projection heads, optional per-modality augmentation, pair losses."""
+    """Shared machinery: modality checks, projection heads, optional per-modality augmentation, pair losses.
+
+    Logged per pair: loss, in-batch ``top1`` (own partner retrieved, both directions), ``class_top1``
+    (a same-label item retrieved, when the batch has labels) and the temperature.
+    """
 
     modalities = ("image", "audio", "text", "obs")
-    pair_loss = "clip"
 
     def __init__(self, encoders: Mapping[str, Encoder], modalities: list[str] | None = None,
                  projection_dim: int = 128, hidden_dim: int = 256, projection_layers: int = 2,
@@ -119,6 +126,10 @@ class _Binding(Objective):
                 metrics[f"{key}/loss"] = loss.item()
                 metrics[f"{key}/top1"] = 0.5 * ((sim.argmax(1) == target).float().mean()
                                                 + (sim.argmax(0) == target).float().mean()).item()
+                if batch.labels is not None and len(batch.labels) == len(sim):  # class-paired data: a twin counts
+                    y = batch.labels
+                    metrics[f"{key}/class_top1"] = 0.5 * ((y[sim.argmax(1)] == y).float().mean()
+                                                          + (y[sim.argmax(0)] == y).float().mean()).item()
                 metrics[f"{key}/temperature"] = math.exp(-min(self.log_scales[key].item(), math.log(100)))
         return ObjectiveOutput(torch.stack(losses).mean(), metrics)
 
