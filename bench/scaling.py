@@ -39,10 +39,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     if args.tiny:
-        args.batches, args.steps, args.rounds = [8, 16], 1, 1
+        args.batches, args.steps, args.rounds = [4], 1, 1
     rows = []
     for batch in args.batches:
-        code = CHILD.format(here=str(HERE), tiny=args.tiny, images=max(2048, 4 * batch), batch=batch,
+        code = CHILD.format(here=str(HERE), tiny=args.tiny, images=64 if args.tiny else max(2048, 4 * batch), batch=batch,
                             steps=args.steps, rounds=args.rounds)
         out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))

@@ -21,7 +21,7 @@ def test_scaling_bench_runs_tiny(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "bench" / "scaling.py"), "--tiny", "--out", str(tmp_path)],
                    check=True, cwd=ROOT, capture_output=True, timeout=300)
     rows = json.loads((tmp_path / "scaling_batch.json").read_text())
-    assert [r["batch"] for r in rows] == [8, 16] and all(r["images_per_s"] > 0 for r in rows)
+    assert [r["batch"] for r in rows] == [4] and all(r["images_per_s"] > 0 for r in rows)
     assert (tmp_path / "scaling_batch.png").stat().st_size > 1000
 
 
