@@ -29,10 +29,11 @@ from mmssl.eval import stats
 from mmssl.logging import console
 
 # keys that differ between runs without making them different experiments
-IGNORED_KEYS = ("seed", "run_dir", "resume", "device", "threads", "logger.", "trainer.progress", "_wandb")
+IGNORED_KEYS = ("seed", "run_dir", "resume", "device", "threads", "logger.", "progress", "trainer.progress", "_wandb")
 # what to report when --metric is not given: the first one every run has
-DEFAULT_METRICS = ("eval/success_rate", "eval/image/ssl/linear_probe_accuracy", r"eval/.*/ssl/linear_probe_accuracy",
-                   "eval/linear_probe_accuracy", "charts/episodic_return", "train/loss")
+DEFAULT_METRICS = ("eval_success_rate", "eval/success_rate", "eval/image/ssl/linear_probe_accuracy",
+                   r"eval/.*/ssl/linear_probe_accuracy", "eval/linear_probe_accuracy", "eval_return_mean",
+                   "charts/episodic_return", "episodic_return", "train/loss")
 
 
 @dataclass
@@ -177,16 +178,26 @@ def resolve_metric(runs: list[Run], metric: str | None) -> str:
 def group_keys(runs: list[Run], by: list[str] | None = None, exclude: tuple[str, ...] = ()) -> list[str]:
     """``by`` (checked to exist), else every config key whose value differs between runs, except seeds."""
     all_keys = sorted(set().union(*(r.config for r in runs)))
+
+    def differs(k):
+        return len({json.dumps(r.config.get(k), sort_keys=True, default=str) for r in runs}) > 1
+
     if by:
+        keys = []
         for key in by:
-            if key not in all_keys:
+            below = [k for k in all_keys if k.startswith(key + ".")]  # a config group such as `env`
+            if key in all_keys:
+                keys.append(key)
+            elif below:
+                keys += [k for k in below if differs(k)] or below[:1]
+            else:
                 close = difflib.get_close_matches(key, all_keys, n=3, cutoff=0.6)
                 raise ConfigError(f"--group-by {key!r} is not a config key of these runs"
                                   + (f"; did you mean {', '.join(close)}?" if close else ""))
-        return list(by)
+        return list(dict.fromkeys(keys))
     ignored = IGNORED_KEYS + exclude
     return [k for k in all_keys if not any(k == i or (i.endswith(".") and k.startswith(i)) for i in ignored)
-            and len({json.dumps(r.config.get(k), sort_keys=True, default=str) for r in runs}) > 1]
+            and differs(k)]
 
 
 def _fmt(v) -> str:

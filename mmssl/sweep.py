@@ -38,6 +38,7 @@ from mmssl.logging import console
 
 METHODS = ("grid", "random", "bayes")
 PROGRAMS = ("pretrain", "rl")  # mmssl subcommands a sweep can run (each composes configs/<name>.yaml)
+CURVES = ("train/loss", "success_rate", "episodic_return")  # plotted against step when the runs log them
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]  # wandb agent's default
 
 
@@ -245,7 +246,8 @@ class LocalSweep:
                 done.append(result)
                 self.records.append(result)
                 status = "ok" if result["returncode"] == 0 else f"FAILED (exit {result['returncode']}), see {result['log']}"
-                console(f"[{len(self.records)}/{total}] {Path(result['run_dir']).name} {result['params']} "
+                shown = {k: v for k, v in result["params"].items() if "value" not in self.spec["parameters"][k]}
+                console(f"[{len(self.records)}/{total}] {Path(result['run_dir']).name} {shown} "
                         f"{status} ({result['seconds']:.1f} s)")
                 with open(self.out / "runs.jsonl", "a") as f:
                     f.write(json.dumps(result, default=str) + "\n")
@@ -294,10 +296,12 @@ def run_local(spec: dict, out: Path, seeds: int = 1, workers: int = 1, count: in
     if not ok:
         raise MMSSLError(f"every run of the sweep failed; see the logs, e.g. {sweep.records[0]['log']}")
     runs = [rep.load_run(r["run_dir"]) for r in ok]
+    for run, record in zip(runs, ok):  # group by the parameter values as swept (objective=byol, not its subkeys)
+        run.config |= record["params"]
     metric = (spec.get("metric") or {}).get("name")
-    names = list(spec["parameters"])
-    group_by = [k for k in names if k != "seed"] or None
-    curves = ["train/loss"] if any("train/loss" in r.metric_names() for r in runs) else []
+    # group by what the sweep varies (constant parameters would only add identical columns)
+    group_by = [k for k, v in spec["parameters"].items() if k != "seed" and "value" not in v] or None
+    curves = [c for c in CURVES if any(c in r.metric_names() for r in runs)]
     result = rep.report(runs, [metric], group_by, out / "report", curves=curves, n_resamples=resamples)
     print(result["markdown"])
     failed = len(sweep.records) - len(ok)

@@ -28,7 +28,7 @@ def test_shipped_specs_are_valid():
     specs = sorted((Path(__file__).resolve().parents[2] / "configs" / "sweep").glob("*.yaml"))
     assert len(specs) >= 3
     for path in specs:
-        assert sweep.validate(sweep.load_spec(path)) == "pretrain"
+        assert sweep.validate(sweep.load_spec(path)) == ("rl" if path.stem.startswith("rl_") else "pretrain")
 
 
 def test_unknown_parameter_is_named():
