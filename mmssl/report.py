@@ -128,8 +128,12 @@ def find_runs(patterns: list[str]) -> list[Run]:
     return runs
 
 
-def load_wandb(path: str, metrics: list[str] | None = None) -> list[Run]:
-    """Finished runs of a wandb project ``entity/project`` (needs a login and the network)."""
+def load_wandb(path: str, keys: list[str] | None = None) -> list[Run]:
+    """Finished runs of a wandb project ``entity/project`` (needs a login and the network).
+
+    Summaries hold the final values; the history of each metric in ``keys`` (exact names) is fetched for
+    curves, one key at a time because ``scan_history`` keeps only rows that have every requested key.
+    """
     try:
         import wandb
 
@@ -141,9 +145,9 @@ def load_wandb(path: str, metrics: list[str] | None = None) -> list[Run]:
                           "or report local run folders instead") from None
     runs = []
     for r in remote:
-        summary = {k: v for k, v in r.summary._json_dict.items() if _is_number(v)}
-        keys = metrics or [k for k in summary if not k.startswith("_")]
-        history = [{"step": rec.get("_step")} | rec for rec in r.scan_history(keys=["_step", *keys])] if keys else []
+        summary = {k: v for k, v in r.summary._json_dict.items() if _is_number(v) and not k.startswith("_")}
+        history = [{"step": row["_step"], key: row[key]} for key in keys or []
+                   for row in r.scan_history(keys=["_step", key])]
         config = flatten({k: v for k, v in r.config.items() if not k.startswith("_")})
         runs.append(Run(f"wandb:{path}/{r.id}", config, summary, history))
     if not runs:
@@ -380,7 +384,7 @@ def main(argv: list[str]) -> None:
         raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}")
     runs = find_runs(args.runs) if args.runs else []
     if args.wandb:
-        runs += load_wandb(args.wandb, args.metric)
+        runs += load_wandb(args.wandb, [*(args.metric or []), *(args.curve or [])])
     group_by = [k.strip() for g in args.group_by or [] for k in g.split(",") if k.strip()]
     result = report(runs, args.metric, group_by or None, args.out, args.task_key, args.curve, args.confidence,
                     args.resamples, plots=not args.no_plots)

@@ -107,3 +107,31 @@ def test_cli_one_line_errors(tmp_path, capsys):
     assert cli(["report", str(tmp_path / "r"), "--metric", "eval/success_rate", "--out", str(tmp_path / "o")]) == 2
     assert "no run has metric 'eval/success_rate'" in capsys.readouterr().err
     assert not np.any([p.suffix == ".png" for p in tmp_path.rglob("*")])
+
+
+def test_wandb_runs_through_the_public_api_shape(monkeypatch, tmp_path, capsys):
+    """--wandb reads config, summary and per-metric history (a stand-in for wandb.Api: no network here)."""
+    import wandb
+
+    class FakeRun:
+        def __init__(self, i, lr):
+            self.id, self.config = f"r{i}", {"trainer": {"lr": lr}, "seed": i, "_wandb": {"x": 1}}
+            self.summary = type("S", (), {"_json_dict": {METRIC: 0.5 + lr * 10 + 0.01 * i, "_runtime": 3}})()
+
+        def scan_history(self, keys):
+            return [{"_step": s, keys[1]: 1.0 - 0.01 * s} for s in (0, 10, 20)]
+
+    class FakeApi:
+        def __init__(self, timeout=None):
+            pass
+
+        def runs(self, path, filters=None):
+            assert path == "me/proj" and filters == {"state": "finished"}
+            return [FakeRun(i, lr) for i, lr in enumerate([0.01, 0.01, 0.02, 0.02])]
+
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    report.main(["--wandb", "me/proj", "--metric", METRIC, "--curve", "train/loss", "--out", str(tmp_path / "o"),
+                 "--resamples", "200"])
+    out = capsys.readouterr().out
+    assert "| 0.01 | 2 | 0.6050 ± 0.0071 |" in out and "| 0.02 | 2 |" in out
+    assert (tmp_path / "o" / "curve_train_loss.png").exists()
