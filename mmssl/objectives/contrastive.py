@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import torch
@@ -14,6 +15,20 @@ from mmssl.objectives.base import Objective, cosine_momentum, ema_update
 from mmssl.objectives.distributed import gather, rank
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput
+
+
+def float32(fn):
+    """Run a loss in float32 with autocast off: similarity and correlation matrices, logsumexp and sums of
+    squares lose too much in bf16 (their entries differ by less than bf16's resolution)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        device = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
+        args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+        with torch.autocast(device, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _two_view_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float):
@@ -29,6 +44,7 @@ def _two_view_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float):
     return logits, torch.cat([idx, idx + n]), torch.cat([idx + n, idx])
 
 
+@float32
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """NT-Xent (SimCLR, Chen et al. 2020) over two views (B, D) each; returns (loss, positive top-1 accuracy).
 
@@ -45,6 +61,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[tor
     return loss, accuracy
 
 
+@float32
 def decoupled_nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoupled contrastive loss (DCL, Yeh et al. 2022): NT-Xent with the positive removed from the denominator.
 
@@ -61,6 +78,7 @@ def decoupled_nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) ->
     return loss, accuracy.float().mean()
 
 
+@float32
 def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float,
              negatives: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """InfoNCE (van den Oord et al. 2018) of queries (B, D) against keys (B, D) gathered over ranks.
@@ -201,6 +219,7 @@ class MoCoV2(_Momentum):
             self._pending = None
 
 
+@float32
 def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float):
     """MoCo's InfoNCE: unit queries (B, P) vs their own key (B, P) and the queue (K, P); (loss, accuracy)."""
     positive = (q * k).sum(dim=1, keepdim=True)  # (B, 1)
@@ -240,6 +259,7 @@ class MoCoV3(_Momentum):
         self.momentum_update(encoders)
 
 
+@float32
 def semi_hard_triplet_loss(queries: torch.Tensor, query_ids: torch.Tensor, keys: torch.Tensor, key_ids: torch.Tensor,
                            self_index: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Triplet loss with semi-hard negatives (FaceNet, Schroff et al. 2015), batch-all over positive pairs.

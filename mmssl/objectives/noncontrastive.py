@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from mmssl.encoders.base import Encoder
 from mmssl.encoders.heads import mlp
 from mmssl.objectives.base import Objective, cosine_momentum, ema_update
+from mmssl.objectives.contrastive import float32
 from mmssl.objectives.distributed import gather
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput
@@ -110,6 +111,7 @@ def standardise(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
 
 
+@float32
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambda_offdiag: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Barlow Twins (Zbontar et al. 2021) on (N, P) projections: ``Σ_i (1-C_ii)² + λ Σ_{i≠j} C_ij²``.
 
@@ -144,6 +146,7 @@ class BarlowTwins(_TwoViews):
         return ObjectiveOutput(loss, {"on_diagonal_correlation": on_diag.item()})
 
 
+@float32
 def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float, var_weight: float, cov_weight: float,
                 gamma: float = 1.0, eps: float = 1e-4) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """VICReg (Bardes, Ponce & LeCun 2022) on (N, P) projections: ``λ·s + μ·(v(z₁)+v(z₂)) + ν·(c(z₁)+c(z₂))``.

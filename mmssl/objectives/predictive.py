@@ -63,6 +63,20 @@ def require_tokens(out: EncoderOutput, objective: str, encoder: Encoder) -> torc
     return out.tokens
 
 
+def time_steps(tokens: torch.Tensor, encoder: Encoder) -> torch.Tensor:
+    """(B, N, D) tokens → (B, T', D) one per time step: encoders that emit several frequency-band tokens per
+    step in ``(t f)`` order (AudioTransformer with patch_mels < n_mels) are averaged over the bands."""
+    bands = getattr(encoder, "bands", None)
+    band = getattr(encoder, "band", None)
+    if bands is None and isinstance(band, torch.Tensor):  # AudioTransformer keeps one embedding row per band
+        bands = band.shape[0]
+    if not bands or bands == 1:
+        return tokens
+    if tokens.shape[1] % bands:
+        raise ShapeError(f"{tokens.shape[1]} tokens do not split into {bands} frequency bands per time step")
+    return rearrange(tokens, "b (t f) d -> b t f d", f=bands).mean(2)
+
+
 @OBJECTIVES.register("masked_image", modalities=("image",))
 class MaskedImage(Objective):
     """Masked image modelling, SimMIM/MAE-style: mask random patches, regress their pixels (Xie et al. 2022; He et al. 2022).
@@ -123,7 +137,7 @@ class MaskedText(Objective):
     """BERT-style masked-token prediction on token ids (B, L) (Devlin et al. 2019).
 
     ``mask_prob`` of the non-special positions (at least one per sequence) are chosen; of those 80% become
-    ``mask_id``, 10% a random id, 10% stay. A LayerNorm + linear head over the encoder's per-position
+    ``mask_id``, 10% a random ordinary id, 10% stay. A LayerNorm + linear head over the encoder's per-position
     tokens (B, L, D) predicts the original ids: ``L = CE(head(h_i), x_i)`` averaged over chosen positions.
     open_clip's vocabulary (49408 ids, the default ``vocab_size``) has no mask token: ``mask_id`` defaults
     to the encoder's ``mask_token_id`` when it declares one, else ``pad_id``. ``pad_id`` and
@@ -143,8 +157,10 @@ class MaskedText(Objective):
         self.vocab_size, self.mask_prob = vocab_size, mask_prob
         self.mask_id = mask_id if mask_id is not None else int(getattr(encoder, "mask_token_id", pad_id))
         self.register_buffer("special_ids", torch.tensor([pad_id, *special_ids], dtype=torch.long), persistent=False)
-        # random replacements come from the ordinary ids below the first special id (open_clip: < 49406)
-        self.random_high = min([vocab_size, *[s for s in special_ids if s > 0]])
+        # random replacements are ordinary ids only (never padding, start or end of text)
+        ordinary = torch.ones(vocab_size, dtype=torch.bool)
+        ordinary[[i for i in (pad_id, *special_ids) if 0 <= i < vocab_size]] = False
+        self.register_buffer("ordinary_ids", ordinary.nonzero().squeeze(1), persistent=False)
         self.head = nn.Sequential(nn.LayerNorm(encoder.dim), nn.Linear(encoder.dim, vocab_size))
         self.augment = self.build_augment(augment, augment_kwargs)
 
@@ -162,7 +178,7 @@ class MaskedText(Objective):
         chosen = self.choose(ids)
         draw = torch.rand(ids.shape, device=ids.device)
         corrupted = ids.masked_fill(chosen & (draw < 0.8), self.mask_id)
-        random_ids = torch.randint(0, self.random_high, ids.shape, device=ids.device)
+        random_ids = self.ordinary_ids[torch.randint(0, len(self.ordinary_ids), ids.shape, device=ids.device)]
         corrupted = torch.where(chosen & (draw >= 0.8) & (draw < 0.9), random_ids, corrupted)
         tokens = require_tokens(encoder(corrupted), "masked_text", encoder)
         if tokens.shape[:2] != ids.shape:
@@ -235,6 +251,7 @@ class MaskedAudio(Objective):
         mask = self.mask(b, m, f, spec.device)
         fill = spec.detach().mean(dim=(1, 2), keepdim=True)
         tokens = require_tokens(encoder.encode_spectrogram(torch.where(mask, fill, spec)), "masked_audio", encoder)
+        tokens = time_steps(tokens, encoder)  # (B, T', D)
         target = spec.detach().float()
         if self.normalize_target:
             target = (target - target.mean(dim=(1, 2), keepdim=True)) / (target.std(dim=(1, 2), keepdim=True) + 1e-5)

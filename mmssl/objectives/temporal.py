@@ -26,7 +26,7 @@ from mmssl.errors import ConfigError, ShapeError
 from mmssl.objectives.base import Objective
 from mmssl.objectives.contrastive import nt_xent
 from mmssl.objectives.distributed import gather, rank
-from mmssl.objectives.predictive import require_tokens
+from mmssl.objectives.predictive import require_tokens, time_steps
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput
 
@@ -59,10 +59,10 @@ class _Temporal(Objective):
         return encoder(flat).pooled.view(*steps.shape[:2], -1)
 
     def features(self, encoder: Encoder, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, D): per-step pooled features of a step sequence, else the encoder's tokens."""
+        """(B, T, D): per-step pooled features of a step sequence, else the encoder's time-ordered tokens."""
         if self.is_steps(x):
             return self.encode_steps(encoder, x)
-        return require_tokens(encoder(self.augment(x)), self.registry_name, encoder)
+        return time_steps(require_tokens(encoder(self.augment(x)), self.registry_name, encoder), encoder)
 
     def encode_segments(self, encoder: Encoder, x: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
         """Segments ``x[b, s:s+length]`` for starts (B, S) → (B, S, D), each encoded on its own.
@@ -79,6 +79,9 @@ class _Temporal(Objective):
 
     def segment_length(self, x: torch.Tensor, requested: int | None, count: int) -> int:
         """Segment length: ``requested``, else 1 step (step sequences) or an equal share of the raw length."""
+        if self.modality == "image" and not self.is_steps(x):
+            raise ConfigError(f"objective {self.registry_name!r} cuts sequences into segments; images need "
+                              f"(B, T, C, H, W) sequences, got {tuple(x.shape)}")
         total = x.shape[1]
         length = requested or (1 if self.is_steps(x) else total // count)
         if length < 1 or length * count > total:
@@ -117,12 +120,13 @@ class CPC(_Temporal):
         keys = gather(z).reshape(-1, d)  # (W·B·N, D)
         base = (torch.arange(b, device=z.device)[:, None] + rank() * b) * n  # (B, 1) row offset of each sample
         losses, accuracies = [], []
-        for k, predictor in enumerate(self.predictors, start=1):
-            pred = predictor(context[:, :n - k]).reshape(-1, d)  # (B·(N-k), D)
-            target = (base + torch.arange(k, n, device=z.device)).reshape(-1)
-            logits = pred @ keys.T
-            losses.append(F.cross_entropy(logits, target))
-            accuracies.append((logits.argmax(1) == target).float().mean())
+        with torch.autocast(z.device.type, enabled=False):  # bf16 logits are too coarse for InfoNCE
+            for k, predictor in enumerate(self.predictors, start=1):
+                pred = predictor(context[:, :n - k].float()).reshape(-1, d)  # (B·(N-k), D)
+                target = (base + torch.arange(k, n, device=z.device)).reshape(-1)
+                logits = pred @ keys.T
+                losses.append(F.cross_entropy(logits, target))
+                accuracies.append((logits.argmax(1) == target).float().mean())
         return ObjectiveOutput(torch.stack(losses).mean(), {"prediction_accuracy": torch.stack(accuracies).mean().item()})
 
 
@@ -215,7 +219,7 @@ class NextSegment(_Temporal):
     """Next-segment prediction: is segment B the continuation of segment A? (BERT's next-sentence task, Devlin et al. 2019).
 
     A = ``x[s : s+ℓ]``; for a random half of the samples B = ``x[s+ℓ : s+2ℓ]`` of the same sample, for the
-    other half the same span of another sample. Segments are encoded separately (token slices, waveform
+    other half the continuation span of another sample (with a batch of one: the swapped pair (B, A)). Segments are encoded separately (token slices, waveform
     slices, or steps of an RL trajectory averaged); an MLP on ``[a, b, a⊙b, |a-b|]`` (B, 4D) gives the
     logit of "continues": ``L = BCE(head(·), 1[B follows A])``.
     """
@@ -235,8 +239,11 @@ class NextSegment(_Temporal):
         feats = self.encode_segments(encoders[self.modality], x, torch.stack([start, start + length], 1), length)
         a, cont = feats[:, 0], feats[:, 1]
         follows = torch.rand(b, device=x.device) < 0.5
-        other = (torch.arange(b, device=x.device) + torch.randint(1, max(b, 2), (b,), device=x.device)) % b
-        second = torch.where(follows[:, None], cont, cont[other])
+        if b > 1:  # negative: the same span of another sample
+            other = (torch.arange(b, device=x.device) + torch.randint(1, b, (b,), device=x.device)) % b
+            second = torch.where(follows[:, None], cont, cont[other])
+        else:  # no other sample: the negative is the swapped pair (B, A)
+            a, second = torch.where(follows[:, None], a, cont), torch.where(follows[:, None], cont, a)
         logit = self.head(torch.cat([a, second, a * second, (a - second).abs()], 1)).squeeze(1).float()
         loss = F.binary_cross_entropy_with_logits(logit, follows.float())
         return ObjectiveOutput(loss, {"continuation_accuracy": ((logit > 0) == follows).float().mean().item()})
