@@ -55,11 +55,17 @@ def _quiet() -> None:
     os.dup2(devnull, 2)
 
 
-def _child(cfg: DictConfig, run_dir: Path, before: Callable[[], None] | None = None) -> None:
+def rl(cfg: DictConfig, run_dir: Path) -> None:
+    from mmssl.rl.run import run
+
+    run(cfg)
+
+
+def _child(cfg: DictConfig, run_dir: Path, before: Callable[[], None] | None = None, train=fit) -> None:
     _quiet()
     if before is not None:
         before()
-    fit(cfg, run_dir)
+    train(cfg, run_dir)
 
 
 def with_resume(cfg: DictConfig) -> DictConfig:
@@ -80,14 +86,18 @@ def check_checkpoints(ckpt_dir: Path, stats: KillStats) -> None:
     stats.leftover_temp_files = len(list(ckpt_dir.glob(".step_*.tmp*")))
 
 
-def run_with_kills(cfg: DictConfig, run_dir: Path, kills: int, max_delay: float, seed: int) -> KillStats:
-    """Start (resuming) children and SIGKILL each after U(0, max_delay) s until ``kills`` kills, then finish."""
+def run_with_kills(cfg: DictConfig, run_dir: Path, kills: int, max_delay: float, seed: int,
+                   train: Callable[[DictConfig, Path], object] = fit) -> KillStats:
+    """Start (resuming) children and SIGKILL each after U(0, max_delay) s until ``kills`` kills, then finish.
+
+    ``train(cfg, run_dir)`` runs in the child: ``fit`` (pretraining) or ``rl`` (``mmssl rl``'s ``run``).
+    """
     rng = torch.Generator().manual_seed(seed)
     cfg = with_resume(cfg)
     stats = KillStats()
     while True:
         stats.attempts += 1
-        child = FORK.Process(target=_child, args=(cfg, run_dir))
+        child = FORK.Process(target=_child, args=(cfg, run_dir, None, train))
         child.start()
         if stats.kills < kills:
             child.join(float(torch.rand((), generator=rng)) * max_delay)
@@ -127,7 +137,8 @@ def _block_at_replace(nth_save: int, nth_replace: int, ready) -> Callable[[], No
     return install
 
 
-def kill_inside_save(cfg: DictConfig, run_dir: Path, nth_save: int, nth_replace: int) -> KillStats:
+def kill_inside_save(cfg: DictConfig, run_dir: Path, nth_save: int, nth_replace: int,
+                     train: Callable[[DictConfig, Path], object] = fit) -> KillStats:
     """Kill a (resuming) child while it is inside its ``nth_save``-th checkpoint write, then finish the run.
 
     ``nth_replace=1``: the file is written and fsynced but not yet renamed; ``2``: renamed, checksum not yet.
@@ -135,7 +146,7 @@ def kill_inside_save(cfg: DictConfig, run_dir: Path, nth_save: int, nth_replace:
     cfg = with_resume(cfg)
     stats = KillStats(attempts=1)
     ready = FORK.Event()
-    child = FORK.Process(target=_child, args=(cfg, run_dir, _block_at_replace(nth_save, nth_replace, ready)))
+    child = FORK.Process(target=_child, args=(cfg, run_dir, _block_at_replace(nth_save, nth_replace, ready), train))
     child.start()
     if not ready.wait(120):
         child.kill()
@@ -144,7 +155,7 @@ def kill_inside_save(cfg: DictConfig, run_dir: Path, nth_save: int, nth_replace:
     child.join()
     stats.kills += 1
     check_checkpoints(run_dir / "checkpoints", stats)
-    finish = FORK.Process(target=_child, args=(cfg, run_dir))
+    finish = FORK.Process(target=_child, args=(cfg, run_dir, None, train))
     finish.start()
     finish.join()
     stats.attempts += 1
