@@ -457,7 +457,7 @@ def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, ou
     if steps < 1:
         raise ConfigError(f"steps must be ≥ 1, got {steps}")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(int(ft.warmup_steps), steps, 0.0))
-    weak = _build_augment(ft.weak_augment, modality, None, "weak_augment").to(device)
+    weak = _build_augment(ft.weak_augment, modality, None, "weak_augment").to(device) if ft.augment_labelled or semi else None
     # a dataset's `augment` options are its image view options (configs/data), so other modalities ignore them
     data_augment = cfg.data.get("augment") if modality == IMAGE else None
     strong = _build_augment(ft.strong_augment, modality, data_augment, "strong_augment").to(device) if semi else None

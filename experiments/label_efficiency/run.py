@@ -1,11 +1,12 @@
-"""Label efficiency on digits: `python experiments/label_efficiency/run.py [--seeds 0 1 2]` → results.md, plot.
+"""Label efficiency: `python experiments/label_efficiency/run.py [--task digits|spoken_digits] [--seeds 0 1 2]`.
 
-For each seed: a SimCLR pretraining run (`mmssl pretrain seed=S`, the defaults; reused when its folder
-already exists), then for each label fraction four ways to use the labels — supervised from scratch, a
+For each seed: a SimCLR pretraining run (digits: `mmssl pretrain seed=S`, the defaults; spoken_digits:
+the audio encoder of `trimodal_digits` alone, SimCLR on waveform views; reused when its folder exists), then for each label fraction four ways to use the labels — supervised from scratch, a
 linear head on frozen SSL features, fine-tuning the SSL encoder, semi-supervised (FixMatch + SimCLR on the
 unlabelled rest) — each through `mmssl.finetune.run` (the same code as `mmssl finetune RUN …`). Finished
 fine-tuning runs (their summary.json) are reused, so an interrupted study continues where it stopped.
-Writes results.json, results.md (mean ± std over seeds) and label_efficiency.png next to this file.
+Writes results{suffix}.json, results{suffix}.md (mean ± std over seeds) and label_efficiency{suffix}.png
+next to this file (suffix: "" for digits, "_audio" for spoken digits).
 """
 
 from __future__ import annotations
@@ -26,15 +27,25 @@ METHODS = {
     "semi": ("semi-supervised (FixMatch + SimCLR)", ["mode=semi"]),
 }
 
+#: task → (output suffix, what the items are, pretraining overrides, fine-tuning overrides)
+TASKS = {
+    "digits": ("", "digits test split (539 images)", [], []),
+    "spoken_digits": ("_audio", "trimodal_digits test split (539 clips, unseen voices)",
+                      ["data=trimodal_digits", "encoder=trimodal", "~encoder.image", "~encoder.text",
+                       "objective.simclr.modality=audio", "objective.simclr.augment=audio_default",
+                       "objective.simclr.augment_kwargs={}", "trainer.steps=300"], ["modality=audio"]),
+}
 
-def pretrain(run_dir: Path, seed: int) -> None:
+
+def pretrain(run_dir: Path, seed: int, overrides: list[str]) -> None:
     if (run_dir / "summary.json").exists():
         return
     subprocess.run([sys.executable, "-m", "mmssl.cli", "pretrain", f"seed={seed}", f"run_dir={run_dir}",
-                    "trainer.progress=false", "logger.mode=disabled", "threads=1", "eval.plot=false"], check=True)
+                    "trainer.progress=false", "logger.mode=disabled", "threads=1", "eval.plot=false", *overrides],
+                   check=True)
 
 
-def finetune(run_dir: Path, method: str, fraction: float, steps: int) -> dict:
+def finetune(run_dir: Path, method: str, fraction: float, steps: int, extra: list[str] = ()) -> dict:
     from mmssl.finetune import run
 
     name = f"{method}-labels{fraction}"
@@ -42,7 +53,7 @@ def finetune(run_dir: Path, method: str, fraction: float, steps: int) -> dict:
     if summary_path.exists():
         return json.loads(summary_path.read_text())
     overrides = [f"labels={fraction}", f"steps={steps}", f"name={name}", "threads=1", "logger.mode=disabled",
-                 *METHODS[method][1]]
+                 *METHODS[method][1], *extra]
     summary = run(run_dir, overrides)
     print(f"{run_dir.name} {name}: test accuracy {summary['test/accuracy']:.4f} "
           f"({summary['steps_run']} steps, {summary['time/seconds']:.0f} s)", flush=True)
@@ -64,7 +75,7 @@ def table(results: dict, fractions: list[float], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict, fractions: list[float], seeds: list[int], path: Path) -> None:
+def plot(results: dict, fractions: list[float], seeds: list[int], path: Path, what: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,9 +93,9 @@ def plot(results: dict, fractions: list[float], seeds: list[int], path: Path) ->
         ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=label)
     ax.set_xscale("log")
     ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
-    ax.set_xlabel("labelled fraction of the digits training split (1258 images)")
+    ax.set_xlabel("labelled fraction of the training split (1258 items)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Label efficiency on digits (mean ± std, {len(seeds)} seeds)")
+    ax.set_title(f"Label efficiency, {what} (mean ± std, {len(seeds)} seeds)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -93,30 +104,33 @@ def plot(results: dict, fractions: list[float], seeds: list[int], path: Path) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--task", default="digits", choices=list(TASKS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 1.0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--out", default="runs/label_efficiency")
     args = parser.parse_args()
+    suffix, what, pretrain_overrides, finetune_overrides = TASKS[args.task]
     import torch
 
     torch.set_num_threads(1)
     results: dict[str, float] = {}
     for seed in args.seeds:
-        run_dir = Path(args.out) / f"pretrain_seed{seed}"
-        pretrain(run_dir, seed)
+        run_dir = Path(args.out) / f"pretrain{suffix}_seed{seed}"
+        pretrain(run_dir, seed, pretrain_overrides)
         for fraction in args.fractions:
             for method in args.methods:
                 if method == "semi" and fraction >= 1:
                     continue  # no unlabelled data left: semi-supervised is undefined at 100% labels
-                results[f"{method}/{fraction}/{seed}"] = finetune(run_dir, method, fraction, args.steps)["test/accuracy"]
-    (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    text = (f"Test accuracy (%) on the digits test split (539 images), mean ± std over seeds {args.seeds}; "
-            f"{args.steps} steps max with early stopping.\nCommand: `python experiments/label_efficiency/run.py "
-            f"--seeds {' '.join(map(str, args.seeds))}`\n\n{table(results, args.fractions, args.seeds)}\n")
-    (HERE / "results.md").write_text(text)
-    plot(results, args.fractions, args.seeds, HERE / "label_efficiency.png")
+                results[f"{method}/{fraction}/{seed}"] = finetune(run_dir, method, fraction, args.steps,
+                                                                      finetune_overrides)["test/accuracy"]
+    (HERE / f"results{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")
+    text = (f"Test accuracy (%) on the {what}, mean ± std over seeds {args.seeds}; {args.steps} steps max with "
+            f"early stopping.\nCommand: `python experiments/label_efficiency/run.py --task {args.task} --seeds "
+            f"{' '.join(map(str, args.seeds))}`\n\n{table(results, args.fractions, args.seeds)}\n")
+    (HERE / f"results{suffix}.md").write_text(text)
+    plot(results, args.fractions, args.seeds, HERE / f"label_efficiency{suffix}.png", what)
     print(text)
 
 
