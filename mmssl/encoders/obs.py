@@ -163,6 +163,7 @@ class MiniGridObs(Encoder):
         self.embed = nn.Embedding(sum(self.VOCAB), embed_dim)
         self.register_buffer("offsets", torch.tensor([0, self.VOCAB[0], self.VOCAB[0] + self.VOCAB[1]]),
                              persistent=False)
+        self.register_buffer("largest", torch.tensor(self.VOCAB) - 1, persistent=False)
         self.conv = nn.Sequential(
             nn.Conv2d(embed_dim, 16, 2), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
             nn.Conv2d(16, 32, 2, padding=1 if grid_size < 5 else 0), nn.ReLU(),
@@ -179,7 +180,8 @@ class MiniGridObs(Encoder):
                              f"shape {tuple(x.shape)}")
 
     def encode(self, x: torch.Tensor) -> EncoderOutput:
-        ids = x.long().clamp(min=0) + self.offsets  # (B, H, W, 3); clamp: -1 never occurs but must not index
+        # MiniGrid ids stay inside the tables; the clamp only guards arbitrary samples of the Box(0, 255) space
+        ids = torch.minimum(x.long().clamp(min=0), self.largest) + self.offsets  # (B, H, W, 3)
         cells = self.embed(ids).sum(dim=3)  # (B, H, W, emb)
         fmap = cells.permute(0, 3, 1, 2)
         return EncoderOutput(pooled=self.fc(self.conv(fmap)), tokens=self.token_proj(cells.flatten(1, 2)))
@@ -305,7 +307,7 @@ def _fill_from_space(space: gym.Space, spec: dict) -> dict:
     elif len(shape) == 3:
         c_last = _channels_last(shape)
         c, h = (shape[2], shape[0]) if c_last else (shape[0], shape[1])
-        guesses |= {"in_channels": c, "image_size": h, "grid_size": shape[0]}
+        guesses |= {"in_channels": c, "image_size": h} | ({"grid_size": shape[0]} if c_last else {})
         if ENCODERS.get(name).modalities and OBS not in ENCODERS.get(name).modalities:
             spec.setdefault("channels_last", c_last)
     elif shape:

@@ -322,6 +322,9 @@ class PPO:
             "recent_returns": list(self.recent_returns), "recent_success": list(self.recent_success),
             "envs": mmssl_envs.snapshot_vector(self.envs), "next_obs": self.next_obs,
             "aux_momentum": {slot: float(getattr(o, "momentum", 0.0)) for slot, o in self.aux.items()},
+            # intrinsic rewards train with their own optimisers, which are not part of their state_dict
+            "intrinsic_optimizers": {slot: r.optimizer.state_dict() for slot, r in self.intrinsic.items()
+                                     if getattr(r, "optimizer", None) is not None},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -337,6 +340,8 @@ class PPO:
         for slot, momentum in state.get("aux_momentum", {}).items():
             if hasattr(self.aux[slot], "momentum"):
                 self.aux[slot].momentum = momentum
+        for slot, optim_state in state.get("intrinsic_optimizers", {}).items():
+            self.intrinsic[slot].optimizer.load_state_dict(optim_state)
         mmssl_envs.restore_vector(self.envs, state["envs"])
         self.next_obs = state["next_obs"]
         restore_rng(state["rng"])

@@ -1,0 +1,87 @@
+"""Every env in envs/ passes gymnasium's check_env; vector factory, success flag, exact replay, true state."""
+
+import importlib.util
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs
+
+IDS = [*envs.MINIGRID_IDS]
+if importlib.util.find_spec("ale_py") and importlib.util.find_spec("cv2"):
+    IDS.append("mmssl/Atari-v0")
+if importlib.util.find_spec("mujoco"):
+    IDS.append("mmssl/MuJoCo-v0")
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("env_id", IDS)
+def test_check_env(env_id):
+    env = gym.make(env_id)
+    check_env(env.unwrapped if env_id == "mmssl/MuJoCo-v0" else env, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    env.close()
+
+
+def test_pixel_and_symbolic_minigrid_shapes():
+    assert gym.make("mmssl/MiniGridSymbolic-v0").observation_space.shape == (7, 7, 3)
+    assert gym.make("mmssl/MiniGridPixels-v0", tile_size=4).observation_space.shape == (3, 28, 28)
+    assert set(gym.make("mmssl/MiniGridDict-v0").observation_space.spaces) == {"image", "direction"}
+
+
+def test_make_vector_reports_final_obs_and_episode_stats():
+    cfg = {"id": "CartPole-v1", "success": "none"}
+    vec = envs.make_vector(cfg, 2, seed=0)
+    obs, _ = vec.reset(seed=0)
+    assert obs.shape == (2, 4)
+    for _ in range(300):
+        obs, reward, term, trunc, infos = vec.step(np.zeros(2, dtype=np.int64))  # always left: falls fast
+        if (term | trunc).any():
+            i = int(np.flatnonzero(term | trunc)[0])
+            assert infos["final_info"]["episode"]["l"][i] >= 1
+            assert infos["final_obs"][i].shape == (4,)
+            break
+    else:
+        pytest.fail("no episode ended")
+    vec.close()
+
+
+def test_success_flag_on_minigrid_goal():
+    env = envs.make_env({"id": "mmssl/MiniGridSymbolic-v0", "kwargs": {"env_id": "MiniGrid-Empty-5x5-v0"},
+                         "success": "positive_terminal"})
+    env.reset(seed=0)
+    # Empty-5x5: the agent starts at (1, 1) facing right; the goal is at (3, 3)
+    for action in [2, 2, 1, 2, 2]:
+        _, reward, terminated, _, info = env.step(action)
+    assert terminated and reward > 0 and info["success"] == 1.0
+
+
+def test_replay_snapshot_restores_the_exact_state():
+    cfg = {"id": "mmssl/MiniGridSymbolic-v0", "kwargs": {"env_id": "MiniGrid-DoorKey-5x5-v0"}}
+    a, b = envs.make_vector(cfg, 2, seed=3), envs.make_vector(cfg, 2, seed=3)
+    a.reset(seed=3)
+    b.reset(seed=99)
+    rng = np.random.default_rng(0)
+    for _ in range(400):  # crosses episode boundaries (autoreset draws new layouts from the env RNG)
+        a.step(rng.integers(0, 7, 2))
+    obs_b = envs.restore_vector(b, envs.snapshot_vector(a))
+    actions = rng.integers(0, 7, (30, 2))
+    for act in actions:
+        oa, ra, *_ = a.step(act)
+        ob, rb, *_ = b.step(act)
+        assert np.array_equal(oa, ob) and np.array_equal(ra, rb)
+    assert obs_b.shape == (2, 7, 7, 3)
+
+
+def test_true_state():
+    env = gym.make("CartPole-v1")
+    env.reset(seed=0)
+    assert envs.true_state(env).shape == (4,)
+    grid = gym.make("mmssl/MiniGridSymbolic-v0")
+    grid.reset(seed=0)
+    state = envs.true_state(grid)
+    assert state.shape == (4,) and state[2] ** 2 + state[3] ** 2 == pytest.approx(1.0)
+    assert envs.true_state(gym.make("Pendulum-v1")) is None

@@ -1,0 +1,80 @@
+"""GAE on a hand-computed case and each PPO loss term."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from mmssl.rl.agent import Agent
+from mmssl.rl.ppo import explained_variance, gae, normalise_advantages, policy_loss, value_loss
+
+
+def test_gae_matches_hand_computation():
+    # γ = 0.9, λ = 0.8; the episode ends at t = 1, so t = 0 sees V(o_1) but t = 1 bootstraps nothing
+    rewards = torch.tensor([[1.0], [1.0], [1.0]])
+    values = torch.full((3, 1), 0.5)
+    dones = torch.tensor([[0.0], [1.0], [0.0]])
+    adv, ret = gae(rewards, values, dones, torch.tensor([2.0]), gamma=0.9, lam=0.8)
+    # t=2: δ = 1 + .9·2 − .5 = 2.3; t=1: δ = 1 − .5 = .5 (terminal); t=0: δ = 1 + .9·.5 − .5 = .95, A = .95 + .72·.5
+    assert torch.allclose(adv.squeeze(1), torch.tensor([1.31, 0.5, 2.3]))
+    assert torch.allclose(ret.squeeze(1), torch.tensor([1.81, 1.0, 2.8]))
+
+
+def test_gae_with_lambda_one_is_discounted_return_minus_value():
+    rewards = torch.tensor([[1.0], [2.0], [3.0]])
+    values = torch.tensor([[0.3], [0.1], [0.2]])
+    adv, _ = gae(rewards, values, torch.zeros(3, 1), torch.tensor([0.0]), gamma=0.5, lam=1.0)
+    mc = torch.tensor([1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3.0])
+    assert torch.allclose(adv.squeeze(1), mc - values.squeeze(1))
+
+
+def test_policy_loss_is_minus_advantage_at_ratio_one_and_clips():
+    adv = torch.tensor([1.0, -2.0])
+    logp = torch.tensor([-1.0, -0.5])
+    loss, stats = policy_loss(logp, logp, adv, clip_coef=0.2)
+    assert loss.item() == pytest.approx(-adv.mean().item())
+    assert stats["clipfrac"] == 0.0 and stats["approx_kl"] == pytest.approx(0.0)
+    # ratio e^0.5 ≈ 1.65: a positive advantage is clipped at 1.2, a negative one is not (pessimistic bound)
+    new = logp + 0.5
+    loss, stats = policy_loss(new, logp, adv, clip_coef=0.2)
+    expected = (-1.0 * 1.2 + 2.0 * math.exp(0.5)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert stats["clipfrac"] == 1.0 and stats["approx_kl"] > 0
+
+
+def test_policy_loss_gradient_vanishes_when_clipped():
+    new = torch.tensor([0.5], requires_grad=True)
+    loss, _ = policy_loss(new, torch.tensor([0.0]), torch.tensor([1.0]), clip_coef=0.2)
+    loss.backward()
+    assert new.grad.item() == 0.0
+
+
+def test_value_loss_plain_and_clipped():
+    new, old, ret = torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([1.0])
+    assert value_loss(new, old, ret, 0.2, clip=False).item() == pytest.approx(0.0)
+    # clipped prediction 0.2 is 0.8 away from the return: 0.5·0.8² = 0.32
+    assert value_loss(new, old, ret, 0.2, clip=True).item() == pytest.approx(0.32)
+    assert value_loss(torch.tensor([3.0]), torch.tensor([0.0]), ret, 0.2, clip=False).item() == pytest.approx(2.0)
+
+
+def test_advantage_normalisation_and_explained_variance():
+    adv = normalise_advantages(torch.tensor([1.0, 2.0, 3.0, 10.0]))
+    assert adv.mean().abs() < 1e-6 and adv.std().item() == pytest.approx(1.0, abs=1e-5)
+    ret = torch.tensor([1.0, 2.0, 3.0])
+    assert explained_variance(ret, ret) == pytest.approx(1.0)
+    assert explained_variance(torch.zeros(3), ret) == pytest.approx(0.0)
+
+
+def test_entropy_term_of_a_fresh_policy():
+    obs_space = gym.spaces.Box(-1, 1, (4,), np.float32)
+    agent = Agent(obs_space, gym.spaces.Discrete(3), {"name": "mlp"})
+    step = agent.evaluate(torch.randn(8, 4), torch.zeros(8, dtype=torch.long))
+    # policy head initialised with gain 0.01: nearly uniform, entropy ≈ log 3
+    assert step.entropy.mean().item() == pytest.approx(math.log(3), abs=1e-3)
+    cont = Agent(obs_space, gym.spaces.Box(-2, 2, (2,), np.float32), {"name": "mlp"})
+    s = cont.act(torch.randn(5, 4))
+    assert s.action.shape == (5, 2)
+    # diagonal Gaussian with σ = 1 per dimension: entropy 2·½·log(2πe)
+    assert s.entropy[0].item() == pytest.approx(math.log(2 * math.pi * math.e), rel=1e-5)
