@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -172,8 +172,10 @@ def expand(spec: dict, count: int | None = None, seed: int = 0) -> list[dict]:
         count = count or spec.get("run_cap")
         if not count:
             raise ConfigError("a random sweep needs a run count: --count N or `run_cap: N` in the spec")
+        state = random.getstate()
         random.seed(seed)  # the engine samples with Python's `random`
         runs = sweeps.next_runs(spec, [], n=int(count))
+        random.setstate(state)
     else:
         raise ConfigError("bayes configurations depend on results; they are drawn one at a time while running")
     return [_params(r) for r in runs]
@@ -242,7 +244,8 @@ class LocalSweep:
     def run(self, jobs: list[dict], total: int) -> list[dict]:
         done = []
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            for result in pool.map(lambda j: _run_one(j, self.env), jobs):
+            for future in as_completed([pool.submit(_run_one, job, self.env) for job in jobs]):
+                result = future.result()
                 done.append(result)
                 self.records.append(result)
                 status = "ok" if result["returncode"] == 0 else f"FAILED (exit {result['returncode']}), see {result['log']}"
@@ -292,7 +295,8 @@ def run_local(spec: dict, out: Path, seeds: int = 1, workers: int = 1, count: in
         _run_bayes(sweep, spec, n_configs, total, sampler_seed)
     else:
         sweep.run([job for i, params in enumerate(configs) for job in sweep.jobs(i, params)], total)
-    ok = [r for r in sweep.records if r["returncode"] == 0]
+    ok = sorted((r for r in sweep.records if r["returncode"] == 0 and rep.is_run_dir(Path(r["run_dir"]))),
+                key=lambda r: r["run_dir"])
     if not ok:
         raise MMSSLError(f"every run of the sweep failed; see the logs, e.g. {sweep.records[0]['log']}")
     runs = [rep.load_run(r["run_dir"]) for r in ok]
@@ -323,7 +327,7 @@ def _run_bayes(sweep: LocalSweep, spec: dict, n_configs: int, total: int, seed: 
         suggestion = sweeps.next_run(spec, history)
         params = _params(suggestion)
         results = sweep.run(sweep.jobs(index, params), total)
-        runs = [rep.load_run(r["run_dir"]) for r in results if r["returncode"] == 0]
+        runs = [rep.load_run(r["run_dir"]) for r in results if r["returncode"] == 0 and rep.is_run_dir(Path(r["run_dir"]))]
         values = []
         if runs:
             name = rep.resolve_metric(runs, metric)  # fails clearly when the runs never log the metric

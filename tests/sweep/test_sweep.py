@@ -123,6 +123,7 @@ def _fake_run(job, env):
     return job | {"returncode": 1 if lr > 0.05 else 0, "seconds": 0.0, "log": str(run) + ".log"}
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # the engine's GP on 4 points
 def test_bayes_runs_sequentially_on_results(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "_run_one", _fake_run)
     bayes = spec("bayes", **{"trainer.lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1}})
