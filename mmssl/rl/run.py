@@ -7,6 +7,7 @@ final training statistics, evaluation returns/success, the linear state probe an
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from datetime import datetime
@@ -38,6 +39,7 @@ def run(cfg: DictConfig) -> dict:
     ppo = PPO(cfg)
     if found is not None:
         ppo.load_state_dict(found[1]["ppo"])
+        drop_metrics_after(run_dir, ppo.global_step)
         console(f"resumed from {found[0]} at update {ppo.update_index}")
     lcfg = cfg.logger
     logger = RunLogger(run_dir, to_container(cfg), mode=lcfg.mode, project=lcfg.project, name=lcfg.name,
@@ -76,6 +78,18 @@ def run(cfg: DictConfig) -> dict:
     finally:
         logger.close()
         ppo.close()
+
+
+def drop_metrics_after(run_dir: Path, global_step: int) -> None:
+    """Remove metrics.jsonl records past the checkpoint (logged before a kill), so the resumed run's are not duplicates."""
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= global_step]
+        if len(kept) != len(lines):
+            tmp = path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(kept))
+            tmp.replace(path)  # atomic: a kill here leaves either the old or the trimmed file
 
 
 @torch.no_grad()
