@@ -367,3 +367,33 @@ def test_masked_text_with_the_library_text_transformer():
     out = obj(make_batch("text", 3), encoders)
     out.loss.backward()
     assert torch.isfinite(out.loss) and _encoder_grad(encoders) > 0
+
+
+def test_masked_text_random_replacements_are_ordinary_ids():
+    encoders = make_encoders("text")
+    obj = OBJECTIVES.build("masked_text", encoders, mask_id=5, mask_prob=0.5, **TEXT_KW)
+    ids = torch.randint(6, TEXT_VOCAB - 2, (300, 12))
+    ids[:, -2:] = 0  # padding
+    rec = nn.ModuleDict({"text": Recorder(encoders["text"])})
+    obj(Batch({"text": ids}), rec)
+    seen = rec["text"].seen[-1]
+    replaced = (seen != ids) & (seen != 5)  # the 10% random replacements
+    assert replaced.sum() > 50
+    assert not torch.isin(seen[replaced], torch.tensor([0, TEXT_VOCAB - 2, TEXT_VOCAB - 1])).any()
+
+
+def test_band_tokens_are_averaged_per_time_step():
+    from mmssl.objectives.predictive import time_steps
+    from mmssl.registry import ENCODERS
+
+    encoder = ENCODERS.build("audio_transformer", sample_rate=8000, n_mels=16, dim=8, depth=1, heads=2, patch_mels=4,
+                             patch_frames=4)
+    spec = encoder.frontend(0.1 * torch.randn(2, 4000))  # (2, 16, frames)
+    tokens = encoder.encode_spectrogram(spec).tokens  # (2, steps·4 bands, 8) in (t f) order
+    steps = -(-spec.shape[-1] // 4)
+    per_step = time_steps(tokens, encoder)
+    assert tokens.shape[1] == 4 * steps and per_step.shape == (2, steps, 8)
+    assert torch.allclose(per_step[:, 1], tokens[:, 4:8].mean(1))
+    encoders = nn.ModuleDict({"audio": encoder})
+    obj = OBJECTIVES.build("masked_audio", encoders, time_mask_width=4, freq_mask_width=4)
+    assert torch.isfinite(obj(Batch({"audio": 0.1 * torch.randn(2, 4000)}), encoders).loss)

@@ -210,3 +210,22 @@ def test_cpc_learns_to_pick_the_future_of_rotating_points():
     with torch.no_grad():
         after = obj(Batch({"obs": trajectories(32)}), encoders).metrics["prediction_accuracy"]
     assert after > 0.08 and after > before + 0.05, (before, after)  # measured 0.15–0.24 over 3 seeds
+
+
+@pytest.mark.parametrize("name", ["temporal_order", "next_segment"])
+def test_segment_objectives_refuse_raw_images(name):
+    encoders, obj = _build(name, "image")
+    with pytest.raises(ConfigError, match=r"\(B, T, C, H, W\)"):
+        obj(make_batch("image", 2), encoders)
+
+
+def test_next_segment_batch_of_one_uses_the_swapped_pair_as_negative():
+    encoders = nn.ModuleDict({"obs": ValueObs()})
+    obj = OBJECTIVES.build("next_segment", encoders, segment_length=2, hidden_dim=8).eval()  # BN head: one sample
+    seen = _capture_head(obj.head)
+    x = torch.arange(8.0).view(1, 8, 1)
+    gaps = []
+    for _ in range(20):
+        obj(Batch({"obs": x}), encoders)
+        gaps.append((seen["input"][0, 1] - seen["input"][0, 0]).item())  # candidate − A
+    assert set(gaps) == {2.0, -2.0}  # the continuation (follows) or A's own predecessor order swapped
