@@ -182,3 +182,19 @@ def assert_identical(reference: Trainer, run_dir: Path) -> None:
     for index, moments in ref_opt.items():
         for key, value in moments.items():
             assert torch.equal(value, state["optimizer"]["state"][index][key]), f"optimizer {index}/{key} differs"
+
+
+def kill_until(make_cfg: Callable[[Path], DictConfig], root: Path, kills: int, max_delay: float, seed: int,
+               check: Callable[[Path], None], train: Callable[[DictConfig, Path], object] = fit,
+               max_runs: int = 5) -> KillStats:
+    """``run_with_kills`` on fresh run folders until ``kills`` kills have landed (a run that outpaces its kill
+    schedule on a fast machine simply finishes); ``check(run_dir)`` is called on every finished run."""
+    total = KillStats()
+    for index in range(max_runs):
+        run_dir = root / f"run{index}"
+        stats = run_with_kills(make_cfg(run_dir), run_dir, kills - total.kills, max_delay, seed + index, train)
+        check(run_dir)
+        total.add(stats)
+        if total.kills >= kills:
+            break
+    return total

@@ -6,7 +6,7 @@ import pytest
 
 from mmssl.config import compose
 from tests.conftest import tiny_overrides
-from tests.reliability.harness import KillStats, assert_identical, fit, kill_inside_save, run_with_kills
+from tests.reliability.harness import KillStats, assert_identical, fit, kill_inside_save, kill_until
 
 STEPS = 24
 RANDOM_KILLS = {"simclr": 8, "byol": 8}  # 16 random kills + 4 targeted ones below = 20 for pretraining
@@ -33,13 +33,10 @@ def references(tmp_path_factory):
 def test_random_kills_resume_bit_identical(tmp_path, references, objective):
     reference, seconds = references[objective]
     kills = RANDOM_KILLS[objective]
-    # kill delays average 0.75 of the run over all kills, so most kills land before the run would finish
-    stats = run_with_kills(_cfg(tmp_path, objective), tmp_path, kills=kills, max_delay=1.5 * seconds / kills,
-                           seed=list(RANDOM_KILLS).index(objective))
+    stats = kill_until(lambda run_dir: _cfg(run_dir, objective), tmp_path, kills, max_delay=seconds / kills,
+                       seed=10 * list(RANDOM_KILLS).index(objective), check=lambda run: assert_identical(reference, run))
     print(f"\n{objective}: {stats}")
-    assert stats.kills >= kills - 1, stats  # at most one run may outrun its last kill on a fast machine
-    assert not stats.corrupt, stats.corrupt
-    assert_identical(reference, tmp_path)
+    assert stats.kills == kills and not stats.corrupt, stats
 
 
 @pytest.mark.parametrize("nth_save,nth_replace", [(2, 1), (5, 1), (3, 2), (7, 2)])
@@ -52,3 +49,13 @@ def test_kill_inside_checkpoint_write(tmp_path, references, nth_save, nth_replac
     else:  # killed between rename and checksum: a complete file without its sidecar, which still loads
         assert stats.without_checksum >= 1
     assert_identical(reference, tmp_path)
+
+
+@pytest.mark.xfail(strict=True, reason="a kill after a step is logged but before its checkpoint leaves the record in "
+                                       "metrics.jsonl and the resumed run appends it again (mmssl rl trims; pretrain does not)")
+def test_metrics_have_no_duplicates_after_kill(tmp_path, references):
+    from mmssl.logging import read_metrics
+
+    kill_inside_save(_cfg(tmp_path, "simclr"), tmp_path, nth_save=4, nth_replace=1)  # step 4 logged, not saved
+    steps = [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r]
+    assert steps == list(range(4, STEPS + 1, 4)), steps
