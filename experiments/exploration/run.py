@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1])
     parser.add_argument("--frames", type=int, default=30000)
     parser.add_argument("--set", nargs="*", default=[], help="intrinsic.<key>=<value> overrides for the reward runs")
+    parser.add_argument("--tag", default="", help="suffix of the reward's label in the table and run folder")
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
     parser.add_argument("--out", default=str(HERE / "results.jsonl"))
     parser.add_argument("overrides", nargs="*")
@@ -42,12 +43,13 @@ def main() -> None:
     for seed in args.seeds:
         for name in args.rewards:
             reward = [] if name == "none" else [f"intrinsic={name}", *args.set]
+            label = f"{name}{args.tag}"
             cfg = compose("rl", [*args.overrides, *reward, f"seed={seed}", f"agent.total_timesteps={args.frames}",
-                                 f"run_dir=runs/exploration/{name}-s{seed}", "logger.mode=disabled", "progress=false",
+                                 f"run_dir=runs/exploration/{label}-s{seed}", "logger.mode=disabled", "progress=false",
                                  "eval.video=false", "checkpoint_every=0"])
             start = time.perf_counter()
             summary = run(cfg)
-            record = {"reward": name, "seed": seed, "frames": summary["global_step"],
+            record = {"reward": label, "overrides": reward, "seed": seed, "frames": summary["global_step"],
                       "wall_s": round(time.perf_counter() - start, 1),
                       **{k: v for k, v in summary.items() if isinstance(v, int | float | None)}}
             with open(args.out, "a") as f:
@@ -55,20 +57,33 @@ def main() -> None:
             print(json.dumps(record), flush=True)
 
 
+def curve_stats(run_dir: Path) -> dict:
+    """From a run's metrics.jsonl: mean training success over all updates (area under the success curve)
+    and the mean per-step intrinsic bonus actually added to the reward."""
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    success = [r["success_rate"] for r in rows if r.get("success_rate") is not None]
+    bonus = [v for r in rows for k, v in r.items() if k.startswith("intrinsic/") and k.endswith("/bonus_mean")]
+    return {"success_auc": float(np.mean(success)) if success else 0.0,
+            "bonus_per_step": float(np.mean(bonus)) if bonus else 0.0}
+
+
 def table(path: str) -> str:
     """Markdown table: mean ± std over seeds per reward."""
     rows = [json.loads(line) for line in open(path)]
-    out = ["| reward | seeds | train success (last 100) | train return (last 100) | eval success | wall s |",
-           "|---|---|---|---|---|---|"]
+    for r in rows:
+        r |= curve_stats(Path("runs/exploration") / f"{r['reward']}-s{r['seed']}")
+    out = ["| reward | seeds | success, last 100 train episodes | success over training (AUC) | eval success "
+           "(10 ep.) | bonus per step | env steps/s |", "|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["reward"] for r in rows):
         rs = [r for r in rows if r["reward"] == name]
 
-        def stat(key, rs=rs):
+        def stat(key, rs=rs, fmt=".2f"):
             vals = [r[key] for r in rs if r.get(key) is not None]
-            return f"{np.mean(vals):.2f} ± {np.std(vals):.2f}" if vals else "n/a"
+            return f"{np.mean(vals):{fmt}} ± {np.std(vals):{fmt}}" if vals else "n/a"
 
-        out.append(f"| {name} | {len(rs)} | {stat('train_success_last100')} | {stat('train_return_last100')} | "
-                   f"{stat('eval_success_rate')} | {np.mean([r['wall_s'] for r in rs]):.0f} |")
+        out.append(f"| {name} | {', '.join(str(r['seed']) for r in rs)} | {stat('train_success_last100')} | "
+                   f"{stat('success_auc')} | {stat('eval_success_rate')} | {stat('bonus_per_step', fmt='.1e')} | "
+                   f"{np.mean([r['env_steps_per_second'] for r in rs]):.0f} |")
     return "\n".join(out)
 
 
