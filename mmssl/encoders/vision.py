@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torchvision
 from einops import rearrange
 from torch import nn
 
@@ -87,6 +86,8 @@ class ResNet18(_ImageEncoder):
     def __init__(self, in_channels: int = 3, cifar_stem: bool = True, weights: str | None = None,
                  mean: float | list[float] = (0.4914, 0.4822, 0.4465),
                  std: float | list[float] = (0.247, 0.243, 0.261)):
+        import torchvision  # imported here: torchvision pulls in torch._dynamo, seconds of start-up
+
         super().__init__()
         if in_channels != 3 and isinstance(mean, Sequence):
             mean, std = 0.5, 0.25

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from mmssl.data.base import ArrayDataset, iterate
 from mmssl.encoders.base import Encoder
@@ -36,6 +32,10 @@ def raw_features(dataset: ArrayDataset, modality: str) -> tuple[np.ndarray, np.n
 def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                           C: float = 1.0, max_iter: int = 2000) -> float:
     """Test accuracy of multinomial logistic regression on standardised frozen features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
     probe.fit(train_x, train_y)
     return float(probe.score(test_x, test_y))
@@ -44,6 +44,8 @@ def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.n
 def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                  k: int = 20) -> float:
     """Test accuracy of a distance-weighted kNN classifier with cosine distance."""
+    from sklearn.neighbors import KNeighborsClassifier
+
     knn = KNeighborsClassifier(n_neighbors=min(k, len(train_x)), metric="cosine", weights="distance")
     knn.fit(train_x, train_y)
     return float(knn.score(test_x, test_y))
