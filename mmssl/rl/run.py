@@ -98,7 +98,7 @@ def evaluate(ppo: PPO, cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dic
 
     Records the first episode as ``eval_episode.gif`` and fits a linear (ridge) probe from the agent's
     frozen features to the true simulator state where ``envs.true_state`` knows it; the probe's R² on
-    the last 30 % of the visited states is reported.
+    the last 30 % of the visited states (eval episodes plus ``probe_episodes`` more) is reported.
     """
     ecfg = cfg.eval
     episodes = int(ecfg.episodes)
@@ -108,7 +108,7 @@ def evaluate(ppo: PPO, cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dic
     generator = torch.Generator().manual_seed(int(cfg.seed) + 10_000)
     ppo.agent.eval()
     returns, successes, frames, feats, states = [], [], [], [], []
-    for ep in range(episodes):
+    for ep in range(episodes + int(ecfg.get("probe_episodes", 0))):  # extra episodes only feed the probe
         obs, _ = env.reset(seed=int(cfg.seed) + 10_000 + ep)
         total, done, success = 0.0, False, 0.0
         while not done:
@@ -125,8 +125,9 @@ def evaluate(ppo: PPO, cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dic
             total += float(reward)
             done = terminated or truncated
             success = max(success, float(info.get("success", 0.0)))
-        returns.append(total)
-        successes.append(success)
+        if ep < episodes:
+            returns.append(total)
+            successes.append(success)
     env.close()
     out = {"eval_return_mean": float(np.mean(returns)), "eval_return_std": float(np.std(returns)),
            "eval_success_rate": float(np.mean(successes)), "eval_episodes": episodes}
