@@ -1,4 +1,4 @@
-"""Results table (mean ± std over seeds) from the run folders' summary.json: `python collect.py RUN_DIR...`."""
+"""Results table (mean ± sample sd over seeds) from the run folders' summary.json: `python collect.py RUN_DIR...`."""
 
 import json
 import sys
@@ -17,12 +17,12 @@ def main(run_dirs: list[str]) -> None:
              ("image linear probe", "eval/image/ssl/linear_probe_accuracy"),
              ("audio linear probe", "eval/audio/ssl/linear_probe_accuracy"),
              ("train seconds (wall)", "time/train_seconds")]
-    print(f"| metric (test split: unseen voices, held-out images) | {' | '.join(Path(d).name for d in run_dirs)} | mean ± std |")
+    print(f"| metric (test split: unseen voices, held-out images) | {' | '.join(Path(d).name for d in run_dirs)} | mean ± sd |")
     print("|---|" + "---:|" * (len(runs) + 1))
     for label, key in rows:
         vals = np.array([r[key] for r in runs])
         fmt = "{:.1f}" if key.startswith("time") else "{:.3f}"
-        print(f"| {label} | {' | '.join(fmt.format(v) for v in vals)} | {fmt.format(vals.mean())} ± {fmt.format(vals.std())} |")
+        print(f"| {label} | {' | '.join(fmt.format(v) for v in vals)} | {fmt.format(vals.mean())} ± {fmt.format(vals.std(ddof=1))} |")
 
 
 if __name__ == "__main__":
