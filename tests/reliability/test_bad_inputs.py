@@ -72,6 +72,41 @@ def idx_dir(tmp, damage):
     return root
 
 
+def audio_dir(tmp, damage):
+    """Two good clips per class plus one damaged file (corrupt bytes, no samples, NaN samples, unlabelled name)."""
+    import soundfile as sf
+
+    root = tmp / "clips"
+    root.mkdir()
+    tone = np.sin(np.linspace(0, 200, 8000)).astype(np.float32)
+    for label in ("0", "1"):
+        for i in range(2):
+            sf.write(root / f"{label}_anna_{i}.wav", tone * (i + 1) / 4, 8000)
+    if damage == "corrupt":
+        (root / "1_bob_9.wav").write_bytes(b"RIFF\x00\x00 not a wave file")
+    elif damage == "empty":
+        sf.write(root / "1_bob_9.wav", np.zeros(0, np.float32), 8000)
+    elif damage == "nan":
+        sf.write(root / "1_bob_9.wav", np.full(800, np.nan, np.float32), 8000, subtype="FLOAT")
+    elif damage == "unlabelled":
+        sf.write(root / "clip.wav", tone, 8000)
+    elif damage == "none":
+        for p in root.iterdir():
+            p.rename(p.with_suffix(".txt"))
+    return root
+
+
+def audio(damage, *expect):
+    # augment_kwargs=null: works around the `data=audio_folder` compose crash (the audio-folder-default case below)
+    return Case(f"audio-{damage}", lambda tmp: pre("data=audio_folder", f"data.root={audio_dir(tmp, damage)}",
+                                                   "objective.simclr.augment_kwargs=null")(tmp), expect)
+
+
+def rl(*extra):
+    return lambda tmp: ["rl", f"run_dir={tmp / 'run'}", "logger.mode=disabled", "progress=false", "eval.episodes=0",
+                        "agent.num_envs=2", "agent.num_steps=16", "agent.total_timesteps=64", *extra]
+
+
 def truncate_latest(tmp):
     newest = checkpoint.checkpoints(tmp / "done" / "checkpoints")[-1]
     newest.write_bytes(newest.read_bytes()[:2000])
@@ -176,6 +211,28 @@ CASES = [
          ("bad magic",)),
     Case("truncated-idx-file", lambda tmp: pre("data=fashion_mnist", f"data.root={idx_dir(tmp, 'truncated')}")(tmp),
          ("is truncated",)),
+    audio("corrupt", "cannot read audio file", "1_bob_9.wav"),
+    audio("empty", "1_bob_9.wav", "is empty"),
+    audio("nan", "1_bob_9.wav", "NaN/Inf"),
+    audio("unlabelled", "cannot tell the label", "clip.wav"),
+    audio("none", "no audio files"),
+    Case("audio-missing-folder", pre("data=audio_folder", "data.root=/nonexistent/clips",
+                                     "objective.simclr.augment_kwargs=null"), ("does not exist",)),
+    pytest.param(Case("audio-folder-default-objective", pre("data=audio_folder", "data.root=/nonexistent/clips"),
+                      ("does not exist",)),
+                 marks=pytest.mark.xfail(strict=True, reason="objective yaml's ${oc.select:data.augment,{}} cannot "
+                                                             "resolve when the data config has no augment node "
+                                                             f"(UnsupportedValueType traceback); {BUG}")),
+    # environments
+    Case("env-unknown-id", rl("env.id=NoSuchEnv-v0"), ("cannot make env 'NoSuchEnv-v0'",)),
+    Case("env-vector-obs-pixel-encoder", rl("agent_encoder=nature_cnn"), ("'nature_cnn' does not fit", "(B, 4, H, W)")),
+    Case("env-grid-obs-vector-encoder", rl("env=minigrid_doorkey_5x5", "agent_encoder=mlp"),
+         ("'mlp' does not fit", "(7, 7, 3)")),
+    Case("env-pixel-obs-vector-encoder", rl("env=minigrid_pixels", "agent_encoder=mlp"), ("'mlp' does not fit",)),
+    Case("env-async-cannot-checkpoint", rl("env.asynchronous=true"), ("synchronous envs",), untouched_run=False),
+    pytest.param(Case("env-zero-envs", rl("agent.num_envs=0"), ("num_envs",)),
+                 marks=pytest.mark.xfail(strict=True, raises=ZeroDivisionError,
+                                         reason=f"agent.num_envs=0 dies with ZeroDivisionError; {BUG}")),
     # checkpoints and exports
     Case("eval-missing-run", lambda tmp: ["eval", str(tmp / "nowhere")], ("does not exist",)),
     Case("eval-truncated-checkpoint", lambda tmp: ["eval", str(truncate_latest(tmp))], ("fails its checksum",)),
