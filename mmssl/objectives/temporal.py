@@ -197,7 +197,8 @@ class TemporalOrder(_Temporal):
         # every permutation, identity first; non-identity ones are drawn for the shuffled half
         self.register_buffer("permutations", torch.tensor(list(itertools.permutations(range(clip_length)))),
                              persistent=False)
-        self.head = mlp(clip_length * encoders[self.modality].dim, hidden_dim, 1, 2)
+        # no BatchNorm: the verdict on one sequence must not depend on its batch (RL minibatches can hold one)
+        self.head = mlp(clip_length * encoders[self.modality].dim, hidden_dim, 1, 2, batch_norm=False)
 
     def forward(self, batch: Batch, encoders: Mapping[str, Encoder]) -> ObjectiveOutput:
         x = self.inputs(batch)
@@ -229,7 +230,7 @@ class NextSegment(_Temporal):
                  augment: str | None = "identity", augment_kwargs: dict | None = None):
         super().__init__(encoders, modality, step_ndim, augment, augment_kwargs)
         self.segment = segment_length
-        self.head = mlp(4 * encoders[self.modality].dim, hidden_dim, 1, 2)
+        self.head = mlp(4 * encoders[self.modality].dim, hidden_dim, 1, 2, batch_norm=False)  # no BN, as temporal_order
 
     def forward(self, batch: Batch, encoders: Mapping[str, Encoder]) -> ObjectiveOutput:
         x = self.inputs(batch)
