@@ -68,7 +68,7 @@ def table(results: dict, fractions: list[float], seeds: list[int]) -> str:
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{100 * statistics.mean(values):.1f} ± {100 * sd:.1f}"
 
-    header = "| method | " + " | ".join(f"{f:g} labels" if f >= 1 else f"{100 * f:g}% labels" for f in fractions) + " |"
+    header = "| method | " + " | ".join(f"{100 * f:g}% labels" for f in fractions) + " |"
     lines = [header, "|---|" + "---:|" * len(fractions)]
     for method, (label, _) in METHODS.items():
         lines.append(f"| {label} | " + " | ".join(cell(method, f) for f in fractions) + " |")
