@@ -55,6 +55,13 @@ def _quiet() -> None:
     os.dup2(devnull, 2)
 
 
+def pretrain(cfg: DictConfig, run_dir: Path) -> None:
+    """The whole `mmssl pretrain` path (run folder, logger, evaluation), not just ``Trainer.fit``."""
+    from mmssl.train.pretrain import run
+
+    run(cfg)
+
+
 def rl(cfg: DictConfig, run_dir: Path) -> None:
     from mmssl.rl.run import run
 

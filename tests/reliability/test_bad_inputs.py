@@ -97,9 +97,8 @@ def audio_dir(tmp, damage):
 
 
 def audio(damage, *expect):
-    # augment_kwargs=null: works around the `data=audio_folder` compose crash (the audio-folder-default case below)
-    return Case(f"audio-{damage}", lambda tmp: pre("data=audio_folder", f"data.root={audio_dir(tmp, damage)}",
-                                                   "objective.simclr.augment_kwargs=null")(tmp), expect)
+    return Case(f"audio-{damage}", lambda tmp: pre("data=audio_folder", f"data.root={audio_dir(tmp, damage)}")(tmp),
+                expect)
 
 
 def rl(*extra):
@@ -216,13 +215,8 @@ CASES = [
     audio("nan", "1_bob_9.wav", "NaN/Inf"),
     audio("unlabelled", "cannot tell the label", "clip.wav"),
     audio("none", "no audio files"),
-    Case("audio-missing-folder", pre("data=audio_folder", "data.root=/nonexistent/clips",
-                                     "objective.simclr.augment_kwargs=null"), ("does not exist",)),
-    pytest.param(Case("audio-folder-default-objective", pre("data=audio_folder", "data.root=/nonexistent/clips"),
-                      ("does not exist",)),
-                 marks=pytest.mark.xfail(strict=True, reason="objective yaml's ${oc.select:data.augment,{}} cannot "
-                                                             "resolve when the data config has no augment node "
-                                                             f"(UnsupportedValueType traceback); {BUG}")),
+    Case("audio-missing-folder", pre("data=audio_folder", "data.root=/nonexistent/clips"), ("does not exist",)),
+
     # environments
     Case("env-unknown-id", rl("env.id=NoSuchEnv-v0"), ("cannot make env 'NoSuchEnv-v0'",)),
     Case("env-vector-obs-pixel-encoder", rl("agent_encoder=nature_cnn"), ("'nature_cnn' does not fit", "(B, 4, H, W)")),

@@ -6,7 +6,7 @@ import pytest
 
 from mmssl.config import compose
 from tests.conftest import tiny_overrides
-from tests.reliability.harness import KillStats, assert_identical, fit, kill_inside_save, kill_until
+from tests.reliability.harness import KillStats, assert_identical, fit, kill_inside_save, kill_until, pretrain
 
 STEPS = 24
 RANDOM_KILLS = {"simclr": 8, "byol": 8}  # 16 random kills + 4 targeted ones below = 20 for pretraining
@@ -56,6 +56,7 @@ def test_kill_inside_checkpoint_write(tmp_path, references, nth_save, nth_replac
 def test_metrics_have_no_duplicates_after_kill(tmp_path, references):
     from mmssl.logging import read_metrics
 
-    kill_inside_save(_cfg(tmp_path, "simclr"), tmp_path, nth_save=4, nth_replace=1)  # step 4 logged, not saved
+    # through `mmssl pretrain`'s run(): step 4 is logged, then the kill lands before its checkpoint
+    kill_inside_save(_cfg(tmp_path, "simclr"), tmp_path, nth_save=4, nth_replace=1, train=pretrain)
     steps = [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r]
     assert steps == list(range(4, STEPS + 1, 4)), steps
