@@ -93,12 +93,15 @@ def crossmodal_report(encoders: dict[str, Encoder], split: ArrayDataset, batch_s
     Keys: ``retrieval/<a>_to_<b>/R@K`` (class-level, see the module docstring), ``retrieval_exact/...``
     when the pair is 1:1, ``retrieval/mean_R@1``, ``zeroshot/<m>_accuracy`` for every non-text modality
     when a text encoder and class names exist. Embeddings live in the objective's joint space when
-    ``projections`` (its per-modality heads) are given. Plots go to ``run_dir/plots``.
+    ``projections`` (its per-modality heads) are given, and then only the modalities it projects are
+    evaluated (an encoder the objective never bound has no place in that space). Plots go to ``run_dir/plots``.
     """
     mods = [m for m in encoders if m in split.modalities]
+    if projections is not None:  # only modalities the objective bound live in its joint space
+        mods = [m for m in mods if m in projections]
     if len(mods) < 2:
-        raise DataError(f"cross-modal evaluation needs ≥ 2 modalities with encoders; {split.name} has "
-                        f"{split.modalities}, encoders for {sorted(encoders)}")
+        raise DataError(f"cross-modal evaluation needs ≥ 2 modalities with encoders (and projections, when given); "
+                        f"{split.name} has {split.modalities}, encoders for {sorted(encoders)}")
     if split.labels is None:
         raise DataError(f"{split.name} has no labels; class-level retrieval needs them")
     z = embed({m: encoders[m] for m in mods}, split, batch_size, projections)

@@ -83,3 +83,8 @@ def test_report_exact_retrieval_and_projections():
     lin = lambda m: type("Lin", (OneHot,), {"encode": lambda self, v: EncoderOutput(pooled=v + self.dummy)})(m)  # noqa: E731
     r = crossmodal_report({"image": lin("image"), "audio": lin("audio")}, split, projections=proj)
     assert r["retrieval_exact/image_to_audio/R@1"] == 1.0 and r["retrieval/audio_to_image/R@1"] == 1.0
+    text = tokenize(["one"] * 12, 8)
+    with_text = ArrayDataset({"image": x, "audio": x.clone(), "text": text}, torch.arange(12) % 3, None, "pairs")
+    r2 = crossmodal_report({"image": lin("image"), "audio": lin("audio"), "text": DigitWords()}, with_text,
+                           projections=proj)
+    assert r2 == r  # the text encoder has no projection: it is not in the joint space and not evaluated
