@@ -90,7 +90,7 @@ def check_checkpoints(ckpt_dir: Path, stats: KillStats) -> None:
             checkpoint.load(path)
         except checkpoint.CheckpointError as exc:
             stats.corrupt.append(str(exc))
-    stats.leftover_temp_files = len(list(ckpt_dir.glob(".step_*.tmp*")))
+    stats.leftover_temp_files = max(stats.leftover_temp_files, len(list(ckpt_dir.glob(".step_*.tmp*"))))
 
 
 def run_with_kills(cfg: DictConfig, run_dir: Path, kills: int, max_delay: float, seed: int,

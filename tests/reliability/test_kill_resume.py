@@ -60,3 +60,10 @@ def test_metrics_have_no_duplicates_after_kill(tmp_path, references):
     kill_inside_save(_cfg(tmp_path, "simclr"), tmp_path, nth_save=4, nth_replace=1, train=pretrain)
     steps = [r["step"] for r in read_metrics(tmp_path) if "train/loss" in r]
     assert steps == list(range(4, STEPS + 1, 4)), steps
+
+
+@pytest.mark.xfail(strict=True, reason="a writer killed mid-save leaves a full-size hidden .step_*.pt.tmp-PID that "
+                                       "nothing removes (19 after 99 kills); fix in the report")
+def test_temp_files_of_killed_writers_are_cleaned_up(tmp_path, references):
+    kill_inside_save(_cfg(tmp_path, "simclr"), tmp_path, nth_save=3, nth_replace=1)  # then resumed to the end
+    assert not list((tmp_path / "checkpoints").glob(".step_*"))
