@@ -15,7 +15,10 @@ from mmssl.logging import read_metrics  # noqa: E402
 
 HERE = Path(__file__).parent
 RUNS = HERE / "runs"
-STUDIES = {"cartpole": ("episodic_return", "episodic return"), "doorkey": ("success_rate", "success rate")}
+#: plot name → (run-name prefixes, metric, label)
+STUDIES = {"cartpole": (["cartpole"], "episodic_return", "episodic return"),
+           "doorkey": (["doorkey"], "success_rate", "success rate"),
+           "pixels": (["doorkey_pixels", "doorkey_pixels_curl"], "success_rate", "success rate")}
 
 
 def smooth(values: list[float], k: int = 10) -> np.ndarray:
@@ -25,8 +28,8 @@ def smooth(values: list[float], k: int = 10) -> np.ndarray:
 
 def main() -> None:
     rows = []
-    for study, (key, label) in STUDIES.items():
-        runs = sorted(p for p in RUNS.glob(f"{study}_s*") if (p / "summary.json").exists())
+    for study, (prefixes, key, label) in STUDIES.items():
+        runs = sorted(p for prefix in prefixes for p in RUNS.glob(f"{prefix}_s*") if (p / "summary.json").exists())
         if not runs:
             continue
         fig, ax = plt.subplots(figsize=(5, 3.2))
