@@ -48,6 +48,10 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfi
             raise ConfigError(f"bad override {override!r}: {key} must be {type(default).__name__} "
                               f"(default {default!r}), got {value!r}")
     OmegaConf.resolve(cfg)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"config key(s) {', '.join(missing)} must be set (??? in the defaults); "
+                          f"pass {missing[0]}=<value>")
     return cfg
 
 

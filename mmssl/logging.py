@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from mmssl.errors import ConfigError
+
 
 def _clean(value):
     if hasattr(value, "item"):
@@ -36,13 +38,13 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.enabled = enabled  # False on non-zero ranks: they log nothing
         self.wandb_run = None
+        self.mode = self._resolve_mode(mode)  # validate before the run folder is touched
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if config is not None:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         self._metrics = open(self.run_dir / "metrics.jsonl", "a" if resume else "w")
-        self.mode = self._resolve_mode(mode)
         if self.mode != "disabled":
             self._start_wandb(config, project, name or self.run_dir.name, group, tags)
 
@@ -52,7 +54,7 @@ class RunLogger:
         if mode == "auto":
             return "online" if os.environ.get("WANDB_API_KEY") else "offline"
         if mode not in ("online", "offline", "disabled"):
-            raise ValueError(f"logger.mode must be auto, online, offline or disabled, got {mode!r}")
+            raise ConfigError(f"logger.mode must be auto, online, offline or disabled, got {mode!r}")
         return mode
 
     def _start_wandb(self, config, project, name, group, tags) -> None:
@@ -114,6 +116,24 @@ class RunLogger:
                 self.wandb_run.finish(quiet=True)
             except Exception:  # noqa: BLE001
                 pass
+
+
+def drop_metrics_after(run_dir: str | Path, step: int) -> None:
+    """Remove metrics.jsonl records past ``step`` (logged after the checkpoint a killed run resumes from),
+    so the resumed run does not log them twice; atomic, and a torn last line (killed mid-write) is dropped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        except json.JSONDecodeError:
+            continue
+    tmp = path.with_name(".metrics.jsonl.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -50,6 +50,8 @@ def random_resized_crop(x: torch.Tensor, size: tuple[int, int], scale=(0.08, 1.0
 def _gray(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
+    if x.shape[1] != 3:  # 2 or 4+ channels: no luma weights, the channel mean serves as brightness
+        return x.mean(dim=1, keepdim=True)
     w = torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x * w).sum(dim=1, keepdim=True)
 

@@ -130,6 +130,9 @@ class PPO:
     def __init__(self, cfg: DictConfig):
         self.cfg, a = cfg, cfg.agent
         self.num_envs, self.num_steps = int(a.num_envs), int(a.num_steps)
+        if min(self.num_envs, self.num_steps, int(a.num_minibatches)) < 1:
+            raise ConfigError(f"agent.num_envs, agent.num_steps and agent.num_minibatches must be ≥ 1, got "
+                              f"{self.num_envs}, {self.num_steps}, {a.num_minibatches}")
         self.batch_size = self.num_envs * self.num_steps
         self.minibatch_size = self.batch_size // int(a.num_minibatches)
         self.num_updates = max(1, int(a.total_timesteps) // self.batch_size)

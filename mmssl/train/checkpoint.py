@@ -55,18 +55,19 @@ def save(state: dict, path: str | Path) -> Path:
     torch.save(state, buffer)
     data = buffer.getvalue()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    digest_tmp = path.with_name(f".{path.name}.sha256.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        digest_tmp.write_text(hashlib.sha256(data).hexdigest() + "\n")
+        os.replace(digest_tmp, path.with_name(path.name + ".sha256"))
     except OSError as exc:
         tmp.unlink(missing_ok=True)
+        digest_tmp.unlink(missing_ok=True)
         raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}; earlier checkpoints are intact") from None
-    digest_tmp = path.with_name(f".{path.name}.sha256.tmp")
-    digest_tmp.write_text(hashlib.sha256(data).hexdigest() + "\n")
-    os.replace(digest_tmp, path.with_name(path.name + ".sha256"))
     return path
 
 
@@ -107,10 +108,13 @@ def latest(directory: str | Path) -> tuple[Path, dict] | None:
 
 
 def prune(directory: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (and their checksums)."""
+    """Delete all but the newest ``keep`` checkpoints (and their checksums), and temp files of killed writers."""
     for path in checkpoints(directory)[:-keep] if keep > 0 else []:
         path.unlink(missing_ok=True)
         path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+    # a writer SIGKILLed mid-save leaves a full-size .step_*.pt.tmp-<pid>; this process's own can't be in flight here
+    for stale in Path(directory).glob(".step_*.pt.*tmp*"):
+        stale.unlink(missing_ok=True)
 
 
 def load_matching(module: torch.nn.Module, state: dict, what: str = "model") -> None:

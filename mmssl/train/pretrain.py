@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mmssl.config import compose, to_container
 from mmssl.errors import ConfigError
-from mmssl.logging import RunLogger, console
+from mmssl.logging import RunLogger, console, drop_metrics_after
 
 
 def default_run_dir(cfg: DictConfig) -> Path:
@@ -30,6 +30,8 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     started = time.perf_counter()
     trainer = Trainer(cfg, run_dir)  # builds (and validates) everything before the run folder is touched
+    if cfg.resume and trainer.try_resume():  # a checkpoint that does not fit fails here, before config.yaml is rewritten
+        drop_metrics_after(run_dir, trainer.step)
     lcfg = cfg.logger
     logger = RunLogger(run_dir, to_container(cfg), mode=lcfg.mode, project=lcfg.project, name=lcfg.name,
                        group=lcfg.group, tags=list(lcfg.tags), resume=bool(cfg.resume), enabled=trainer.rank == 0)

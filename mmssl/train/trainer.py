@@ -29,6 +29,10 @@ from mmssl.train.build import SSLModel, build_data, build_model
 from mmssl.types import Batch
 
 
+#: a run whose every step is non-finite (NaN data, NaN BatchNorm statistics) would otherwise skip forever
+MAX_CONSECUTIVE_SKIPS = 50
+
+
 class NonFiniteError(MMSSLError):
     """A NaN or Inf loss or gradient."""
 
@@ -104,8 +108,12 @@ class Trainer:
             raise ConfigError(f"trainer.steps must be ≥ 1, got {total}")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(int(cfg.trainer.warmup_steps), total, float(cfg.trainer.final_lr_fraction)))
+        if cfg.trainer.nonfinite not in ("raise", "skip"):
+            raise ConfigError(f"trainer.nonfinite must be raise or skip, got {cfg.trainer.nonfinite!r}")
         self.step = 0
         self.skipped_steps = 0
+        self.consecutive_skips = 0
+        self.resumed = False
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -142,6 +150,7 @@ class Trainer:
         per_rank = state.get("rng_per_rank") or []
         checkpoint.restore_rng(per_rank[self.rank] if len(per_rank) == self.world else state["rng"])
         console(f"resumed from {path} at step {self.step}")
+        self.resumed = True
         return True
 
     # -- training ---------------------------------------------------------------------------------
@@ -172,13 +181,14 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
+        self.consecutive_skips = 0
         self.model.after_step(self.step / int(tcfg.steps))
         return loss, outputs, grad_norm
 
     def fit(self, logger: RunLogger) -> None:
         cfg, tcfg = self.cfg, self.cfg.trainer
         total = int(tcfg.steps)
-        if cfg.resume:
+        if cfg.resume and not self.resumed:
             self.try_resume()
         if self.step >= total:
             return
@@ -227,9 +237,12 @@ class Trainer:
         bad = [slot for slot, out in outputs.items() if not torch.isfinite(out.loss).all()] or ["(all terms finite: gradient)"]
         message = (f"non-finite {what} at step {self.step + 1} from objective term(s) {bad}; "
                    f"lower trainer.lr, set trainer.grad_clip, or trainer.nonfinite=skip")
-        if self.cfg.trainer.nonfinite == "skip":
+        if self.cfg.trainer.nonfinite == "skip" and self.consecutive_skips < MAX_CONSECUTIVE_SKIPS:
             self.skipped_steps += 1
+            self.consecutive_skips += 1
             self.optimizer.zero_grad(set_to_none=True)
             console(f"warning: {message} (skipped)")
             return True
+        if self.consecutive_skips:
+            message += f" ({self.consecutive_skips} consecutive non-finite steps skipped; giving up)"
         raise NonFiniteError(message + f"; the last good checkpoint in {self.ckpt_dir} is intact")

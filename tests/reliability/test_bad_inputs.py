@@ -158,16 +158,13 @@ def first_checkpoint_intact(tmp):
 
 BUG = "fix described in the reliability report"
 # the error line is right, but the run's config.yaml is overwritten with the rejected config before the check
-OVERWRITES = pytest.mark.xfail(strict=True, reason=f"a failed resume overwrites the run's config.yaml; {BUG}")
 CASES = [
     # config
     Case("unknown-key", pre("trainer.stepz=3"), ("trainer.stepz", "trainer.steps")),
     Case("wrong-type-int", pre("trainer.steps=many"), ("trainer.steps must be int",)),
     Case("wrong-type-float", pre("trainer.lr=fast"), ("trainer.lr must be float",)),
     Case("wrong-type-bool", pre("resume=maybe"), ("resume must be bool",)),
-    pytest.param(Case("missing-required", pre("data=image_folder"), ("data.root",)),
-                 marks=pytest.mark.xfail(strict=True, reason=f"a mandatory ??? value reaches the dataset as the "
-                                                             f"literal string '???'; {BUG}")),
+    pytest.param(Case("missing-required", pre("data=image_folder"), ("data.root",))),
     Case("unparsable-override", pre("trainer.steps=[1,"), ("'[1,'",)),
     Case("bad-group-objective", pre("objective=simclrr"), ("unknown objective 'simclrr'", "did you mean simclr")),
     Case("bad-group-encoder", pre("encoder=convnett"), ("unknown encoder 'convnett'", "convnet")),
@@ -176,11 +173,8 @@ CASES = [
     Case("bad-optimizer", pre("trainer.optimizer=adam"), ("trainer.optimizer must be adamw or sgd",)),
     Case("bad-amp", pre("trainer.amp=fp8"), ("trainer.amp must be",), untouched_run=False),  # checked at step 1
     Case("no-cuda", pre("device=cuda"), ("CUDA is not available",)),
-    pytest.param(Case("bad-logger-mode", pre("logger.mode=sometimes"), ("logger.mode must be",)),
-                 marks=pytest.mark.xfail(strict=True, reason=f"RunLogger raises a bare ValueError after creating "
-                                                             f"the run folder; {BUG}")),
-    pytest.param(Case("bad-nonfinite-policy", pre("trainer.nonfinite=ignore"), ("trainer.nonfinite must be",)),
-                 marks=pytest.mark.xfail(strict=True, reason=f"any value but 'skip' silently means raise; {BUG}")),
+    pytest.param(Case("bad-logger-mode", pre("logger.mode=sometimes"), ("logger.mode must be",))),
+    pytest.param(Case("bad-nonfinite-policy", pre("trainer.nonfinite=ignore"), ("trainer.nonfinite must be",))),
     # registry names and options
     Case("unknown-encoder-name", pre("encoder.image.name=convnett"), ("unknown encoder 'convnett'", "convnet")),
     Case("unknown-objective-name", pre("objective.simclr.name=simclr_v9"), ("unknown objective 'simclr_v9'",)),
@@ -224,16 +218,14 @@ CASES = [
          ("'mlp' does not fit", "(7, 7, 3)")),
     Case("env-pixel-obs-vector-encoder", rl("env=minigrid_pixels", "agent_encoder=mlp"), ("'mlp' does not fit",)),
     Case("env-async-cannot-checkpoint", rl("env.asynchronous=true"), ("synchronous envs",), untouched_run=False),
-    pytest.param(Case("env-zero-envs", rl("agent.num_envs=0"), ("num_envs",)),
-                 marks=pytest.mark.xfail(strict=True, raises=ZeroDivisionError,
-                                         reason=f"agent.num_envs=0 dies with ZeroDivisionError; {BUG}")),
+    pytest.param(Case("env-zero-envs", rl("agent.num_envs=0"), ("num_envs",))),
     # checkpoints and exports
     Case("eval-missing-run", lambda tmp: ["eval", str(tmp / "nowhere")], ("does not exist",)),
     Case("eval-truncated-checkpoint", lambda tmp: ["eval", str(truncate_latest(tmp))], ("fails its checksum",)),
     pytest.param(Case("resume-wrong-architecture", resume_done("encoder.image.width=8"),
-                      ("does not fit this architecture", "shape-mismatched", "encoders.image.")), marks=OVERWRITES),
+                      ("does not fit this architecture", "shape-mismatched", "encoders.image."))),
     pytest.param(Case("resume-other-objective", resume_done("objective=byol"),
-                      ("does not fit this architecture", "missing")), marks=OVERWRITES),
+                      ("does not fit this architecture", "missing"))),
     Case("export-non-empty-out", lambda tmp: ["export", str(tmp / "done"), "--out", str(tmp / "done")],
          ("not empty", "--force")),
     Case("export-without-out", lambda tmp: ["export", str(tmp / "done")], ("--out",)),
@@ -243,9 +235,7 @@ CASES = [
     Case("disk-full-checkpoint", pre(), ("could not write checkpoint", "No space left", "intact"),
          patch=full_disk_on_second_save, untouched_run=False, check=first_checkpoint_intact),
     pytest.param(Case("disk-full-checksum", pre(), ("No space left",), patch=full_disk_on_checksum,
-                      untouched_run=False),
-                 marks=pytest.mark.xfail(strict=True, reason=f"the checksum write in checkpoint.save is outside its "
-                                                             f"OSError handler: a traceback, not one line; {BUG}")),
+                      untouched_run=False)),
 ]
 
 

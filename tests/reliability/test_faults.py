@@ -54,8 +54,6 @@ def test_nonfinite_skip_counts_and_finishes(tmp_path, where):
     assert checkpoint.load(checkpoint.checkpoints(tmp_path / "checkpoints")[-1])["skipped_steps"] == 1
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="trainer.nonfinite=skip retries forever when every step is non-finite "
-                                       "(NaN data, NaN BatchNorm statistics); fix in the report")
 def test_persistent_nonfinite_with_skip_gives_up(tmp_path, monkeypatch):
     from tests.reliability.faults import NonFiniteAt
 
@@ -75,8 +73,6 @@ def test_persistent_nonfinite_with_skip_gives_up(tmp_path, monkeypatch):
 
 # -- data faults ---------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="colour jitter's _gray assumes 1 or 3 channels; "
-                                                             "2-channel images crash with a tensor-size RuntimeError")
 def test_two_channel_images_train(tmp_path):
     cfg = compose("pretrain", tiny_overrides(tmp_path, "+data.channels=2", "encoder.image.in_channels=2",
                                              "trainer.steps=2"))
