@@ -160,3 +160,6 @@ def true_state(env: gym.Env) -> np.ndarray | None:
         angle = u.agent_dir * np.pi / 2
         return np.array([u.agent_pos[0], u.agent_pos[1], np.cos(angle), np.sin(angle)], dtype=np.float64)
     return None
+
+
+from envs import digit_grid  # noqa: E402,F401  (registers mmssl/DigitGrid-v0, the flagship task)

@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from mmssl.encoders.base import Encoder
+from mmssl.encoders.heads import mlp
 from mmssl.errors import ConfigError, ShapeError
 from mmssl.registry import ENCODERS
 from mmssl.types import OBS, EncoderOutput
@@ -40,7 +41,8 @@ class GoalMapEncoder(Encoder):
     modality = OBS
 
     def __init__(self, tile_encoder: dict | None = None, instruction_encoder: dict | None = None,
-                 instruction_modality: str = "text", tile: int = 8, joint_dim: int = 64, dim: int = 128,
+                 instruction_modality: str = "text", tile: int = 8, joint_dim: int = 64, projection_hidden: int = 128,
+                 projection_layers: int = 2, dim: int = 128,
                  image_key: str = "image", instruction_key: str = "instruction", pretrained: str | None = None,
                  freeze: bool = False):
         super().__init__()
@@ -48,8 +50,10 @@ class GoalMapEncoder(Encoder):
         self.tile_encoder = _build(tile_encoder or {"name": "convnet", "in_channels": 1, "width": 16})
         self.instruction_encoder = _build(instruction_encoder) if instruction_encoder else None
         self.instruction_modality = instruction_modality
-        self.tile_proj = nn.Linear(self.tile_encoder.dim, joint_dim)
-        self.instruction_proj = nn.Linear(self.instruction_encoder.dim, joint_dim) if self.instruction_encoder else None
+        # projections shaped like the cross-modal objectives' heads (`bind`, `clip`), so a run's joint space loads
+        proj = lambda d: mlp(d, projection_hidden, joint_dim, projection_layers, batch_norm=False)  # noqa: E731
+        self.tile_proj = proj(self.tile_encoder.dim)
+        self.instruction_proj = proj(self.instruction_encoder.dim) if self.instruction_encoder else None
         self.logit_scale = nn.Parameter(torch.tensor(10.0).log())
         self.map_net = nn.Sequential(
             nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
@@ -92,9 +96,9 @@ class GoalMapEncoder(Encoder):
                                      what=f"{self.instruction_modality} tower")
         for modality, proj in (("image", self.tile_proj), (self.instruction_modality, self.instruction_proj)):
             weights = {k.split(f"projections.{modality}.", 1)[1]: v for k, v in state.items()
-                       if f"projections.{modality}." in k}
-            if proj is not None and set(weights) == {"weight", "bias"} and weights["weight"].shape == proj.weight.shape:
-                proj.load_state_dict(weights)
+                       if k.startswith("objectives.") and f".projections.{modality}." in k}
+            if proj is not None and weights:  # the joint space of a cross-modal run (bind / clip)
+                checkpoint.load_matching(proj, weights, what=f"{modality} projection head")
 
     def check_input(self, x) -> None:
         if not isinstance(x, dict) or self.image_key not in x:

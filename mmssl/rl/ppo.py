@@ -357,6 +357,8 @@ def _stack_final(final_obs, idx: np.ndarray):
     """``infos["final_obs"]`` (an object array, or a dict of them) at env indices ``idx`` → a batched array."""
     if isinstance(final_obs, dict):
         return {k: np.stack([v[i] for i in idx]) for k, v in final_obs.items()}
+    if len(idx) and isinstance(final_obs[idx[0]], dict):  # Dict spaces: an object array of per-env dicts
+        return {k: np.stack([final_obs[i][k] for i in idx]) for k in final_obs[idx[0]]}
     return np.stack([final_obs[i] for i in idx])
 
 
