@@ -39,7 +39,7 @@ def mmssl_trainer(args) -> Trainer:
     data = ["data=fashion_mnist", f"data.limit={args.images}"] if Path("/usr/share/datasets/fashion-mnist").is_dir() \
         and not args.tiny else ["data=digits"]
     cfg = compose("pretrain", [
-        *data, "+data.size=32", "+data.channels=3", f"data.batch_size={args.batch}",
+        *data, "data.size=32", "data.channels=3", f"data.batch_size={args.batch}",
         "encoder=resnet18", "encoder.image.cifar_stem=false",
         "objective.simclr.temperature=0.5", "objective.simclr.hidden_dim=2048", "objective.simclr.projection_dim=128",
         "+objective.simclr.augment_kwargs.crop_scale=[0.08,1.0]", "+objective.simclr.augment_kwargs.flip_p=0.5",

@@ -70,7 +70,7 @@ def test_semi_supervised_and_from_scratch_run(run_dir):
 
 def test_transfer_adapts_another_dataset_to_the_encoder(run_dir):
     # digits rendered as 16×16 RGB: resized and converted back to what the 8×8 grey encoder read in pretraining
-    assert main(["finetune", str(run_dir), "data=digits", "+data.size=16", "+data.channels=3", "labels=2",
+    assert main(["finetune", str(run_dir), "data=digits", "data.size=16", "data.channels=3", "labels=2",
                  "name=transfer", *FAST]) == 0
     config = yaml.safe_load((run_dir / "finetune" / "transfer" / "config.yaml").read_text())
     assert config["data"]["size"] == 16 and config["data"]["channels"] == 3

@@ -195,7 +195,7 @@ CASES = [
          ("corrupt image", "9.png")),
     Case("wrong-image-channels", pre("encoder.image.in_channels=3"), ("(B, 3, H, W)", ", 1, 8, 8)"),
          untouched_run=False),  # checked on the first batch
-    Case("ill-typed-dataset-option", pre("+data.channels=true"), ("'channels' must be int",)),
+    Case("ill-typed-dataset-option", pre("data.channels=true"), ("channels", "must be int")),
     Case("modality-missing-from-data", pre("+encoder.audio={name:audio_conv}"), ("['audio']", "has ['image']")),
     Case("bad-test-fraction", pre("data.test_fraction=1.5"), ("test_fraction must be in (0, 1)",)),
     Case("zero-batch-size", pre("data.batch_size=0"), ("batch_size must be ≥ 1",), untouched_run=False),

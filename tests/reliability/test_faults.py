@@ -74,7 +74,7 @@ def test_persistent_nonfinite_with_skip_gives_up(tmp_path, monkeypatch):
 # -- data faults ---------------------------------------------------------------------------------------
 
 def test_two_channel_images_train(tmp_path):
-    cfg = compose("pretrain", tiny_overrides(tmp_path, "+data.channels=2", "encoder.image.in_channels=2",
+    cfg = compose("pretrain", tiny_overrides(tmp_path, "data.channels=2", "encoder.image.in_channels=2",
                                              "trainer.steps=2"))
     assert fit(cfg, tmp_path).step == 2
 
