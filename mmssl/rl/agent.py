@@ -91,8 +91,8 @@ class Agent(nn.Module):
     def distribution(self, features: torch.Tensor):
         out = self.actor(features)
         if self.discrete:
-            return Categorical(logits=out)
-        return Normal(out, self.actor_logstd.expand_as(out).exp())
+            return Categorical(logits=out, validate_args=False)  # argument checks cost ~3% of a CartPole update
+        return Normal(out, self.actor_logstd.expand_as(out).exp(), validate_args=False)
 
     def _logprob_entropy(self, dist, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.discrete:

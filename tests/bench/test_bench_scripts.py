@@ -32,3 +32,11 @@ def test_rl_bench_runs_tiny(tmp_path):
     result = json.loads(out.read_text())
     assert result["mmssl_steps_per_s"] > 0 and result["mmssl_rnd_steps_per_s"] > 0
     assert result["env_steps_per_library"] == 1024
+
+
+def test_rl_scaling_bench_runs_tiny(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "bench" / "rl_scaling.py"), "--tiny", "--out", str(tmp_path)],
+                   check=True, cwd=ROOT, capture_output=True, timeout=300)
+    rows = json.loads((tmp_path / "rl_scaling_cartpole.json").read_text())
+    assert [(r["num_envs"], r["asynchronous"]) for r in rows] == [(1, False), (2, False), (1, True), (2, True)]
+    assert all(r["steps_per_s"] > 0 for r in rows)
