@@ -171,6 +171,7 @@ _BUILTIN_MODULES = (
     "mmssl.augment",
     "mmssl.objectives",
     "mmssl.data",
+    "mmssl.rl.aux",
     "mmssl.rl.intrinsic",
 )
 _imported = False
