@@ -108,10 +108,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 1.0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=300, help="max fine-tuning steps")
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default: the task's)")
     parser.add_argument("--out", default="runs/label_efficiency")
     args = parser.parse_args()
     suffix, what, pretrain_overrides, finetune_overrides = TASKS[args.task]
+    if args.pretrain_steps:
+        pretrain_overrides = [*pretrain_overrides, f"trainer.steps={args.pretrain_steps}"]
     import torch
 
     torch.set_num_threads(1)
@@ -127,8 +130,7 @@ def main() -> None:
                                                                       finetune_overrides)["test/accuracy"]
     (HERE / f"results{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")
     text = (f"Test accuracy (%) on the {what}, mean ± std over seeds {args.seeds}; {args.steps} steps max with "
-            f"early stopping.\nCommand: `python experiments/label_efficiency/run.py --task {args.task} --seeds "
-            f"{' '.join(map(str, args.seeds))}`\n\n{table(results, args.fractions, args.seeds)}\n")
+            f"early stopping.\nCommand: `python experiments/label_efficiency/run.py {' '.join(sys.argv[1:])}`\n\n{table(results, args.fractions, args.seeds)}\n")
     (HERE / f"results{suffix}.md").write_text(text)
     plot(results, args.fractions, args.seeds, HERE / f"label_efficiency{suffix}.png", what)
     print(text)
