@@ -30,6 +30,10 @@ class RunningMeanStd(nn.Module):
         self.var.copy_(m2 / total)
         self.count.copy_(total)
 
+    @property
+    def std(self) -> torch.Tensor:
+        return self.var.sqrt()
+
 
 class ObsNormalizer(nn.Module):
     """``clip((x - μ) / sqrt(σ² + ε), ±clip)`` with running μ, σ² of every observation seen; identity when off."""

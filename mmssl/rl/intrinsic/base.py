@@ -34,38 +34,10 @@ from torch import nn
 
 from mmssl.encoders.obs import encoder_for_space
 from mmssl.errors import ConfigError, ShapeError
+from mmssl.rl.normalize import RunningMeanStd  # noqa: F401  (re-exported for the rewards)
 from mmssl.rl.storage import Obs, Rollout, flatten_obs
 
 NORMALISE = ("none", "std", "return")
-
-
-class RunningMeanStd(nn.Module):
-    """Running mean and variance of a stream (Chan et al.'s parallel update) over leading batch dims.
-
-    Torch buffers rather than gymnasium's numpy ``RunningMeanStd`` so the statistics live on the
-    reward's device and travel in its ``state_dict`` (checkpoints, exact resume).
-    """
-
-    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
-        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
-        self.register_buffer("count", torch.tensor(epsilon, dtype=torch.float64))
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        x = x.detach().to(torch.float64).reshape(-1, *self.mean.shape)
-        n = x.shape[0]
-        batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
-        delta, total = batch_mean - self.mean, self.count + n
-        m2 = self.var * self.count + batch_var * n + delta.square() * self.count * n / total
-        self.mean.add_(delta * n / total)
-        self.var.copy_(m2 / total)
-        self.count.copy_(total)
-
-    @property
-    def std(self) -> torch.Tensor:
-        return self.var.sqrt()
 
 
 def select_obs(obs: Obs, key: str | None) -> torch.Tensor:
