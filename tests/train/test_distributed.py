@@ -1,7 +1,6 @@
 """Two gloo processes on CPU train exactly like one process on the same global batch."""
 
 import os
-import socket
 
 import torch
 import torch.multiprocessing as mp
@@ -9,6 +8,7 @@ import torch.multiprocessing as mp
 from mmssl.config import compose
 from mmssl.logging import RunLogger
 from mmssl.train.trainer import Trainer
+from tests.gloo import free_port
 
 
 def _overrides(run_dir):
@@ -42,16 +42,10 @@ def _worker(rank, world, port, run_dir, out):
     torch.distributed.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_match_one_process(tmp_path):
     single = _train(tmp_path / "single").model.state_dict()
     out = tmp_path / "ddp_state.pt"
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "ddp"), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path / "ddp"), str(out)), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=True)
     assert set(ddp) == set(single)
     for name, value in single.items():
