@@ -23,8 +23,8 @@ def _overrides(run_dir):
             "trainer.optimizer=sgd", "trainer.lr=0.5"]
 
 
-def _train(run_dir):
-    cfg = compose("pretrain", _overrides(run_dir))
+def _train(run_dir, *extra):
+    cfg = compose("pretrain", [*_overrides(run_dir), *extra])
     trainer = Trainer(cfg, run_dir)
     logger = RunLogger(run_dir, None, mode="disabled", enabled=trainer.rank == 0)
     trainer.fit(logger)
@@ -32,11 +32,11 @@ def _train(run_dir):
     return trainer
 
 
-def _worker(rank, world, port, run_dir, out):
+def _worker(rank, world, port, run_dir, out, extra=()):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    trainer = _train(run_dir)
+    trainer = _train(run_dir, *extra)
     if rank == 0:
         torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, out)
     torch.distributed.destroy_process_group()
@@ -57,3 +57,27 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     initial = build_model(start).state_dict()
     assert any(not torch.equal(initial[k], v) for k, v in single.items())  # training did move the weights
     assert (tmp_path / "ddp" / "checkpoints").exists()  # rank 0 wrote the final checkpoint
+
+
+def _ddp(run_dir, *extra):
+    """Train on two forked gloo ranks; rank 0's final state dict."""
+    out = run_dir.parent / f"{run_dir.name}_state.pt"
+    mp.start_processes(_worker, args=(2, free_port(), str(run_dir), str(out), extra), nprocs=2, join=True,
+                       start_method="fork")
+    return torch.load(out, weights_only=True)
+
+
+def test_resume_under_ddp_is_bit_identical(tmp_path):
+    # real augmentation, so every rank's own random stream must be restored for the runs to agree
+    extra = ("objective.simclr.augment=simclr", "trainer.steps=4")
+    straight = _ddp(tmp_path / "straight", *extra)
+    _ddp(tmp_path / "stopped", *extra, "trainer.checkpoint_every=2")
+    from mmssl.train import checkpoint
+
+    ckpts = checkpoint.checkpoints(tmp_path / "stopped" / "checkpoints")
+    assert [p.name for p in ckpts] == ["step_00000002.pt", "step_00000004.pt"]
+    ckpts[-1].unlink()  # as if killed between step 2 and step 4
+    assert len(checkpoint.load(ckpts[0])["rng_per_rank"]) == 2
+    resumed = _ddp(tmp_path / "stopped", *extra, "trainer.checkpoint_every=2", "resume=true")
+    for name, value in straight.items():
+        assert torch.equal(resumed[name], value), name
