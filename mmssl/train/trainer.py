@@ -28,7 +28,6 @@ from mmssl.train import checkpoint, distributed
 from mmssl.train.build import SSLModel, build_data, build_model
 from mmssl.types import Batch
 
-
 #: a run whose every step is non-finite (NaN data, NaN BatchNorm statistics) would otherwise skip forever
 MAX_CONSECUTIVE_SKIPS = 50
 
