@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmssl.errors import ShapeError
+from mmssl.errors import ConfigError, ShapeError
 from mmssl.types import EncoderOutput
 
 
@@ -35,3 +35,14 @@ class Encoder(nn.Module):
                 f"{type(self).__name__} expects {what}, got a tensor of shape {tuple(x.shape)}; "
                 "check the data's shape or the encoder's in_channels"
             )
+
+
+def open_clip_config(arch: str) -> dict:
+    """open_clip's model config for ``arch`` (its ``embed_dim``, ``vision_cfg``, ``text_cfg``), or a one-line error."""
+    import open_clip
+
+    if arch not in open_clip.list_models():
+        from mmssl.registry import _suggest
+
+        raise ConfigError(f"unknown open_clip architecture {arch!r}; {_suggest(arch, open_clip.list_models())}")
+    return open_clip.get_model_config(arch)

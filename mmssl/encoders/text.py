@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmssl.encoders.base import Encoder
+from mmssl.encoders.base import Encoder, open_clip_config
 from mmssl.errors import ConfigError, ShapeError
 from mmssl.registry import ENCODERS
 from mmssl.types import TEXT, EncoderOutput
@@ -84,15 +84,10 @@ class OpenCLIPText(_TextEncoder):
     def __init__(self, arch: str | None = None, config: dict | None = None, embed_dim: int = 128,
                  weights: str | None = None):
         super().__init__()
-        import open_clip
         from open_clip.model import CLIPTextCfg, _build_text_tower
 
         if arch is not None:
-            if arch not in open_clip.list_models():
-                from mmssl.registry import _suggest
-
-                raise ConfigError(f"unknown open_clip architecture {arch!r}; {_suggest(arch, open_clip.list_models())}")
-            model_cfg = open_clip.get_model_config(arch)
+            model_cfg = open_clip_config(arch)
             embed_dim, text_cfg = model_cfg["embed_dim"], model_cfg["text_cfg"]
         else:
             text_cfg = dict(context_length=77, width=128, heads=4, layers=2) | dict(config or {})

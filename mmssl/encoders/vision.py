@@ -12,7 +12,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from mmssl.encoders.base import Encoder
+from mmssl.encoders.base import Encoder, open_clip_config
 from mmssl.errors import ConfigError
 from mmssl.registry import ENCODERS
 from mmssl.types import IMAGE, EncoderOutput
@@ -128,7 +128,6 @@ class OpenCLIPVision(_ImageEncoder):
                  mean: float | list[float] = (0.48145466, 0.4578275, 0.40821073),
                  std: float | list[float] = (0.26862954, 0.26130258, 0.27577711)):
         super().__init__()
-        import open_clip
         from open_clip.model import CLIPVisionCfg, _build_vision_tower
 
         if in_channels not in (1, 3):
@@ -136,11 +135,7 @@ class OpenCLIPVision(_ImageEncoder):
         self._set_norm(3, mean, std)  # grey inputs are repeated to 3 channels before the tower
         self.in_channels = in_channels
         if arch is not None:
-            if arch not in open_clip.list_models():
-                from mmssl.registry import _suggest
-
-                raise ConfigError(f"unknown open_clip architecture {arch!r}; {_suggest(arch, open_clip.list_models())}")
-            model_cfg = open_clip.get_model_config(arch)
+            model_cfg = open_clip_config(arch)
             embed_dim, vision_cfg = model_cfg["embed_dim"], model_cfg["vision_cfg"]
         else:
             vision_cfg = dict(image_size=32, patch_size=4, width=128, layers=4, head_width=32) | dict(config or {})

@@ -243,6 +243,17 @@ class IntrinsicReward(nn.Module):
     def make_optimizer(self, modules: list[nn.Module]) -> None:
         self.optimizer = torch.optim.Adam([p for m in modules for p in m.parameters()], lr=self.lr)
 
+    def fit_inverse(self, rollout: Rollout, metric: str) -> dict[str, float]:
+        """Train ``self.inverse`` (an inverse-dynamics model) on the rollout's transitions (E3B, NGU)."""
+        x, next_x = self.rollout_inputs(rollout, next_=False), self.rollout_inputs(rollout)
+        actions = rollout.actions.flatten(0, 1)
+
+        def loss_fn(idx):
+            loss = self.inverse.loss(self.inverse(x[idx]), self.inverse(next_x[idx]), actions[idx])
+            return loss, {metric: loss.item()}
+
+        return self.fit(loss_fn, len(x))
+
     def fit(self, loss_fn: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]], n: int) -> dict[str, float]:
         """``update_epochs`` passes of shuffled minibatches of ``n`` samples; mean of each metric."""
         totals: dict[str, float] = {}

@@ -41,14 +41,7 @@ class E3B(IntrinsicReward):
         return bonus
 
     def learn(self, rollout: Rollout) -> dict[str, float]:
-        x, next_x = self.rollout_inputs(rollout, next_=False), self.rollout_inputs(rollout)
-        actions = rollout.actions.flatten(0, 1)
-
-        def loss_fn(idx):
-            loss = self.inverse.loss(self.inverse(x[idx]), self.inverse(next_x[idx]), actions[idx])
-            return loss, {"e3b_inverse_loss": loss.item()}
-
-        return self.fit(loss_fn, len(x))
+        return self.fit_inverse(rollout, "e3b_inverse_loss")
 
     def memory_size(self) -> int:
         return self.cov_inverse.numel()

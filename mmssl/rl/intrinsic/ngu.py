@@ -88,14 +88,7 @@ class NGU(IntrinsicReward):
         return bonus
 
     def learn(self, rollout: Rollout) -> dict[str, float]:
-        x, next_x = self.rollout_inputs(rollout, next_=False), self.rollout_inputs(rollout)
-        actions = rollout.actions.flatten(0, 1)
-
-        def loss_fn(idx):
-            loss = self.inverse.loss(self.inverse(x[idx]), self.inverse(next_x[idx]), actions[idx])
-            return loss, {"ngu_inverse_loss": loss.item()}
-
-        metrics = self.fit(loss_fn, len(x))
+        metrics = self.fit_inverse(rollout, "ngu_inverse_loss")
         return {**metrics, **(self.rnd.learn(rollout) if self.rnd is not None else {})}
 
     def memory_size(self) -> int:
