@@ -10,10 +10,11 @@ sanity check: an agent without it cannot beat chance). Moving onto the instructe
 Observations (a Dict space):
 - ``image``: (2, 8·size, 8·size) uint8 — channel 0 the digit tiles, channel 1 the agent's cell (``view=pixels``),
   or ``grid``: (size, size, 2) int64 — digit class + 1 (0 = empty) and the agent mask (``view=symbolic``).
-- ``instruction``: (context_length,) int64 token ids, or (samples,) float32 waveform at 16 kHz.
+- ``instruction``: (context_length,) int64 token ids, or (samples,) float32 waveform at 8 kHz.
 
-Images and voices come from the split named by ``split``: ``train`` for training, ``test`` for
-evaluation with digit images (and, for speech, voices) never seen in training.
+Images and voices come from the tri-modal digits data split with ``data_seed`` (the seed of the
+cross-modal pretraining run whose encoders the agent uses): ``split=train`` for training, ``test`` for
+evaluation with digit images and, for speech, voices never seen in pretraining or RL training.
 """
 
 from __future__ import annotations
@@ -30,22 +31,22 @@ TILE = 8
 
 
 @lru_cache(maxsize=4)
-def digit_images(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (N, 8, 8) digit images and labels of the scikit-learn digits split used by mmssl pretraining."""
+def _trimodal(seed: int):
     from mmssl.registry import DATASETS
 
-    data = DATASETS.build("digits", seed=seed)
-    part = data.train if split == "train" else data.test
+    return DATASETS.build("trimodal_digits", seed=seed)
+
+
+def digit_images(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, 8, 8) digit images and labels of the tri-modal digits split with this seed, i.e. the
+    images `mmssl pretrain data=trimodal_digits seed=<seed>` trains on (``train``) or never sees (``test``)."""
+    part = _trimodal(seed).train if split == "train" else _trimodal(seed).test
     return part.data["image"][:, 0].numpy(), part.labels.numpy()
 
 
-@lru_cache(maxsize=4)
 def spoken_digits(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (N, samples) spoken digits and labels from the tri-modal digits data (test = unseen voices)."""
-    from mmssl.registry import DATASETS
-
-    data = DATASETS.build("trimodal_digits", seed=seed)
-    part = data.train if split == "train" else data.test
+    """float32 (N, samples) spoken digits (8 kHz) and labels of the same split (test = unseen voices)."""
+    part = _trimodal(seed).train if split == "train" else _trimodal(seed).test
     return part.data["audio"].numpy().astype(np.float32), part.labels.numpy()
 
 
@@ -63,7 +64,8 @@ class DigitGridEnv(gym.Env):
 
     def __init__(self, size: int = 5, num_tiles: int = 3, max_steps: int | None = None,
                  instruction: str = "text", view: str = "pixels", split: str = "train",
-                 context_length: int = 16, template: str = "go to the {}", render_mode: str | None = None):
+                 context_length: int = 16, template: str = "go to the {}", data_seed: int = 0,
+                 render_mode: str | None = None):
         if instruction not in ("text", "audio", "none"):
             raise ValueError(f"instruction must be text, audio or none, got {instruction!r}")
         if view not in ("pixels", "symbolic"):
@@ -73,7 +75,9 @@ class DigitGridEnv(gym.Env):
         self.size, self.num_tiles, self.instruction, self.view, self.split = size, num_tiles, instruction, view, split
         self.max_steps = max_steps or 4 * size
         self.render_mode = render_mode
-        self.images, self.image_labels = digit_images(split)
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be train or test, got {split!r}")
+        self.images, self.image_labels = digit_images(split, data_seed)
         self._by_class = [np.flatnonzero(self.image_labels == c) for c in range(10)]
         obs = {}
         if view == "pixels":
@@ -84,7 +88,7 @@ class DigitGridEnv(gym.Env):
             self.tokens = instruction_tokens(context_length, template)
             obs["instruction"] = spaces.Box(0, 49407, (context_length,), np.int64)
         elif instruction == "audio":
-            self.clips, self.clip_labels = spoken_digits(split)
+            self.clips, self.clip_labels = spoken_digits(split, data_seed)
             self._clips_by_class = [np.flatnonzero(self.clip_labels == c) for c in range(10)]
             obs["instruction"] = spaces.Box(-1.0, 1.0, (self.clips.shape[1],), np.float32)
         self.observation_space = spaces.Dict(obs)

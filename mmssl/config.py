@@ -87,7 +87,10 @@ def _explain(exc: Exception, name: str) -> str:
     text = " ".join(str(exc).split())
     if m := re.search(r"Could not override '([^']+)'", text):
         key = m.group(1)
-        close = difflib.get_close_matches(key, compose_keys(name), n=3, cutoff=0.6)
+        keys = compose_keys(name)
+        if key in keys:  # the key exists; Hydra refused the value (e.g. a dict where the default is not one)
+            return f"cannot override config key {key!r} with that value; set the whole node ({key}={{a: 1}}) or use +{key}=…"
+        close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         return f"unknown config key {key!r}; {hint}(use +{key}=… to add a new key)"
     if m := re.search(r"Could not find '([^']+)/([^']+)'", text):

@@ -17,8 +17,12 @@ class Encoder(nn.Module):
 
     modality: str = ""
     dim: int = 0
+    reads_dict: bool = False  # True for encoders of dict observations (one key per modality)
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
+        if isinstance(x, dict) and not self.reads_dict:
+            raise ShapeError(f"{type(self).__name__} reads a tensor, got a dict observation with keys {sorted(x)}; "
+                             "use an encoder for dict observations (dict, goal_map)")
         self.check_input(x)
         return self.encode(x)
 

@@ -8,7 +8,11 @@ cosine similarity of each tile with the instruction forms a G×G "goal map" whic
 and occupancy maps, a small CNN turns into the state feature. With cross-modally bound encoders the goal
 map is meaningful before any RL; from scratch, PPO has to learn the binding from reward alone.
 
-pooled: (B, dim) state feature; tokens: (B, G·G, joint_dim) tile embeddings.
+Only occupied cells are encoded, each distinct picture and instruction once per batch, and a frozen
+tower's outputs are remembered across batches (mmssl/encoders/memo.py): the towers' cost stops
+growing with the grid and, when frozen, with training time.
+
+pooled: (B, dim) state feature; tokens: (B, G·G, joint_dim) tile embeddings (zero for empty cells).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch import nn
 
 from mmssl.encoders.base import Encoder
 from mmssl.encoders.heads import mlp
+from mmssl.encoders.memo import RowMemo
 from mmssl.errors import ConfigError, ShapeError
 from mmssl.registry import ENCODERS
 from mmssl.types import OBS, EncoderOutput
@@ -39,6 +44,7 @@ class GoalMapEncoder(Encoder):
     """Per-tile image embeddings compared with an instruction embedding → goal map → CNN (DigitGrid agents)."""
 
     modality = OBS
+    reads_dict = True
 
     def __init__(self, tile_encoder: dict | None = None, instruction_encoder: dict | None = None,
                  instruction_modality: str = "text", tile: int = 8, joint_dim: int = 64, projection_hidden: int = 128,
@@ -59,6 +65,8 @@ class GoalMapEncoder(Encoder):
             nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(32 * 16, dim), nn.ReLU())
         self.dim = dim
+        self.memo_tiles, self.memo_instruction = RowMemo(), RowMemo()  # new weights → forget what was remembered
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.forget())
         if pretrained:
             self.load_pretrained(pretrained)
         if freeze:
@@ -76,6 +84,10 @@ class GoalMapEncoder(Encoder):
         for module in self.frozen:  # frozen towers keep their BatchNorm statistics
             module.eval()
         return self
+
+    def forget(self) -> None:
+        self.memo_tiles.clear()
+        self.memo_instruction.clear()
 
     def load_pretrained(self, path: str) -> None:
         """Tile/instruction towers (and joint projections when shapes fit) from a pretraining run or checkpoint."""
@@ -110,19 +122,36 @@ class GoalMapEncoder(Encoder):
             raise ShapeError(f"goal_map expects {self.image_key!r} as (B, 2, H, W) with H, W multiples of "
                              f"{self.tile}; got {tuple(img.shape)}")
 
+    def _embed_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
+        """(K, 1, t, t) pictures (uint8 or [0, 1]) → (K, joint_dim) unit-norm joint-space embeddings."""
+        x = tiles.float()
+        if tiles.dtype == torch.uint8 or (x.numel() and x.max() > 1.5):
+            x = x / 255.0
+        return F.normalize(self.tile_proj(self.tile_encoder(x).pooled), dim=-1)
+
+    def _embed_instruction(self, instruction: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.instruction_proj(self.instruction_encoder(instruction).pooled), dim=-1)
+
     def encode(self, obs: dict) -> EncoderOutput:
-        img = obs[self.image_key].float()
-        if obs[self.image_key].dtype == torch.uint8 or img.max() > 1.5:
-            img = img / 255.0
-        g_rows, g_cols = img.shape[-2] // self.tile, img.shape[-1] // self.tile
-        tiles = rearrange(img[:, :1], "b c (gh t1) (gw t2) -> (b gh gw) c t1 t2", t1=self.tile, t2=self.tile)
-        tile_emb = F.normalize(self.tile_proj(self.tile_encoder(tiles).pooled), dim=-1)
-        tile_emb = rearrange(tile_emb, "(b n) d -> b n d", b=img.shape[0])
-        occupied = (rearrange(img[:, 0], "b (gh t1) (gw t2) -> b (gh gw) (t1 t2)", t1=self.tile, t2=self.tile)
-                    .amax(-1) > 0).float()
-        agent = rearrange(img[:, 1], "b (gh t1) (gw t2) -> b (gh gw) (t1 t2)", t1=self.tile, t2=self.tile).mean(-1)
+        raw = obs[self.image_key]
+        b, t = raw.shape[0], self.tile
+        g_rows, g_cols = raw.shape[-2] // t, raw.shape[-1] // t
+        tiles = rearrange(raw[:, :1], "b c (gh t1) (gw t2) -> (b gh gw) c t1 t2", t1=t, t2=t)
+        occupied = tiles.flatten(1).amax(-1) > 0  # (B·G²,) cells showing a picture
+        # Only occupied tiles are encoded, each distinct picture once (frozen towers: once per run);
+        # empty cells get a zero embedding, as they are masked out of the goal map anyway.
+        cells = occupied.nonzero().squeeze(1)
+        frozen = bool(self.frozen)
+        emb = self.memo_tiles(self._embed_tiles, tiles[cells], remember=frozen)
+        tile_emb = emb.new_zeros(len(tiles), emb.shape[-1]).index_copy(0, cells, emb)
+        tile_emb = rearrange(tile_emb, "(b n) d -> b n d", b=b)
+        occupied = rearrange(occupied.float(), "(b n) -> b n", b=b)
+        mask = raw[:, 1].float()
+        if raw.dtype == torch.uint8 or mask.max() > 1.5:
+            mask = mask / 255.0
+        agent = rearrange(mask, "b (gh t1) (gw t2) -> b (gh gw) (t1 t2)", t1=t, t2=t).mean(-1)
         if self.instruction_encoder is not None and self.instruction_key in obs:
-            goal = F.normalize(self.instruction_proj(self.instruction_encoder(obs[self.instruction_key]).pooled), dim=-1)
+            goal = self.memo_instruction(self._embed_instruction, obs[self.instruction_key], remember=frozen)
             similarity = torch.einsum("bnd,bd->bn", tile_emb, goal) * occupied
         else:
             similarity = torch.zeros_like(occupied)

@@ -222,6 +222,7 @@ class DictObs(Encoder):
     """
 
     modality = OBS
+    reads_dict = True
 
     def __init__(self, encoders: dict, dim: int = 128):
         super().__init__()

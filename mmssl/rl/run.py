@@ -57,6 +57,9 @@ def run(cfg: DictConfig) -> dict:
                         f"success {np.mean(ppo.recent_success) if ppo.recent_success else float('nan'):.2f} "
                         f"sps {metrics['steps_per_second']:.0f}")
             last = ppo.update_index == ppo.num_updates
+            eval_every = int(cfg.eval.get("every") or 0)
+            if eval_every and int(cfg.eval.episodes) > 0 and not last and ppo.update_index % eval_every == 0:
+                logger.log(periodic_eval(ppo, cfg), step=ppo.global_step)
             interrupted = stop_after is not None and done_this_run >= int(stop_after)
             if last or interrupted or (every and ppo.update_index % every == 0):
                 checkpoint.save({"ppo": ppo.state_dict(), "config": to_container(cfg)},
@@ -92,9 +95,57 @@ def drop_metrics_after(run_dir: Path, global_step: int) -> None:
             tmp.replace(path)  # atomic: a kill here leaves either the old or the trimmed file
 
 
+def eval_env_config(cfg: DictConfig) -> dict:
+    """The env config evaluation runs on: ``cfg.env`` with ``eval.env_kwargs`` (e.g. ``{split: test}``) merged in."""
+    env_cfg = to_container(cfg.env)
+    extra = cfg.eval.get("env_kwargs")
+    env_cfg["kwargs"] = {**(env_cfg.get("kwargs") or {}), **(to_container(extra) if extra else {})}
+    return env_cfg
+
+
 @torch.no_grad()
+def play(ppo: PPO, env, episodes: int, seed: int, deterministic: bool, video_frames: int = 0,
+         probe: bool = False) -> dict:
+    """Run the policy for ``episodes`` episodes (episode i reset with ``seed + i``; own torch generator, so
+    the training RNG is untouched). Returns returns, successes, the first episode's frames (up to
+    ``video_frames``) and, with ``probe``, the agent's features and the true states where known."""
+    generator = torch.Generator().manual_seed(seed)
+    ppo.agent.eval()
+    out = {"returns": [], "successes": [], "frames": [], "features": [], "states": []}
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        total, done, success = 0.0, False, 0.0
+        while not done:
+            if ep == 0 and len(out["frames"]) < video_frames:
+                out["frames"].append(_render(env))
+            x = ppo.prepare(to_tensor(_batch1(obs)), update_stats=False)
+            step = ppo.agent.act(x, deterministic=deterministic, generator=generator)
+            state = mmssl_envs.true_state(env) if probe else None
+            if state is not None:
+                out["features"].append(step.features[0].numpy())
+                out["states"].append(state)
+            action = step.action[0].numpy()
+            obs, reward, terminated, truncated, info = env.step(action if action.shape else action.item())
+            total += float(reward)
+            done = terminated or truncated
+            success = max(success, float(info.get("success", 0.0)))
+        out["returns"].append(total)
+        out["successes"].append(success)
+    return out
+
+
+def periodic_eval(ppo: PPO, cfg: DictConfig) -> dict:
+    """``eval.episodes`` episodes on the evaluation env (same seeds every time) → eval/* metrics for the curve."""
+    env = mmssl_envs.make_env(eval_env_config(cfg))
+    try:
+        out = play(ppo, env, int(cfg.eval.episodes), int(cfg.seed) + 10_000, bool(cfg.eval.deterministic))
+    finally:
+        env.close()
+    return {"eval/return_mean": float(np.mean(out["returns"])), "eval/success_rate": float(np.mean(out["successes"]))}
+
+
 def evaluate(ppo: PPO, cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dict:
-    """Evaluation episodes on a fresh env (own seed and torch generator, so training RNG is untouched).
+    """Evaluation episodes on a fresh env built from ``eval_env_config`` (own seeds and torch generator).
 
     Records the first episode as ``eval_episode.gif`` and fits a linear (ridge) probe from the agent's
     frozen features to the true simulator state where ``envs.true_state`` knows it; the probe's R² on
@@ -104,41 +155,26 @@ def evaluate(ppo: PPO, cfg: DictConfig, run_dir: Path, logger: RunLogger) -> dic
     episodes = int(ecfg.episodes)
     if episodes <= 0:
         return {}
-    env = mmssl_envs.make_env(cfg.env, render_mode="rgb_array" if ecfg.video else None)
-    generator = torch.Generator().manual_seed(int(cfg.seed) + 10_000)
-    ppo.agent.eval()
-    returns, successes, frames, feats, states = [], [], [], [], []
-    for ep in range(episodes + int(ecfg.get("probe_episodes", 0))):  # extra episodes only feed the probe
-        obs, _ = env.reset(seed=int(cfg.seed) + 10_000 + ep)
-        total, done, success = 0.0, False, 0.0
-        while not done:
-            if ep == 0 and ecfg.video and len(frames) < int(ecfg.max_video_frames):
-                frames.append(_render(env))
-            x = ppo.prepare(to_tensor(_batch1(obs)), update_stats=False)
-            step = ppo.agent.act(x, deterministic=bool(ecfg.deterministic), generator=generator)
-            state = mmssl_envs.true_state(env)
-            if state is not None:
-                feats.append(step.features[0].numpy())
-                states.append(state)
-            action = step.action[0].numpy()
-            obs, reward, terminated, truncated, info = env.step(action if action.shape else action.item())
-            total += float(reward)
-            done = terminated or truncated
-            success = max(success, float(info.get("success", 0.0)))
-        if ep < episodes:
-            returns.append(total)
-            successes.append(success)
-    env.close()
+    env = mmssl_envs.make_env(eval_env_config(cfg), render_mode="rgb_array" if ecfg.video else None)
+    try:
+        played = play(ppo, env, episodes + int(ecfg.get("probe_episodes", 0)), int(cfg.seed) + 10_000,
+                      bool(ecfg.deterministic), video_frames=int(ecfg.max_video_frames) if ecfg.video else 0,
+                      probe=True)  # the extra probe episodes only feed the state probe
+    finally:
+        env.close()
+    returns, successes = played["returns"][:episodes], played["successes"][:episodes]
     out = {"eval_return_mean": float(np.mean(returns)), "eval_return_std": float(np.std(returns)),
            "eval_success_rate": float(np.mean(successes)), "eval_episodes": episodes}
-    frames = [f for f in frames if f is not None]
+    logger.log({"eval/return_mean": out["eval_return_mean"], "eval/success_rate": out["eval_success_rate"]},
+               step=ppo.global_step)
+    frames = [f for f in played["frames"] if f is not None]
     if frames:
         path = run_dir / "eval_episode.gif"
         _save_gif(frames, path)
         logger.log_file(path, "eval/video")
         out["eval_video"] = path.name
-    if len(states) >= 20:
-        out |= state_probe(np.stack(feats), np.stack(states))
+    if len(played["states"]) >= 20:
+        out |= state_probe(np.stack(played["features"]), np.stack(played["states"]))
     return out
 
 

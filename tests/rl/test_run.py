@@ -28,7 +28,20 @@ def test_cartpole_learns_clearly_above_random(tmp_path):
     assert summary["eval_return_mean"] > 60, summary
     assert summary["probe_state_r2"] > 0.5
     records = read_metrics(tmp_path)
-    assert len(records) == 12 and records[-1]["global_step"] == 6144
+    updates = [r for r in records if "policy_loss" in r]
+    assert len(updates) == 12 and updates[-1]["global_step"] == 6144
+    assert records[-1]["eval/success_rate"] == summary["eval_success_rate"]  # the final evaluation ends the curve
+
+
+def test_periodic_evaluation_on_other_env_kwargs(tmp_path):
+    # DigitGrid evaluated every update on the test split (unseen images): eval/* records at each update
+    cfg = tiny(tmp_path, "env=digit_grid", "env.kwargs.instruction=none", "agent_encoder=goal_map",
+               "agent_encoder.tile_encoder.width=4", "agent_encoder.dim=16", "eval.episodes=3", "eval.every=1", "eval.video=false",
+               "eval.probe_episodes=0", "eval.env_kwargs={split: test}")
+    run(cfg)
+    evals = [r for r in read_metrics(tmp_path) if "eval/success_rate" in r]
+    assert [r["step"] for r in evals] == [32, 64, 96, 128]
+    assert all(0.0 <= r["eval/success_rate"] <= 1.0 for r in evals)
 
 
 @pytest.mark.parametrize("extra", [
