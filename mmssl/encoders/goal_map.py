@@ -4,9 +4,11 @@ It reads a dict observation ``{"image": (B, 2, T·G, T·G), "instruction": ids o
 channel 0 holds G×G tiles of T×T pictures and channel 1 the agent's cell. Every tile is encoded by an
 image encoder and the instruction by a text or audio encoder — any registry encoders, e.g. the towers of
 a cross-modal pretraining run, loaded and optionally frozen — both projected into a joint space. The
-cosine similarity of each tile with the instruction forms a G×G "goal map" which, stacked with the agent
-and occupancy maps, a small CNN turns into the state feature. With cross-modally bound encoders the goal
-map is meaningful before any RL; from scratch, PPO has to learn the binding from reward alone.
+cosine similarity of each tile with the instruction forms a G×G "goal map" — with its softmax over the
+occupied cells, the zero-shot retrieval distribution — which, stacked with the agent and occupancy maps,
+plus an in-grid mask, a small CNN turns into the state feature (by default egocentric: the maps are
+shifted so that the agent sits at the centre). With cross-modally bound encoders the goal map is meaningful
+before any RL; from scratch, PPO has to learn the binding from reward alone.
 
 Only occupied cells are encoded, each distinct picture and instruction once per batch, and a frozen
 tower's outputs are remembered across batches (mmssl/encoders/memo.py): the towers' cost stops
@@ -39,6 +41,19 @@ def _build(spec: dict) -> Encoder:
     return ENCODERS.build(spec.pop("name"), **spec)
 
 
+def egocentric(maps: torch.Tensor, agent: torch.Tensor) -> torch.Tensor:
+    """(B, C, G, G) maps → (B, C, 2G−1, 2G−1) shifted so the agent's cell (argmax of ``agent`` (B, G·G)) is at the
+    centre, zero outside the grid: "the goal is two cells to my left" reads the same wherever the agent is."""
+    b, c, g_rows, g_cols = maps.shape
+    r, col = agent.argmax(1).div(g_cols, rounding_mode="floor"), agent.argmax(1) % g_cols  # (B,)
+    src_r = torch.arange(2 * g_rows - 1, device=maps.device)[None] - (g_rows - 1) + r[:, None]  # (B, 2G−1)
+    src_c = torch.arange(2 * g_cols - 1, device=maps.device)[None] - (g_cols - 1) + col[:, None]
+    valid = ((src_r >= 0) & (src_r < g_rows))[:, :, None] & ((src_c >= 0) & (src_c < g_cols))[:, None, :]
+    flat = (src_r.clamp(0, g_rows - 1)[:, :, None] * g_cols + src_c.clamp(0, g_cols - 1)[:, None, :]).flatten(1)
+    out = maps.flatten(2).gather(2, flat[:, None].expand(b, c, -1))
+    return out.view(b, c, 2 * g_rows - 1, 2 * g_cols - 1) * valid[:, None]
+
+
 @ENCODERS.register("goal_map", modalities=(OBS,))
 class GoalMapEncoder(Encoder):
     """Per-tile image embeddings compared with an instruction embedding → goal map → CNN (DigitGrid agents)."""
@@ -50,9 +65,10 @@ class GoalMapEncoder(Encoder):
                  instruction_modality: str = "text", tile: int = 8, joint_dim: int = 64, projection_hidden: int = 128,
                  projection_layers: int = 2, dim: int = 128,
                  image_key: str = "image", instruction_key: str = "instruction", pretrained: str | None = None,
-                 freeze: bool = False):
+                 freeze: bool = False, egocentric: bool = True):
         super().__init__()
         self.tile, self.image_key, self.instruction_key = tile, image_key, instruction_key
+        self.egocentric = egocentric
         self.tile_encoder = _build(tile_encoder or {"name": "convnet", "in_channels": 1, "width": 16})
         self.instruction_encoder = _build(instruction_encoder) if instruction_encoder else None
         self.instruction_modality = instruction_modality
@@ -62,8 +78,8 @@ class GoalMapEncoder(Encoder):
         self.instruction_proj = proj(self.instruction_encoder.dim) if self.instruction_encoder else None
         self.logit_scale = nn.Parameter(torch.tensor(10.0).log())
         self.map_net = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(32 * 16, dim), nn.ReLU())
+            nn.Conv2d(5, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(32 * 49, dim), nn.ReLU())
         self.dim = dim
         self.memo_tiles, self.memo_instruction = RowMemo(), RowMemo()  # new weights → forget what was remembered
         self.register_load_state_dict_post_hook(lambda module, _keys: module.forget())
@@ -111,6 +127,11 @@ class GoalMapEncoder(Encoder):
                        if k.startswith("objectives.") and f".projections.{modality}." in k}
             if proj is not None and weights:  # the joint space of a cross-modal run (bind / clip)
                 checkpoint.load_matching(proj, weights, what=f"{modality} projection head")
+        scale = [v for k, v in state.items() if k.startswith("objectives.") and k.endswith(
+            (f"log_scales.image_{self.instruction_modality}", f"log_scales.{self.instruction_modality}_image"))]
+        if scale:  # the pair's learned temperature: the goal map's softmax is the run's zero-shot retrieval
+            with torch.no_grad():
+                self.logit_scale.copy_(scale[0])
 
     def check_input(self, x) -> None:
         if not isinstance(x, dict) or self.image_key not in x:
@@ -152,9 +173,14 @@ class GoalMapEncoder(Encoder):
         agent = rearrange(mask, "b (gh t1) (gw t2) -> b (gh gw) (t1 t2)", t1=t, t2=t).mean(-1)
         if self.instruction_encoder is not None and self.instruction_key in obs:
             goal = self.memo_instruction(self._embed_instruction, obs[self.instruction_key], remember=frozen)
-            similarity = torch.einsum("bnd,bd->bn", tile_emb, goal) * occupied
+            logits = torch.einsum("bnd,bd->bn", tile_emb, goal) * self.logit_scale.exp().clamp(max=100)
+            # channel 1: scaled cosine similarity; channel 2: the zero-shot retrieval distribution over the
+            # occupied cells (softmax at the pair's temperature) — near one-hot on the named tile when bound
+            similarity = logits * occupied / 10
+            goal_prob = torch.softmax(logits.masked_fill(occupied == 0, float("-inf")), dim=1).nan_to_num(0.0)
         else:
-            similarity = torch.zeros_like(occupied)
-        maps = torch.stack([similarity * self.logit_scale.exp().clamp(max=100) / 10, agent, occupied], dim=1)
-        pooled = self.map_net(rearrange(maps, "b c (gh gw) -> b c gh gw", gh=g_rows, gw=g_cols))
+            similarity = goal_prob = torch.zeros_like(occupied)
+        maps = rearrange(torch.stack([similarity, goal_prob, agent, occupied, torch.ones_like(agent)], dim=1),
+                         "b c (gh gw) -> b c gh gw", gh=g_rows, gw=g_cols)
+        pooled = self.map_net(egocentric(maps, agent) if self.egocentric else maps)
         return EncoderOutput(pooled=pooled, tokens=tile_emb)

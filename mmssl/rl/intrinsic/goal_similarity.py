@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
@@ -11,6 +12,8 @@ from einops import rearrange
 from torch import nn
 
 from mmssl.config import registry_kwargs
+from mmssl.encoders.heads import mlp
+from mmssl.encoders.memo import RowMemo
 from mmssl.errors import ConfigError, ShapeError
 from mmssl.registry import ENCODERS, INTRINSIC_REWARDS
 from mmssl.rl.intrinsic.base import IntrinsicReward, select_obs
@@ -26,8 +29,8 @@ def load_encoders(path: str, modalities: tuple[str, ...]) -> tuple[dict[str, nn.
 
     A pretraining checkpoint holds ``config.encoder.<modality>`` (registry name and options) and the
     model's ``encoders.<modality>.*`` weights; a cross-modal objective's linear projections into the
-    joint space are found as ``…projections.<modality>.{weight,bias}`` (the goal_map encoder reads them
-    the same way). ``path``: a ``step_*.pt`` file or a run folder (its newest valid checkpoint).
+    joint space are found under ``…projections.<modality>.`` (a linear map or an MLP, rebuilt from its
+    weights; the goal_map encoder reads them the same way). ``path``: a ``step_*.pt`` file or a run folder (its newest valid checkpoint).
     """
     p = Path(path)
     found = ckpt.latest(p / "checkpoints") if p.is_dir() else (p, ckpt.load(p))
@@ -46,10 +49,28 @@ def load_encoders(path: str, modalities: tuple[str, ...]) -> tuple[dict[str, nn.
         ckpt.load_matching(encoder, weights, what=f"{m} encoder")
         encoders[m] = encoder
         proj = {k.split(f"projections.{m}.", 1)[1]: v for k, v in state["model"].items() if f"projections.{m}." in k}
-        if set(proj) == {"weight", "bias"}:
-            projections[m] = nn.Linear(proj["weight"].shape[1], proj["weight"].shape[0])
-            projections[m].load_state_dict(proj)
+        if proj:
+            projections[m] = projection_from_state(proj, what=f"{m} projection of {path}")
     return encoders, projections
+
+
+def projection_from_state(state: dict, what: str) -> nn.Module:
+    """A joint-space projection rebuilt from its weights: ``weight``/``bias`` (linear) or an ``mlp`` (heads.py),
+    whose layer indices and BatchNorm entries say its depth and widths."""
+    if set(state) == {"weight", "bias"}:
+        module = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+    else:
+        linears = sorted({int(k.split(".")[0]) for k, v in state.items() if k.endswith("weight") and v.ndim == 2})
+        batch_norm = any(k.endswith("running_mean") for k in state)
+        if not linears:
+            raise ConfigError(f"cannot rebuild the {what}: no linear layers among {sorted(state)}")
+        first, last = state[f"{linears[0]}.weight"], state[f"{linears[-1]}.weight"]
+        module = mlp(first.shape[1], first.shape[0], last.shape[0], layers=len(linears), batch_norm=batch_norm)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot rebuild the {what}: {str(exc).splitlines()[0]}") from None
+    return module
 
 
 @INTRINSIC_REWARDS.register("goal_similarity", modalities=(OBS, IMAGE, TEXT, AUDIO))
@@ -100,6 +121,7 @@ class GoalSimilarity(IntrinsicReward):
         self.encoders = nn.ModuleDict({m: found[m] for m in pair}).requires_grad_(False).eval()
         self.projections = nn.ModuleDict(projections).requires_grad_(False).eval()
         self.register_buffer("goal", None if goal is None else torch.as_tensor(goal, dtype=self.goal_dtype))
+        self.memo_obs, self.memo_goal = RowMemo(), RowMemo()
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -122,13 +144,13 @@ class GoalSimilarity(IntrinsicReward):
             image = self.tile_under_agent(image)
         if self.image_size is not None:
             image = F.interpolate(image, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        z = self.embed(self.obs_modality, image)
+        # frozen towers: each distinct picture and goal is embedded once per run (mmssl/encoders/memo.py)
+        z = self.memo_obs(partial(self.embed, self.obs_modality), image, remember=True)
         if self.goal is not None:
             goal_z = self.embed(self.goal_modality, self.goal[None]).expand(len(z), -1)
         else:
-            goals = obs[self.goal_key]
-            unique, index = torch.unique(goals, dim=0, return_inverse=True)  # encode each distinct goal once
-            goal_z = self.embed(self.goal_modality, unique.to(self.goal_dtype))[index]
+            goal_z = self.memo_goal(partial(self.embed, self.goal_modality), obs[self.goal_key].to(self.goal_dtype),
+                                    remember=True)
         if goal_z.shape[-1] != z.shape[-1]:
             raise ShapeError(f"the {self.obs_modality} embedding has {z.shape[-1]} dims but the {self.goal_modality} "
                              f"one {goal_z.shape[-1]}; give projections into a shared space")

@@ -145,3 +145,19 @@ def test_goal_similarity_on_the_tile_under_the_agent():
                       dones=torch.zeros(1, 2))
     bonus = reward.compute(rollout)[0]
     assert bonus.tolist() == pytest.approx([1.0, 0.0])
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_projection_heads_are_rebuilt_from_their_weights(batch_norm):
+    from mmssl.encoders.heads import mlp
+    from mmssl.rl.intrinsic.goal_similarity import projection_from_state
+
+    head = mlp(12, 16, 5, layers=3, batch_norm=batch_norm).eval()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_()
+    rebuilt = projection_from_state(head.state_dict(), what="image projection").eval()
+    x = torch.randn(4, 12)
+    torch.testing.assert_close(rebuilt(x), head(x))
+    with pytest.raises(ConfigError, match="cannot rebuild the image projection"):
+        projection_from_state({"0.weight": torch.zeros(3)}, what="image projection")

@@ -1,0 +1,177 @@
+"""Flagship study: DigitGrid agents that follow written or spoken instructions ("go to the seven").
+
+    python experiments/flagship/run.py --seeds 0 1 2 3 4 --frames 50000 --jobs 2
+
+1. Cross-modal pretraining, one per seed: ``mmssl pretrain encoder=trimodal data=trimodal_digits
+   objective=bind`` (images, speech and text bound in one space; the tri-modal digits split of that seed
+   holds out 30 % of the images and 20 % of the voices).
+2. PPO agents per instruction modality (text, audio) and seed, at equal frames, all with the goal_map
+   encoder (tiles and instruction embedded, compared into a goal map, a small CNN on top):
+   - ``scratch``: both towers trained from the reward alone;
+   - ``frozen``: the towers of the seed's pretraining run, frozen;
+   - ``frozen+goal``: the same plus the cross-modal goal reward (cosine of the tile under the agent
+     with the instruction, intrinsic=goal_similarity);
+   - ``no_instruction``: frozen towers, the instruction removed from the env (must stay near chance; it
+     does not depend on the instruction modality, so it runs once per seed and is shown in both panels).
+   Every run trains on the seed's training images and voices and is evaluated every ``--eval-every``
+   updates on ``split=test``: digit images and voices never seen in pretraining or RL.
+3. Report: success rate on the test split against frames, IQM with 95 % stratified bootstrap CIs over
+   seeds; results.md, results.json and flagship.png in this folder.
+
+Runs are separate processes (one torch thread each, ``--jobs`` at a time) whose folders live under
+runs/flagship/; a finished run (summary.json present) is skipped, so the study resumes after a kill.
+``--report`` only rebuilds the report from the run folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+RUNS = ROOT / "runs" / "flagship"
+AGENTS = ("scratch", "frozen", "frozen+goal", "no_instruction")
+MODALITIES = ("text", "audio")
+GOAL_COEF = 0.3
+
+
+def pretrain_command(seed: int, steps: int) -> list[str]:
+    return ["mmssl", "pretrain", "encoder=trimodal", "data=trimodal_digits", "objective=bind",
+            f"trainer.steps={steps}", "trainer.warmup_steps=10", "trainer.log_every=10", "trainer.progress=false",
+            "threads=1", f"seed={seed}", "eval.baselines=false", "eval.plot=false", "logger.mode=disabled",
+            f"run_dir={RUNS / 'bind' / f'seed{seed}'}"]
+
+
+def rl_command(modality: str, agent: str, seed: int, frames: int, eval_every: int, eval_episodes: int) -> list[str]:
+    bind = RUNS / "bind" / f"seed{seed}"
+    encoder = "goal_map" if modality == "text" else "goal_map_audio"
+    instruction = "none" if agent == "no_instruction" else modality
+    cmd = ["mmssl", "rl", "env=digit_grid", f"env.kwargs.instruction={instruction}", f"env.kwargs.data_seed={seed}",
+           "agent=ppo_minigrid", f"agent.total_timesteps={frames}", f"agent_encoder={encoder}",
+           f"seed={seed}", "threads=1", "logger.mode=disabled", "progress=false", "checkpoint_every=10",
+           f"eval.every={eval_every}", f"eval.episodes={eval_episodes}", "eval.probe_episodes=0",
+           "eval.env_kwargs={split: test}", "resume=true", f"run_dir={run_dir(modality, agent, seed)}"]
+    if agent != "scratch":
+        cmd += [f"agent_encoder.pretrained={bind}", "agent_encoder.freeze=true"]
+    if agent == "frozen+goal":  # potential-based: pays cos(tile under the agent, instruction) gained by a move
+        cmd += ["intrinsic=goal_similarity", f"intrinsic.checkpoint={bind}", f"intrinsic.goal_modality={modality}",
+                "intrinsic.goal_key=instruction", "intrinsic.agent_tile=8", "intrinsic.mode=increase",
+                f"intrinsic.coef={GOAL_COEF}"]
+    return cmd
+
+
+def run_dir(modality: str, agent: str, seed: int) -> Path:
+    if agent == "no_instruction":
+        modality = "none"
+    return RUNS / modality / agent.replace("+", "_") / f"seed{seed}"
+
+
+def launch(cmd: list[str], log: Path) -> float:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "a") as f:
+        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if code:
+        sys.exit(f"{' '.join(cmd)} failed with exit code {code}; see {log}")
+    return time.perf_counter() - start
+
+
+def curve(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    points = sorted({r["step"]: r["eval/success_rate"] for r in records if "eval/success_rate" in r}.items())
+    return np.array([p[0] for p in points]), np.array([p[1] for p in points])
+
+
+def report(seeds: list[int]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mmssl.eval import stats
+
+    results, rows = {}, []
+    fig, axes = plt.subplots(1, len(MODALITIES), figsize=(5.5 * len(MODALITIES), 4), sharey=True)
+    for ax, modality in zip(np.atleast_1d(axes), MODALITIES):
+        for agent in AGENTS:
+            done = [s for s in seeds if (run_dir(modality, agent, s) / "summary.json").exists()]
+            if not done:
+                continue
+            curves = [curve(run_dir(modality, agent, s)) for s in done]
+            summaries = [json.loads((run_dir(modality, agent, s) / "summary.json").read_text()) for s in done]
+            final = np.array([c[1][-1] for c in curves])
+            steps = curves[0][0]
+            aligned = np.stack([np.interp(steps, x, y) for x, y in curves])  # (seeds, points)
+            iqm = np.array([stats.iqm(aligned[:, i]) for i in range(aligned.shape[1])])
+            band = np.array([stats.bootstrap_ci(aligned[:, i]) for i in range(aligned.shape[1])])
+            line, = ax.plot(steps, iqm, label=agent)
+            ax.fill_between(steps, band[:, 0], band[:, 1], alpha=0.2, color=line.get_color())
+            row = {"modality": modality, "agent": agent, **stats.summarize(final),
+                   "frames": int(steps[-1]), "wall_s_per_run": float(np.mean([s["train_wall_clock_s"] for s in summaries])),
+                   "env_steps_per_second": float(np.mean([s["env_steps_per_second"] for s in summaries])),
+                   "per_seed": {int(s): float(v) for s, v in zip(done, final)}}
+            if agent == "no_instruction":
+                row["modality"] = "none"
+            if f"{row['modality']}/{agent}" not in results:
+                results[f"{row['modality']}/{agent}"] = row
+                rows.append(row)
+        ax.axhline(1 / 3, color="grey", ls=":", lw=1, label="chance (1 of 3 tiles)")
+        ax.set(title=f"{modality} instruction, unseen images{' and voices' if modality == 'audio' else ''}",
+               xlabel="frames", ylabel="test success rate (IQM, 95% CI)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(HERE / "flagship.png", dpi=120)
+    (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    lines = ["| instruction | agent | runs | test success IQM [95% CI] | mean ± std | frames | wall-clock / run | env-steps/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['modality']} | {r['agent']} | {r['n']} | {r['iqm']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] "
+                     f"| {r['mean']:.2f} ± {r['std']:.2f} | {r['frames']:,} | {r['wall_s_per_run']:.0f} s "
+                     f"| {r['env_steps_per_second']:.0f} |")
+    table = "\n".join(lines)
+    (HERE / "results.md").write_text(table + "\n")
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--frames", type=int, default=50_000)
+    parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS)
+    parser.add_argument("--modalities", nargs="+", default=list(MODALITIES), choices=MODALITIES)
+    parser.add_argument("--pretrain-steps", type=int, default=60)
+    parser.add_argument("--eval-every", type=int, default=5, help="updates (of 1024 frames) between test evaluations")
+    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
+    parser.add_argument("--report", action="store_true", help="only rebuild the report from runs/flagship")
+    args = parser.parse_args()
+    if not args.report:
+        pending = [s for s in args.seeds if not list((RUNS / "bind" / f"seed{s}" / "checkpoints").glob("step_*.pt"))]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda s: launch(pretrain_command(s, args.pretrain_steps), RUNS / "logs" / f"bind_seed{s}.log"),
+                          pending))
+        jobs = list(dict.fromkeys((m if a != "no_instruction" else "text", a, s) for s in args.seeds
+                                  for m in args.modalities for a in args.agents))
+        jobs = [job for job in jobs if not (run_dir(*job) / "summary.json").exists()]
+
+        def one(job):
+            m, a, s = job
+            wall = launch(rl_command(m, a, s, args.frames, args.eval_every, args.eval_episodes),
+                          RUNS / "logs" / f"{run_dir(m, a, s).parent.parent.name}_{a.replace('+', '_')}_seed{s}.log")
+            print(f"{m:5s} {a:15s} seed {s}: {wall:.0f} s", flush=True)
+
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(one, jobs))
+    print(report(args.seeds))
+
+
+if __name__ == "__main__":
+    main()
