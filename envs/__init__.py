@@ -106,7 +106,8 @@ def make_env(env_cfg: Mapping, seed: int | None = None, render_mode: str | None 
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
     try:
-        env = gym.make(env_cfg["id"], max_episode_steps=env_cfg.get("max_episode_steps"), **kwargs)
+        env = gym.make(env_cfg["id"], max_episode_steps=env_cfg.get("max_episode_steps"),
+                       disable_env_checker=True, **kwargs)  # envs/ are check_env-tested; the checker costs every step
     except gym.error.Error as exc:
         from mmssl.errors import ConfigError
 

@@ -78,3 +78,29 @@ def test_entropy_term_of_a_fresh_policy():
     assert s.action.shape == (5, 2)
     # diagonal Gaussian with σ = 1 per dimension: entropy 2·½·log(2πe)
     assert s.entropy[0].item() == pytest.approx(math.log(2 * math.pi * math.e), rel=1e-5)
+
+
+@pytest.mark.parametrize("space", [gym.spaces.Discrete(5), gym.spaces.Box(-2, 2, (3,), np.float32)])
+def test_written_out_policy_matches_torch_distributions(space):
+    torch.manual_seed(0)
+    agent = Agent(gym.spaces.Box(-1, 1, (4,), np.float32), space, {"name": "mlp"})
+    with torch.no_grad():
+        agent.actor.weight.normal_()  # a far-from-uniform policy
+        if not agent.discrete:
+            agent.actor_logstd.uniform_(-1, 1)
+    obs = torch.randn(64, 4)
+    step = agent.act(obs, generator=torch.Generator().manual_seed(1))
+    dist = agent.distribution(agent.features(obs))
+    logprob, entropy = dist.log_prob(step.action), dist.entropy()
+    if not agent.discrete:
+        logprob, entropy = logprob.sum(-1), entropy.sum(-1)
+    torch.testing.assert_close(step.logprob, logprob)
+    torch.testing.assert_close(step.entropy, entropy)
+    again = agent.evaluate(obs, step.action)
+    torch.testing.assert_close(again.logprob, logprob)
+    mode = agent.act(obs, deterministic=True).action
+    torch.testing.assert_close(mode, dist.probs.argmax(-1) if agent.discrete else dist.mean)
+    if agent.discrete:  # sampled actions follow the policy: empirical frequencies ≈ probabilities
+        many = agent.act(obs[:1].expand(4000, 4), generator=torch.Generator().manual_seed(2)).action
+        freq = torch.bincount(many, minlength=5).float() / 4000
+        torch.testing.assert_close(freq, dist.probs[0], atol=0.03, rtol=0)
