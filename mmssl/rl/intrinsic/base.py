@@ -37,7 +37,7 @@ from mmssl.errors import ConfigError, ShapeError
 from mmssl.rl.normalize import RunningMeanStd  # noqa: F401  (re-exported for the rewards)
 from mmssl.rl.storage import Obs, Rollout, flatten_obs
 
-NORMALISE = ("none", "std", "return")
+NORMALISE = ("none", "rms", "std", "return")
 
 
 def select_obs(obs: Obs, key: str | None) -> torch.Tensor:
@@ -157,8 +157,10 @@ class IntrinsicReward(nn.Module):
     """Base class of every exploration bonus; see the module docstring for the lifecycle.
 
     Common options (every registered reward accepts them): ``coef`` (β, the bonus scale),
-    ``coef_decay`` (β ← β·decay after each ``update``), ``normalise`` (``none``; ``std``: divide by the
-    running std of the bonus; ``return``: RND's forward filter, divide by the running std of the
+    ``coef_decay`` (β ← β·decay after each ``update``), ``normalise`` (``none``; ``rms``, the default:
+    divide by the running root-mean-square √(μ² + σ²) of the bonus, so the normalised bonus is O(1) even
+    when it barely varies around a large mean; ``std``: divide by the running std alone, which blows such
+    a bonus up; ``return``: RND's forward filter, divide by the running std of the
     discounted intrinsic return ``R_t = γ R_{t-1} + r_t``), ``gamma`` (that filter's discount),
     ``use_agent_features``, ``obs_key``, ``encoder`` (an ``ENCODERS`` spec ``{name, **options}`` for the
     reward's own networks; default from the space, see ``default_encoder_spec``), ``embed_dim``, ``lr``,
@@ -166,7 +168,7 @@ class IntrinsicReward(nn.Module):
     """
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, num_envs: int, *,
-                 coef: float = 0.01, coef_decay: float = 1.0, normalise: str = "std", gamma: float = 0.99,
+                 coef: float = 0.01, coef_decay: float = 1.0, normalise: str = "rms", gamma: float = 0.99,
                  use_agent_features: bool = False, obs_key: str | None = None, encoder: dict | None = None,
                  embed_dim: int = 64, lr: float = 1e-3, update_epochs: int = 1, batch_size: int = 256):
         super().__init__()
@@ -320,9 +322,12 @@ class IntrinsicReward(nn.Module):
         """(T, N) raw → normalised bonus (see the class docstring for the modes)."""
         if self.normalise_mode == "none":
             return raw
-        if self.normalise_mode == "std":
+        if self.normalise_mode in ("rms", "std"):
             self.bonus_stats.update(raw)
-            return raw / (self.bonus_stats.std.float() + 1e-8)
+            scale = self.bonus_stats.std
+            if self.normalise_mode == "rms":
+                scale = (scale.square() + self.bonus_stats.mean.square()).sqrt()
+            return raw / (scale.float() + 1e-8)
         returns = []
         for r in raw.double():  # RND's forward filter: per-env discounted intrinsic return, not reset at dones
             self.intrinsic_return.mul_(self.gamma).add_(r)

@@ -122,3 +122,12 @@ def test_every_config_in_configs_intrinsic_builds():
             continue
         reward = INTRINSIC_REWARDS.build(cfg.name, SPACES["minigrid"], ACTIONS, 2, **registry_kwargs(cfg))
         assert reward.coef.item() == cfg.coef
+
+
+def test_rms_normalisation_keeps_a_barely_varying_bonus_at_unit_scale():
+    # a bonus of 5 ± 0.01: dividing by the std alone gives ~500, by the RMS ~1
+    bonus = 5.0 + 0.01 * torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    rms = build("re3", SPACES["vector"], coef=1.0, normalise="rms")
+    std = build("re3", SPACES["vector"], coef=1.0, normalise="std")
+    assert rms.normalise(bonus).mean().item() == pytest.approx(1.0, abs=0.01)
+    assert std.normalise(bonus).mean().item() > 100
