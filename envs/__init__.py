@@ -4,7 +4,8 @@ Ids (importing ``envs`` registers them):
 
 - ``mmssl/MiniGridSymbolic-v0``: a MiniGrid task (``env_id``) seen as its 7×7×3 symbolic egocentric grid;
 - ``mmssl/MiniGridPixels-v0``: the same partial view rendered to (3, 7·tile, 7·tile) uint8 pixels;
-- ``mmssl/MiniGridDict-v0``: ``{"image": grid, "direction": Discrete(4)}`` (a multimodal dict observation);
+- ``mmssl/MiniGridDict-v0``: ``{"image": grid, "direction": Discrete(4)}`` and optionally the tokenised
+  mission (``mission_tokens=16``) — a multimodal dict observation;
 - ``mmssl/Atari-v0``: an ALE game (``game``) with the standard DQN preprocessing (noop reset, frame skip
   4, 84×84 grey, max-pool) and a 4-frame stack → (4, 84, 84) uint8; registered when ``ale-py`` is installed;
 - ``mmssl/MuJoCo-v0``: a MuJoCo task (``env_id``, e.g. ``HalfCheetah-v5``) with clipped actions;
@@ -50,21 +51,35 @@ def make_minigrid_pixels(env_id: str = "MiniGrid-DoorKey-5x5-v0", tile_size: int
     return ChannelsFirst(ImgObsWrapper(RGBImgPartialObsWrapper(_minigrid(env_id, render_mode, max_steps), tile_size)))
 
 
-class _DropMission(gym.ObservationWrapper):
-    """Keeps ``image`` and ``direction`` (the mission string is not a tensor; tokenise it to use it)."""
+class _MiniGridDict(gym.ObservationWrapper):
+    """``image`` and ``direction``; with ``mission_tokens=L`` also the mission string as (L,) int64 open_clip
+    BPE ids (each distinct mission tokenised once), the text goal that cross-modal rewards and encoders read."""
 
-    def __init__(self, env: gym.Env):
+    def __init__(self, env: gym.Env, mission_tokens: int = 0):
         super().__init__(env)
-        self.observation_space = gym.spaces.Dict({k: env.observation_space[k] for k in ("image", "direction")})
+        spaces = {k: env.observation_space[k] for k in ("image", "direction")}
+        self.mission_tokens, self._ids = mission_tokens, {}
+        if mission_tokens:
+            spaces["mission"] = gym.spaces.Box(0, 49407, (mission_tokens,), np.int64)
+        self.observation_space = gym.spaces.Dict(spaces)
 
     def observation(self, observation):
-        return {"image": observation["image"], "direction": observation["direction"]}
+        out = {"image": observation["image"], "direction": observation["direction"]}
+        if self.mission_tokens:
+            mission = observation["mission"]
+            if mission not in self._ids:
+                from mmssl.encoders.text import tokenize
+
+                self._ids[mission] = tokenize([mission], self.mission_tokens)[0].numpy().astype(np.int64)
+            out["mission"] = self._ids[mission].copy()
+        return out
 
 
 def make_minigrid_dict(env_id: str = "MiniGrid-DoorKey-5x5-v0", render_mode: str | None = None,
-                       max_steps: int | None = None) -> gym.Env:
-    """MiniGrid's dict observation ``{"image": (7, 7, 3) ids, "direction": Discrete(4)}``."""
-    return _DropMission(_minigrid(env_id, render_mode, max_steps))
+                       max_steps: int | None = None, mission_tokens: int = 0) -> gym.Env:
+    """MiniGrid's dict observation ``{"image": (7, 7, 3) ids, "direction": Discrete(4)}`` and, with
+    ``mission_tokens=L``, ``"mission": (L,)`` token ids of the mission ("use the key to open the door…")."""
+    return _MiniGridDict(_minigrid(env_id, render_mode, max_steps), mission_tokens)
 
 
 def make_atari(game: str = "Pong", render_mode: str | None = None, noop_max: int = 30,

@@ -7,6 +7,8 @@ per-position tokens (B, L, dim).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from torch import nn
 
@@ -19,11 +21,16 @@ VOCAB_SIZE = 49408
 SOT_ID, EOT_ID, PAD_ID = 49406, 49407, 0
 
 
-def tokenize(texts: list[str], context_length: int = 16) -> torch.Tensor:
-    """Strings → (N, context_length) int64 ids with open_clip's BPE tokenizer (truncated texts keep their end token)."""
+@lru_cache(maxsize=8)
+def _tokenizer(context_length: int):
     from open_clip.tokenizer import SimpleTokenizer
 
-    return SimpleTokenizer(context_length=context_length)(list(texts))
+    return SimpleTokenizer(context_length=context_length)  # reads the BPE vocabulary shipped with open_clip once
+
+
+def tokenize(texts: list[str], context_length: int = 16) -> torch.Tensor:
+    """Strings → (N, context_length) int64 ids with open_clip's BPE tokenizer (truncated texts keep their end token)."""
+    return _tokenizer(context_length)(list(texts))
 
 
 class _TextEncoder(Encoder):

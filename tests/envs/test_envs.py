@@ -85,3 +85,17 @@ def test_true_state():
     state = envs.true_state(grid)
     assert state.shape == (4,) and state[2] ** 2 + state[3] ** 2 == pytest.approx(1.0)
     assert envs.true_state(gym.make("Pendulum-v1")) is None
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_minigrid_dict_with_the_tokenised_mission():
+    from mmssl.encoders.text import tokenize
+
+    env = gym.make("mmssl/MiniGridDict-v0", env_id="MiniGrid-GoToDoor-5x5-v0", mission_tokens=16)
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=3)
+    mission = env.unwrapped.mission  # e.g. "go to the red door"
+    assert obs["mission"].dtype == np.int64 and obs["mission"].shape == (16,)
+    assert obs["mission"].tolist() == tokenize([mission], 16)[0].tolist()
+    seen = {env.reset(seed=s)[0]["mission"].tobytes() for s in range(20)}
+    assert len(seen) > 1  # GoToDoor's mission changes with the episode
