@@ -30,6 +30,9 @@ METHODS = {
 #: task → (output suffix, what the items are, pretraining overrides, fine-tuning overrides)
 TASKS = {
     "digits": ("", "digits test split (539 images)", [], []),
+    # needs the Debian package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist); 10k training images
+    "fashion_mnist": ("_fashion", "Fashion-MNIST test images (the first 1,666; data.limit=10000)",
+                      ["data=fashion_mnist", "data.limit=10000"], []),
     "spoken_digits": ("_audio", "trimodal_digits test split (539 clips, unseen voices)",
                       ["data=trimodal_digits", "encoder=trimodal", "~encoder.image", "~encoder.text",
                        "objective.simclr.modality=audio", "objective.simclr.augment=audio_default",
@@ -93,7 +96,7 @@ def plot(results: dict, fractions: list[float], seeds: list[int], path: Path, wh
         ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=label)
     ax.set_xscale("log")
     ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
-    ax.set_xlabel("labelled fraction of the training split (1258 items)")
+    ax.set_xlabel("labelled fraction of the training split")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Label efficiency, {what} (mean ± std, {len(seeds)} seeds)", fontsize=9)
     ax.grid(alpha=0.3)
