@@ -31,7 +31,7 @@ class Step:
     features: torch.Tensor  # (B, D) actor-encoder features
     action: torch.Tensor  # (B,) discrete or (B, A) continuous
     logprob: torch.Tensor  # (B,)
-    entropy: torch.Tensor  # (B,)
+    entropy: torch.Tensor | None  # (B,); None from ``act`` unless asked (a rollout never reads it)
     value: torch.Tensor  # (B,) extrinsic value
     value_int: torch.Tensor | None = None  # (B,) intrinsic value (second head), when configured
 
@@ -97,8 +97,8 @@ class Agent(nn.Module):
         return Normal(out, self.actor_logstd.expand_as(out).exp(), validate_args=False)
 
     def _policy(self, features: torch.Tensor, action: torch.Tensor | None, deterministic: bool = False,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(action — sampled when None, logprob, entropy), each (B,) or (B, A).
+                generator: torch.Generator | None = None, entropy: bool = True):
+        """(action — sampled when None, logprob, entropy or None), each (B,) or (B, A).
 
         Written out rather than through torch.distributions: building a Categorical or Normal per call
         (argument handling, logsumexp normalisation, broadcasting) was a fifth of a CartPole rollout step.
@@ -110,18 +110,19 @@ class Agent(nn.Module):
                 action = logp.argmax(-1) if deterministic else \
                     torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
             logprob = logp.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
-            return action, logprob, -(logp.exp() * logp).sum(-1)
+            return action, logprob, -(logp.exp() * logp).sum(-1) if entropy else None
         logstd = self.actor_logstd.expand_as(out)
         if action is None:
             action = out if deterministic else out + logstd.exp() * torch.randn(out.shape, generator=generator,
                                                                                 device=out.device)
         logprob = (-0.5 * ((action - out) / logstd.exp()).pow(2) - logstd - 0.5 * math.log(2 * math.pi)).sum(-1)
-        return action, logprob, (0.5 + 0.5 * math.log(2 * math.pi) + logstd).sum(-1)
+        return action, logprob, (0.5 + 0.5 * math.log(2 * math.pi) + logstd).sum(-1) if entropy else None
 
-    def act(self, obs: Obs, deterministic: bool = False, generator: torch.Generator | None = None) -> Step:
-        """Sample (or take the mode of) the policy for observations (B, ...)."""
+    def act(self, obs: Obs, deterministic: bool = False, generator: torch.Generator | None = None,
+            entropy: bool = False) -> Step:
+        """Sample (or take the mode of) the policy for observations (B, ...); ``entropy=True`` also returns it."""
         features = self.features(obs)
-        action, logprob, entropy = self._policy(features, None, deterministic, generator)
+        action, logprob, entropy = self._policy(features, None, deterministic, generator, entropy)
         value, value_int = self.values(obs, features)
         return Step(features, action, logprob, entropy, value, value_int)
 

@@ -74,7 +74,7 @@ def test_entropy_term_of_a_fresh_policy():
     # policy head initialised with gain 0.01: nearly uniform, entropy ≈ log 3
     assert step.entropy.mean().item() == pytest.approx(math.log(3), abs=1e-3)
     cont = Agent(obs_space, gym.spaces.Box(-2, 2, (2,), np.float32), {"name": "mlp"})
-    s = cont.act(torch.randn(5, 4))
+    s = cont.act(torch.randn(5, 4), entropy=True)
     assert s.action.shape == (5, 2)
     # diagonal Gaussian with σ = 1 per dimension: entropy 2·½·log(2πe)
     assert s.entropy[0].item() == pytest.approx(math.log(2 * math.pi * math.e), rel=1e-5)
@@ -89,7 +89,7 @@ def test_written_out_policy_matches_torch_distributions(space):
         if not agent.discrete:
             agent.actor_logstd.uniform_(-1, 1)
     obs = torch.randn(64, 4)
-    step = agent.act(obs, generator=torch.Generator().manual_seed(1))
+    step = agent.act(obs, generator=torch.Generator().manual_seed(1), entropy=True)
     dist = agent.distribution(agent.features(obs))
     logprob, entropy = dist.log_prob(step.action), dist.entropy()
     if not agent.discrete:
