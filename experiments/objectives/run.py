@@ -6,12 +6,13 @@
 
 Each run is `mmssl pretrain objective=<name>` with the same encoder (convnet width 16), batch 128,
 AdamW with warmup + cosine, and the data's augmentation; runs are in-process (one import) and their
-folders kept under runs/objectives/. Writes results_<data>.md (table) and results_<data>.png (bar plot).
+folders kept under runs/objectives/ (a finished run is reused, so an interrupted study continues). Writes results_<data>.md (table) and results_<data>.png (bar plot).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -31,8 +32,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--data", default="digits")
     parser.add_argument("--objectives", nargs="+", default=IMAGE_OBJECTIVES)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     data = [f"data={args.data}"] + (["data.limit=10000"] if args.data == "fashion_mnist" else [])
     results: dict[str, list[dict]] = {}
     for name in args.objectives:
@@ -43,8 +45,9 @@ def main() -> None:
                          f"run_dir=runs/objectives/{args.data}/{name}/seed{seed}"]
             if name in ("autoencoder", "vae") and args.data != "digits":
                 overrides.append(f"objective.{name}.image_size=28")
-            summary = run(compose("pretrain", overrides))
-            results.setdefault(name, []).append(summary)
+            done = Path(f"runs/objectives/{args.data}/{name}/seed{seed}/summary.json")
+            summary = json.loads(done.read_text()) if done.exists() else run(compose("pretrain", overrides))
+            results.setdefault(name, []).append(summary)  # a finished run (its summary.json) is reused
     baseline = run(compose("pretrain", [*data, "trainer.steps=1", "eval.plot=false", "logger.mode=disabled",
                                         "encoder.image.width=16", "trainer.progress=false",
                                         f"run_dir=runs/objectives/{args.data}/baselines"]))

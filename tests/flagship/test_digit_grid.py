@@ -92,9 +92,26 @@ def test_test_split_uses_unseen_images():
     assert sum(img.tobytes() in seen for img in test.images) < 0.02 * len(test.images)  # only exact duplicates
 
 
+def test_splits_are_those_of_the_pretraining_run_with_the_same_seed():
+    # `mmssl pretrain data=trimodal_digits seed=S` trains on exactly the images and voices of split=train,
+    # data_seed=S; split=test holds images and voices that run never saw
+    from mmssl.registry import DATASETS
+
+    data = DATASETS.build("trimodal_digits", seed=1)
+    train = DigitGridEnv(split="train", data_seed=1, instruction="audio")
+    test = DigitGridEnv(split="test", data_seed=1, instruction="audio")
+    assert np.array_equal(train.images, data.train.data["image"][:, 0].numpy())
+    assert np.array_equal(test.clips, data.test.data["audio"].numpy())
+    seen_clips = {c.tobytes() for c in data.train.data["audio"].numpy()}
+    assert not any(c.tobytes() in seen_clips for c in test.clips)
+    assert not np.array_equal(DigitGridEnv(split="test", data_seed=2).images, test.images)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="instruction must be"):
         DigitGridEnv(instruction="smell")
+    with pytest.raises(ValueError, match="split must be"):
+        DigitGridEnv(split="validation")
     with pytest.raises(ValueError, match="num_tiles"):
         DigitGridEnv(size=2, num_tiles=4)
     with pytest.raises(ValueError, match="not in"):
