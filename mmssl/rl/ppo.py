@@ -182,6 +182,9 @@ class PPO:
     # -- one PPO update ---------------------------------------------------------------------------
     def update(self) -> dict:
         a, T, N = self.cfg.agent, self.num_steps, self.num_envs
+        gamma, lam = float(a.gamma), float(a.gae_lambda)
+        clip, clip_v, ent_coef, vf_coef = float(a.clip_coef), bool(a.clip_vloss), float(a.ent_coef), float(a.vf_coef)
+        norm_adv, max_norm = bool(a.norm_adv), float(a.max_grad_norm)  # plain values: no config lookups per minibatch
         start = time.perf_counter()
         if a.anneal_lr:  # CleanRL: linear decay to 0 over the run
             frac = 1.0 - self.update_index / self.num_updates
@@ -199,9 +202,10 @@ class PPO:
                     scale_action(step.action.numpy(), self.action_space))
                 self.global_step += N
                 done = np.logical_or(terminated, truncated)
+                done_t = torch.from_numpy(done.astype(np.float32))
                 next_obs = self.prepare(to_tensor(raw_next))
                 real_next = next_obs if not isinstance(next_obs, dict) else dict(next_obs)
-                reward = self.reward_scaler(torch.as_tensor(reward, dtype=torch.float32), torch.as_tensor(done))
+                reward = self.reward_scaler(torch.from_numpy(np.asarray(reward, dtype=np.float32)), done_t.bool())
                 final_features = None
                 if done.any():
                     idx = np.flatnonzero(done)
@@ -216,13 +220,13 @@ class PPO:
                     final_features = self.agent.features(final)
                     final_value, _ = self.agent.values(final, final_features)
                     trunc = torch.as_tensor(truncated[idx] & ~terminated[idx], dtype=torch.float32)
-                    reward[idx] += float(a.gamma) * final_value * trunc  # bootstrap time-limit truncations
+                    reward[idx] += gamma * final_value * trunc  # bootstrap time-limit truncations
                     episodes += _finished_episodes(infos["final_info"], idx)
                 for reward_fn in self.intrinsic.values():
-                    reward_fn.watch(obs, step.action, real_next, torch.as_tensor(done, dtype=torch.float32))
+                    reward_fn.watch(obs, step.action, real_next, done_t)
                 obs_l.append(obs), next_obs_l.append(real_next), act_l.append(step.action)
                 logp_l.append(step.logprob), val_l.append(step.value), rew_l.append(reward)
-                done_l.append(torch.as_tensor(done, dtype=torch.float32)), feat_l.append(step.features)
+                done_l.append(done_t), feat_l.append(step.features)
                 next_feat_l.append((idx, final_features) if final_features is not None else None)
                 if step.value_int is not None:
                     vint_l.append(step.value_int)
@@ -246,7 +250,6 @@ class PPO:
             bonus += reward_fn.compute(rollout)
 
         # 3. advantages ------------------------------------------------------------------------------
-        gamma, lam = float(a.gamma), float(a.gae_lambda)
         if self.integration == "add":
             advantages, returns = gae(rollout.rewards + bonus, values, rollout.dones, last_value, gamma, lam)
             returns_int = values_int = None
@@ -267,14 +270,14 @@ class PPO:
         for _ in range(int(a.update_epochs)):
             for mb in torch.randperm(self.batch_size).split(self.minibatch_size):
                 new = self.agent.evaluate(index_obs(b_obs, mb), b_actions[mb])
-                mb_adv = normalise_advantages(b_adv[mb]) if a.norm_adv else b_adv[mb]
-                pg_loss, pg_stats = policy_loss(new.logprob, b_logprobs[mb], mb_adv, float(a.clip_coef))
-                v_loss = value_loss(new.value, b_values[mb], b_returns[mb], float(a.clip_coef), bool(a.clip_vloss))
+                mb_adv = normalise_advantages(b_adv[mb]) if norm_adv else b_adv[mb]
+                pg_loss, pg_stats = policy_loss(new.logprob, b_logprobs[mb], mb_adv, clip)
+                v_loss = value_loss(new.value, b_values[mb], b_returns[mb], clip, clip_v)
                 if returns_int is not None:
                     v_loss = v_loss + value_loss(new.value_int, values_int.flatten()[mb], returns_int.flatten()[mb],
-                                                 float(a.clip_coef), bool(a.clip_vloss))
+                                                 clip, clip_v)
                 entropy = new.entropy.mean()
-                loss = pg_loss - float(a.ent_coef) * entropy + float(a.vf_coef) * v_loss
+                loss = pg_loss - ent_coef * entropy + vf_coef * v_loss
                 if self.aux:
                     batch = rollout_batch(index_obs(b_obs, mb), index_obs(b_next, mb), b_actions[mb], b_dones[mb])
                     for slot, objective in self.aux.items():
@@ -284,7 +287,7 @@ class PPO:
                                      **{f"aux/{slot}/{k}": v for k, v in out.metrics.items()}})
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(self.params, float(a.max_grad_norm))
+                grad_norm = nn.utils.clip_grad_norm_(self.params, max_norm)
                 self.optimizer.step()
                 progress = (self.update_index + 1) / self.num_updates
                 for objective in self.aux.values():
