@@ -11,8 +11,9 @@ shifted so that the agent sits at the centre). With cross-modally bound encoders
 before any RL; from scratch, PPO has to learn the binding from reward alone.
 
 Only occupied cells are encoded, each distinct picture and instruction once per batch, and a frozen
-tower's outputs are remembered across batches (mmssl/encoders/memo.py): the towers' cost stops
-growing with the grid and, when frozen, with training time.
+tower's outputs are remembered across batches (mmssl/encoders/memo.py) — a trainable tower's too, while
+it is in inference mode between updates (a rollout or an evaluation): the towers' cost stops growing
+with the grid and, when frozen, with training time.
 
 pooled: (B, dim) state feature; tokens: (B, G·G, joint_dim) tile embeddings (zero for empty cells).
 """
@@ -101,6 +102,20 @@ class GoalMapEncoder(Encoder):
             module.eval()
         return self
 
+    def _remember(self) -> bool:
+        """Whether tower outputs may be remembered: frozen towers always; trainable ones in inference (a
+        rollout, an evaluation) while their weights are unchanged — any in-place update (an optimiser or
+        momentum step, a load) bumps a parameter's version counter and the memo starts over."""
+        if self.frozen:
+            return True
+        if self.training or torch.is_grad_enabled():
+            return False
+        versions = tuple(p._version for p in self.parameters())
+        if versions != getattr(self, "_versions", None):
+            self.forget()
+            self._versions = versions
+        return True
+
     def forget(self) -> None:
         self.memo_tiles.clear()
         self.memo_instruction.clear()
@@ -162,8 +177,8 @@ class GoalMapEncoder(Encoder):
         # Only occupied tiles are encoded, each distinct picture once (frozen towers: once per run);
         # empty cells get a zero embedding, as they are masked out of the goal map anyway.
         cells = occupied.nonzero().squeeze(1)
-        frozen = bool(self.frozen)
-        emb = self.memo_tiles(self._embed_tiles, tiles[cells], remember=frozen)
+        remember = self._remember()
+        emb = self.memo_tiles(self._embed_tiles, tiles[cells], remember=remember)
         tile_emb = emb.new_zeros(len(tiles), emb.shape[-1]).index_copy(0, cells, emb)
         tile_emb = rearrange(tile_emb, "(b n) d -> b n d", b=b)
         occupied = rearrange(occupied.float(), "(b n) -> b n", b=b)
@@ -172,7 +187,7 @@ class GoalMapEncoder(Encoder):
             mask = mask / 255.0
         agent = rearrange(mask, "b (gh t1) (gw t2) -> b (gh gw) (t1 t2)", t1=t, t2=t).mean(-1)
         if self.instruction_encoder is not None and self.instruction_key in obs:
-            goal = self.memo_instruction(self._embed_instruction, obs[self.instruction_key], remember=frozen)
+            goal = self.memo_instruction(self._embed_instruction, obs[self.instruction_key], remember=remember)
             logits = torch.einsum("bnd,bd->bn", tile_emb, goal) * self.logit_scale.exp().clamp(max=100)
             # channel 1: scaled cosine similarity; channel 2: the zero-shot retrieval distribution over the
             # occupied cells (softmax at the pair's temperature) — near one-hot on the named tile when bound

@@ -69,3 +69,25 @@ def test_goal_map_encodes_only_occupied_tiles_and_matches_a_plain_forward():
     direct = torch.nn.functional.normalize(enc.tile_proj(seen.fn(tiles).pooled), dim=-1).reshape(3, 9, -1)
     occupied = tiles.flatten(1).amax(-1).reshape(3, 9, 1) > 0
     assert torch.allclose(out.tokens, direct * occupied, atol=1e-5)
+
+
+def test_trainable_goal_map_remembers_only_while_its_weights_stay_fixed():
+    torch.manual_seed(0)
+    enc = ENCODERS.build("goal_map", tile_encoder={"name": "convnet", "in_channels": 1, "width": 4}, dim=16)
+    image = torch.zeros(2, 2, 16, 16, dtype=torch.uint8)
+    image[:, 0, :8, :8] = torch.randint(1, 255, (8, 8), dtype=torch.uint8)
+    image[:, 1, 8:, 8:] = 255
+    seen = Counting(enc.tile_encoder.forward)
+    enc.tile_encoder.forward = seen
+    enc.eval()
+    with torch.no_grad():
+        first = enc({"image": image}).tokens
+        enc({"image": image})
+        assert seen.rows == 1  # inference with fixed weights: the picture is encoded once
+        enc.tile_proj[0].weight.add_(1.0)  # an optimiser step would do this
+        changed = enc({"image": image}).tokens
+    assert seen.rows == 2 and not torch.allclose(first, changed)
+    enc.train()
+    enc({"image": image})
+    enc({"image": image})
+    assert seen.rows == 4  # training: every forward computes (gradients must flow)
