@@ -41,6 +41,7 @@ RUNS = ROOT / "runs" / "flagship"
 AGENTS = ("scratch", "frozen", "frozen+goal", "no_instruction")
 MODALITIES = ("text", "audio")
 GOAL_COEF = 0.3
+EARLY = 10_240  # frames (10 updates): the table's "how fast" column
 
 
 def pretrain_command(seed: int, steps: int) -> list[str]:
@@ -108,6 +109,7 @@ def report(seeds: list[int]) -> str:
             curves = [curve(run_dir(modality, agent, s)) for s in done]
             summaries = [json.loads((run_dir(modality, agent, s) / "summary.json").read_text()) for s in done]
             final = np.array([c[1][-1] for c in curves])
+            early = np.array([np.interp(EARLY, x, y) for x, y in curves])  # how fast: success after 10k frames
             steps = curves[0][0]
             aligned = np.stack([np.interp(steps, x, y) for x, y in curves])  # (seeds, points)
             iqm = np.array([stats.iqm(aligned[:, i]) for i in range(aligned.shape[1])])
@@ -115,6 +117,7 @@ def report(seeds: list[int]) -> str:
             line, = ax.plot(steps, iqm, label=agent)
             ax.fill_between(steps, band[:, 0], band[:, 1], alpha=0.2, color=line.get_color())
             row = {"modality": modality, "agent": agent, **stats.summarize(final),
+                   "early_iqm": float(stats.iqm(early)), "early_ci": [float(v) for v in stats.bootstrap_ci(early)],
                    "frames": int(steps[-1]), "wall_s_per_run": float(np.mean([s["train_wall_clock_s"] for s in summaries])),
                    "env_steps_per_second": float(np.mean([s["env_steps_per_second"] for s in summaries])),
                    "per_seed": {int(s): float(v) for s, v in zip(done, final)}}
@@ -130,10 +133,13 @@ def report(seeds: list[int]) -> str:
     fig.tight_layout()
     fig.savefig(HERE / "flagship.png", dpi=120)
     (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    lines = ["| instruction | agent | runs | test success IQM [95% CI] | mean ± std | frames | wall-clock / run | env-steps/s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| instruction | agent | runs | test success after {EARLY:,} frames, IQM [95% CI] "
+             "| test success at the end, IQM [95% CI] | mean ± std | frames | wall-clock / run | env-steps/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['modality']} | {r['agent']} | {r['n']} | {r['iqm']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] "
+        lines.append(f"| {r['modality']} | {r['agent']} | {r['n']} "
+                     f"| {r['early_iqm']:.2f} [{r['early_ci'][0]:.2f}, {r['early_ci'][1]:.2f}] "
+                     f"| {r['iqm']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] "
                      f"| {r['mean']:.2f} ± {r['std']:.2f} | {r['frames']:,} | {r['wall_s_per_run']:.0f} s "
                      f"| {r['env_steps_per_second']:.0f} |")
     table = "\n".join(lines)
