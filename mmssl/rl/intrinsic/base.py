@@ -340,8 +340,9 @@ class IntrinsicReward(nn.Module):
         return {}
 
     def update(self, rollout: Rollout) -> dict[str, float]:
-        """Train, then decay the coefficient; returns ``{loss…, bonus_mean, bonus_raw_mean, coef}``."""
-        metrics = {**self.learn(rollout), **self._last, "coef": self.coef.item()}
+        """Train, then decay the coefficient; returns ``{loss…, bonus_mean, bonus_raw_mean, coef, memory_size}``."""
+        metrics = {**self.learn(rollout), **self._last, "coef": self.coef.item(),
+                   "memory_size": float(self.memory_size())}  # entries in bounded memories/tables, logged
         self.coef.mul_(self.coef_decay)
         return metrics
 

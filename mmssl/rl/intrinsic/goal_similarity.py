@@ -166,6 +166,10 @@ class GoalSimilarity(IntrinsicReward):
         cell = tiles[:, :, 1].flatten(2).mean(-1).argmax(1)  # (B,) the agent's tile
         return tiles[torch.arange(len(tiles)), cell, :1]
 
+    def memory_size(self) -> int:
+        """Remembered embeddings (bounded by RowMemo.max_entries each)."""
+        return len(self.memo_obs) + len(self.memo_goal)
+
     @property
     def goal_dtype(self) -> torch.dtype:
         return torch.long if self.goal_modality == TEXT else torch.float32

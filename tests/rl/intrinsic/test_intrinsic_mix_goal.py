@@ -84,6 +84,9 @@ def test_goal_similarity_is_higher_for_the_matching_goal():
     assert bonus[0] > 0.9 and bonus[0] > bonus[1] + 0.5 and bonus[0] > bonus[2] + 0.5
     swapped = reward.compute(goal_rollout([0, 0, 0], [0, 1, 2], missions=[1, 1, 2]))[0]
     assert swapped[1] > swapped[0] and swapped[2] > swapped[0]
+    # frozen embeddings are remembered (bounded), and the size is what update() logs
+    assert 0 < reward.memory_size() <= 2 * reward.memo_obs.max_entries
+    assert reward.update(goal_rollout([0, 0, 0], [0, 1, 2], missions=[0, 0, 0]))["memory_size"] == reward.memory_size()
 
 
 def test_goal_similarity_increase_mode_and_fixed_goal():
