@@ -72,7 +72,8 @@ def report(arms: list[str], seeds: list[int], title: str) -> str:
         lines.append(f"| {arm} | {len(done)} | {stats.iqm(half):.3f} [{lo:.3f}, {hi:.3f}] "
                      f"| {stats.iqm(final):.3f} [{flo:.3f}, {fhi:.3f}] | {success:.2f} "
                      f"| {np.mean([s['env_steps_per_second'] for s in summaries]):.0f} |")
-    ax.set(title=title, xlabel="frames", ylabel="evaluation return (IQM, 95% CI)")
+    ax.set(xlabel="frames", ylabel="evaluation return (IQM, 95% CI)")
+    ax.set_title(title, fontsize=8)
     ax.legend()
     fig.tight_layout()
     fig.savefig(HERE / "pixels.png", dpi=120)
