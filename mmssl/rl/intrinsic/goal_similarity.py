@@ -30,7 +30,8 @@ def load_encoders(path: str, modalities: tuple[str, ...]) -> tuple[dict[str, nn.
     A pretraining checkpoint holds ``config.encoder.<modality>`` (registry name and options) and the
     model's ``encoders.<modality>.*`` weights; a cross-modal objective's linear projections into the
     joint space are found under ``…projections.<modality>.`` (a linear map or an MLP, rebuilt from its
-    weights; the goal_map encoder reads them the same way). ``path``: a ``step_*.pt`` file or a run folder (its newest valid checkpoint).
+    weights; the goal_map encoder reads them the same way). ``path``: a ``step_*.pt`` file or a run folder
+    (its newest valid checkpoint).
     """
     p = Path(path)
     found = ckpt.latest(p / "checkpoints") if p.is_dir() else (p, ckpt.load(p))
@@ -121,7 +122,8 @@ class GoalSimilarity(IntrinsicReward):
         self.encoders = nn.ModuleDict({m: found[m] for m in pair}).requires_grad_(False).eval()
         self.projections = nn.ModuleDict(projections).requires_grad_(False).eval()
         self.register_buffer("goal", None if goal is None else torch.as_tensor(goal, dtype=self.goal_dtype))
-        self.memo_obs, self.memo_goal = RowMemo(), RowMemo()
+        self.memo_obs, self.memo_goal = RowMemo(), RowMemo()  # loading weights → forget what was remembered
+        self.register_load_state_dict_post_hook(lambda module, _keys: (module.memo_obs.clear(), module.memo_goal.clear()))
 
     def train(self, mode: bool = True):
         super().train(mode)
