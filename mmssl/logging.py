@@ -142,5 +142,11 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def metric_curve(run_dir: str | Path, key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of ``key`` in a run's metrics.jsonl, by step (a step logged twice keeps its last value)."""
+    points = sorted({r["step"]: r[key] for r in read_metrics(run_dir) if key in r}.items())
+    return [s for s, _ in points], [v for _, v in points]
+
+
 def console(message: str) -> None:
     print(message, file=sys.stderr, flush=True)

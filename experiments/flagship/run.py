@@ -86,9 +86,10 @@ def launch(cmd: list[str], log: Path) -> float:
 
 
 def curve(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    points = sorted({r["step"]: r["eval/success_rate"] for r in records if "eval/success_rate" in r}.items())
-    return np.array([p[0] for p in points]), np.array([p[1] for p in points])
+    from mmssl.logging import metric_curve
+
+    steps, values = metric_curve(folder, "eval/success_rate")
+    return np.array(steps), np.array(values)
 
 
 def report(seeds: list[int]) -> str:

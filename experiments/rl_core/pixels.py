@@ -36,9 +36,10 @@ def run_dir(arm: str, seed: int) -> Path:
 
 
 def curve(folder: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
-    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    points = sorted({r["step"]: r[key] for r in records if key in r}.items())
-    return np.array([p[0] for p in points]), np.array([p[1] for p in points])
+    from mmssl.logging import metric_curve
+
+    steps, values = metric_curve(folder, key)
+    return np.array(steps), np.array(values)
 
 
 def report(arms: list[str], seeds: list[int], title: str) -> str:

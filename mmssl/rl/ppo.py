@@ -205,7 +205,7 @@ class PPO:
                 done_t = torch.from_numpy(done.astype(np.float32))
                 next_obs = self.prepare(to_tensor(raw_next))
                 real_next = next_obs if not isinstance(next_obs, dict) else dict(next_obs)
-                reward = self.reward_scaler(torch.from_numpy(np.asarray(reward, dtype=np.float32)), done_t.bool())
+                reward = self.reward_scaler(torch.from_numpy(np.asarray(reward, dtype=np.float32)), torch.from_numpy(done))
                 final_features = None
                 if done.any():
                     idx = np.flatnonzero(done)

@@ -9,7 +9,7 @@ import torch
 
 from mmssl.config import compose
 from mmssl.errors import ConfigError
-from mmssl.logging import read_metrics
+from mmssl.logging import metric_curve, read_metrics
 from mmssl.rl.agent import Agent
 from mmssl.rl.run import run
 from mmssl.train import checkpoint
@@ -42,6 +42,8 @@ def test_periodic_evaluation_on_other_env_kwargs(tmp_path):
     evals = [r for r in read_metrics(tmp_path) if "eval/success_rate" in r]
     assert [r["step"] for r in evals] == [32, 64, 96, 128]
     assert all(0.0 <= r["eval/success_rate"] <= 1.0 for r in evals)
+    steps, values = metric_curve(tmp_path, "eval/success_rate")  # what the studies plot
+    assert steps == [32, 64, 96, 128] and values == [r["eval/success_rate"] for r in evals]
 
 
 @pytest.mark.parametrize("extra", [
