@@ -51,7 +51,7 @@ class MLPObs(Encoder):
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ConfigError(f"mlp activation must be one of {list(_ACTIVATIONS)}, got {activation!r}")
-        self.in_dim, self.dim = in_dim, dim
+        self.in_dim, self.dim, self.activation = in_dim, dim, activation
         modules, d = [], in_dim
         for _ in range(layers):
             modules += [layer_init(nn.Linear(d, dim)), _ACTIVATIONS[activation]()]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Normal
 
-from mmssl.encoders.obs import ModalityAdapter, encoder_for_space, layer_init
+from mmssl.encoders.obs import MLPObs, ModalityAdapter, encoder_for_space, layer_init
 from mmssl.errors import ConfigError
 from mmssl.rl.storage import Obs
 from mmssl.train import checkpoint
@@ -68,6 +68,7 @@ class Agent(nn.Module):
         self.actor = _head(dim, self.action_dim, head_hidden, 0.01)
         self.critic = _head(dim, 1, head_hidden, 1.0)
         self.critic_int = _head(dim, 1, head_hidden, 1.0) if intrinsic_value_head else None
+        self._wide_params, self._wide_key, self._wide_layers = None, None, None  # rollout cache, see `_wide`
 
     @property
     def encoder(self) -> nn.Module:
@@ -96,14 +97,13 @@ class Agent(nn.Module):
             return Categorical(logits=out, validate_args=False)
         return Normal(out, self.actor_logstd.expand_as(out).exp(), validate_args=False)
 
-    def _policy(self, features: torch.Tensor, action: torch.Tensor | None, deterministic: bool = False,
+    def _policy(self, out: torch.Tensor, action: torch.Tensor | None, deterministic: bool = False,
                 generator: torch.Generator | None = None, entropy: bool = True):
-        """(action — sampled when None, logprob, entropy or None), each (B,) or (B, A).
+        """Actor output (B, A) → (action — sampled when None, logprob, entropy or None), each (B,) or (B, A).
 
         Written out rather than through torch.distributions: building a Categorical or Normal per call
         (argument handling, logsumexp normalisation, broadcasting) was a fifth of a CartPole rollout step.
         """
-        out = self.actor(features)
         if self.discrete:
             logp = out.log_softmax(-1)
             if action is None and deterministic:
@@ -123,18 +123,90 @@ class Agent(nn.Module):
 
     def act(self, obs: Obs, deterministic: bool = False, generator: torch.Generator | None = None,
             entropy: bool = False) -> Step:
-        """Sample (or take the mode of) the policy for observations (B, ...); ``entropy=True`` also returns it."""
-        features = self.features(obs)
-        action, logprob, entropy = self._policy(features, None, deterministic, generator, entropy)
-        value, value_int = self.values(obs, features)
+        """Sample (or take the mode of) the policy for observations (B, ...); ``entropy=True`` also returns it.
+
+        Without autograd (rollouts, evaluation) and with linear heads, actor and critic run as one wide
+        network (`_wide`): the same numbers in a third of the kernel calls.
+        """
+        layers = None if torch.is_grad_enabled() else self._wide()
+        if layers is None:
+            features = self.features(obs)
+            out = self.actor(features)
+            value, value_int = self.values(obs, features)
+        else:
+            features, out, value, value_int = self._wide_forward(obs, layers)
+        action, logprob, entropy = self._policy(out, None, deterministic, generator, entropy)
         return Step(features, action, logprob, entropy, value, value_int)
 
     def evaluate(self, obs: Obs, action: torch.Tensor) -> Step:
         """Log-probability, entropy and values of given actions (B, ...) under the current policy."""
         features = self.features(obs)
-        _, logprob, entropy = self._policy(features, action)
+        _, logprob, entropy = self._policy(self.actor(features), action)
         value, value_int = self.values(obs, features)
         return Step(features, action, logprob, entropy, value, value_int)
+
+    # -- rollouts: actor and critic as one wide network -------------------------------------------
+    def _wide(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """(weightᵀ, bias) per layer of one network computing [policy output | value | intrinsic value].
+
+        With a separate critic of MLP trunks (CleanRL's classic-control agent), the trunks' first layers
+        are stacked and the later ones placed block-diagonally, so the wide network's hidden state is
+        [actor features | critic features]; with a shared trunk only the heads are stacked. Rebuilt when
+        a parameter changes (its version counter or storage), so a rollout of 128 steps builds it once.
+        None when a head is not linear or the trunks are not two MLPs of one shape.
+        """
+        if self._wide_params is None:  # which parameters, if any: decided once
+            self._wide_params = self._wide_parameters()
+        params = self._wide_params
+        if not params:
+            return None
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if key != self._wide_key:
+            heads = [self.actor, self.critic] + ([self.critic_int] if self.critic_int is not None else [])
+            trunks = [] if self.critic_encoder is None else [self.encoder, self.critic_encoder]
+            with torch.no_grad():
+                layers = []
+                if trunks:
+                    actor_lin = [m for m in trunks[0].net if isinstance(m, nn.Linear)]
+                    critic_lin = [m for m in trunks[1].net if isinstance(m, nn.Linear)]
+                    for i, (a, c) in enumerate(zip(actor_lin, critic_lin)):
+                        weight = torch.cat([a.weight, c.weight]) if i == 0 else torch.block_diag(a.weight, c.weight)
+                        layers.append((weight, torch.cat([a.bias, c.bias])))
+                    # heads: policy reads the actor half, the value heads the critic half
+                    value_w = torch.cat([h.weight for h in heads[1:]])
+                    weight = torch.block_diag(self.actor.weight, value_w)
+                else:
+                    weight = torch.cat([h.weight for h in heads])
+                layers.append((weight, torch.cat([h.bias for h in heads])))
+            self._wide_key, self._wide_layers = key, [(w.t().contiguous(), b) for w, b in layers]
+        return self._wide_layers
+
+    def _wide_parameters(self) -> list[nn.Parameter]:
+        """The parameters `_wide` reads, or [] when there is no wide network for this agent."""
+        heads = [self.actor, self.critic] + ([self.critic_int] if self.critic_int is not None else [])
+        if not all(isinstance(h, nn.Linear) for h in heads):
+            return []
+        trunks = [] if self.critic_encoder is None else [self.encoder, self.critic_encoder]
+        if trunks and not (all(type(t) is MLPObs for t in trunks) and len(trunks[0].net) == len(trunks[1].net) > 0
+                           and trunks[0].activation == trunks[1].activation):
+            return []
+        return [*(p for t in trunks for p in t.parameters()), *(p for h in heads for p in h.parameters())]
+
+    def _wide_forward(self, obs: Obs, layers: list[tuple[torch.Tensor, torch.Tensor]]):
+        """features (B, D), policy output (B, A), value (B,), intrinsic value (B,) or None via `_wide` layers."""
+        if self.critic_encoder is None:
+            features = h = self.features(obs)
+        else:
+            self.encoder.check_input(obs)
+            h = obs.flatten(1).float()
+            act = torch.tanh if self.encoder.activation == "tanh" else torch.relu
+            for weight_t, bias in layers[:-1]:
+                h = act(torch.addmm(bias, h, weight_t))
+            features = h[:, :self.encoder.dim]
+        out = torch.addmm(layers[-1][1], h, layers[-1][0])
+        a = self.action_dim
+        value_int = out[:, a + 1] if self.critic_int is not None else None
+        return features, out[:, :a], out[:, a], value_int
 
 
 def load_pretrained(encoder: nn.Module, path: str, modality: str) -> None:

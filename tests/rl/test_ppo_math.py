@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmssl.errors import ShapeError
 from mmssl.rl.agent import Agent
 from mmssl.rl.ppo import explained_variance, gae, normalise_advantages, policy_loss, value_loss
 
@@ -104,3 +105,34 @@ def test_written_out_policy_matches_torch_distributions(space):
         many = agent.act(obs[:1].expand(4000, 4), generator=torch.Generator().manual_seed(2)).action
         freq = torch.bincount(many, minlength=5).float() / 4000
         torch.testing.assert_close(freq, dist.probs[0], atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize("separate_critic,head_hidden,intrinsic,space", [
+    (True, 0, False, gym.spaces.Discrete(3)),  # CleanRL's classic-control agent: trunks fused
+    (True, 0, True, gym.spaces.Box(-1, 1, (2,), np.float32)),
+    (False, 0, True, gym.spaces.Discrete(3)),  # shared trunk: heads stacked
+    (True, 16, False, gym.spaces.Discrete(3)),  # MLP heads: no wide network, the module path
+])
+def test_rollout_wide_network_matches_the_modules(separate_critic, head_hidden, intrinsic, space):
+    torch.manual_seed(0)
+    agent = Agent(gym.spaces.Box(-1, 1, (4,), np.float32), space, {"name": "mlp", "activation": "relu"},
+                  separate_critic=separate_critic, head_hidden=head_hidden, intrinsic_value_head=intrinsic)
+    assert (agent._wide() is None) == (head_hidden > 0)
+    obs = torch.randn(32, 4)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=0.1)
+    for _ in range(2):  # the wide weights follow an optimiser step
+        with torch.no_grad():
+            fast = agent.act(obs, generator=torch.Generator().manual_seed(3))
+        slow = agent.act(obs, generator=torch.Generator().manual_seed(3))  # autograd on: the module path
+        torch.testing.assert_close(fast.features, slow.features)
+        torch.testing.assert_close(fast.value, slow.value)
+        torch.testing.assert_close(fast.logprob, slow.logprob)
+        torch.testing.assert_close(fast.action, slow.action)
+        assert (fast.value_int is None) == (not intrinsic)
+        if intrinsic:
+            torch.testing.assert_close(fast.value_int, slow.value_int)
+        optimizer.zero_grad()
+        (slow.value.sum() + slow.logprob.sum()).backward()
+        optimizer.step()
+    with torch.no_grad(), pytest.raises(ShapeError, match="mlp expects vector observations"):
+        agent.act(torch.randn(2, 5))
