@@ -18,6 +18,8 @@ statistics, a success flag and exact-replay snapshots (see ``envs.wrappers``).
 from __future__ import annotations
 
 import importlib.util
+import os
+import warnings
 from collections.abc import Mapping
 
 import gymnasium as gym
@@ -95,8 +97,28 @@ def make_atari(game: str = "Pong", render_mode: str | None = None, noop_max: int
 
 
 def make_mujoco(env_id: str = "HalfCheetah-v5", render_mode: str | None = None) -> gym.Env:
-    """A MuJoCo task with actions clipped to the action space (the policy's Gaussian is unbounded)."""
+    """A MuJoCo task with actions clipped to the action space (the policy's Gaussian is unbounded).
+
+    Rendering without a display needs a headless OpenGL: ``MUJOCO_GL`` if set, else EGL or OSMesa,
+    whichever is installed (``headless_gl``). With none, the env is made without rendering and a warning
+    says what to install: MuJoCo's default (GLFW) would fail and abort the process at exit.
+    """
+    if render_mode is not None and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        backend = headless_gl()
+        if backend is None:
+            warnings.warn("no headless OpenGL for MuJoCo rendering (apt-get install libegl1 or libosmesa6, or set "
+                          "MUJOCO_GL); this env renders nothing", stacklevel=2)
+            render_mode = None
+        else:
+            os.environ["MUJOCO_GL"] = backend  # read when gymnasium's MuJoCo renderer is first imported
     return gym.wrappers.ClipAction(gym.make(env_id, render_mode=render_mode))
+
+
+def headless_gl() -> str | None:
+    """``"egl"`` or ``"osmesa"`` when its library is installed (EGL first: faster), else None."""
+    import ctypes.util
+
+    return next((name for name, lib in (("egl", "EGL"), ("osmesa", "OSMesa")) if ctypes.util.find_library(lib)), None)
 
 
 def register() -> None:

@@ -99,3 +99,15 @@ def test_minigrid_dict_with_the_tokenised_mission():
     assert obs["mission"].tolist() == tokenize([mission], 16)[0].tolist()
     seen = {env.reset(seed=s)[0]["mission"].tobytes() for s in range(20)}
     assert len(seen) > 1  # GoToDoor's mission changes with the episode
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="MuJoCo not installed (pip install -e '.[mujoco]')")
+def test_mujoco_without_a_headless_renderer_warns_and_renders_nothing(monkeypatch):
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.setattr(envs, "headless_gl", lambda: None)
+    with pytest.warns(UserWarning, match="libegl1 or libosmesa6"):
+        env = envs.make_env({"id": "mmssl/MuJoCo-v0", "kwargs": {"env_id": "HalfCheetah-v5"}}, render_mode="rgb_array")
+    env.reset(seed=0)
+    assert env.render_mode is None  # run.py then records no video (and does not touch GLFW)
+    env.close()

@@ -1,6 +1,8 @@
 """End-to-end `mmssl rl` runs: learning above random, bit-exact resume, pretrained/frozen encoders, intrinsic hooks."""
 
+import importlib.util
 import json
+import os
 
 import gymnasium as gym
 import numpy as np
@@ -92,6 +94,19 @@ def test_run_folder_and_summary(tmp_path):
     assert {"eval_return_mean", "eval_success_rate", "probe_state_r2", "env_steps_per_second"} <= set(summary)
     assert (tmp_path / "eval_episode.gif").stat().st_size > 0
     assert (tmp_path / "config.yaml").exists()
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="MuJoCo not installed (pip install -e '.[mujoco]')")
+def test_mujoco_run_trains_evaluates_and_renders_headless(tmp_path):
+    import envs
+
+    summary = run(tiny(tmp_path, "env=halfcheetah", "agent=ppo_continuous", "agent.num_envs=1", "agent.num_steps=64",
+                       "agent.num_minibatches=2", "agent.update_epochs=1", "env.max_episode_steps=40",
+                       "eval.episodes=1", "eval.probe_episodes=0", "eval.max_video_frames=3"))
+    assert np.isfinite(summary["eval_return_mean"])
+    renders = bool(os.environ.get("MUJOCO_GL") or os.environ.get("DISPLAY") or envs.headless_gl())
+    assert (tmp_path / "eval_episode.gif").exists() == renders  # no renderer: a warning, and the run still ends
 
 
 def test_bad_encoder_for_env_fails_early(tmp_path):
