@@ -33,8 +33,12 @@ MINIGRID_IDS = ("mmssl/MiniGridSymbolic-v0", "mmssl/MiniGridPixels-v0", "mmssl/M
 def _minigrid(env_id: str, render_mode: str | None, max_steps: int | None):
     import minigrid  # noqa: F401  (registers MiniGrid-* ids)
 
+    from envs import minigrid_obs
+
     kwargs = {"max_steps": max_steps} if max_steps else {}
-    return gym.make(env_id, render_mode=render_mode, **kwargs)
+    env = gym.make(env_id, render_mode=render_mode, **kwargs)
+    minigrid_obs.install(env.unwrapped)  # the same observation, computed ~5× faster
+    return env
 
 
 def make_minigrid_symbolic(env_id: str = "MiniGrid-DoorKey-5x5-v0", render_mode: str | None = None,

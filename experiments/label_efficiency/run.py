@@ -111,6 +111,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 1.0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--semi-fractions", type=float, nargs="+", default=None,
+                        help="label fractions the (slow) semi-supervised method runs at (default: every fraction < 1)")
     parser.add_argument("--steps", type=int, default=300, help="max fine-tuning steps")
     parser.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default: the task's)")
     parser.add_argument("--out", default="runs/label_efficiency")
@@ -127,8 +129,8 @@ def main() -> None:
         pretrain(run_dir, seed, pretrain_overrides)
         for fraction in args.fractions:
             for method in args.methods:
-                if method == "semi" and fraction >= 1:
-                    continue  # no unlabelled data left: semi-supervised is undefined at 100% labels
+                if method == "semi" and (fraction >= 1 or fraction not in (args.semi_fractions or [fraction])):
+                    continue  # at 100% labels no unlabelled data is left: semi-supervised is undefined
                 results[f"{method}/{fraction}/{seed}"] = finetune(run_dir, method, fraction, args.steps,
                                                                       finetune_overrides)["test/accuracy"]
     (HERE / f"results{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")

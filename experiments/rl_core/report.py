@@ -18,6 +18,7 @@ RUNS = HERE / "runs"
 #: plot name → (run-name prefixes, metric, label)
 STUDIES = {"cartpole": (["cartpole"], "episodic_return", "episodic return"),
            "doorkey": (["doorkey"], "success_rate", "success rate"),
+           "halfcheetah": (["halfcheetah"], "episodic_return", "episodic return"),
            "pixels": (["doorkey_pixels", "doorkey_pixels_curl"], "success_rate", "success rate")}
 
 
