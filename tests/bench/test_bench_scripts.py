@@ -40,3 +40,11 @@ def test_rl_scaling_bench_runs_tiny(tmp_path):
     rows = json.loads((tmp_path / "rl_scaling_cartpole.json").read_text())
     assert [(r["num_envs"], r["asynchronous"]) for r in rows] == [(1, False), (2, False), (1, True), (2, True)]
     assert all(r["steps_per_s"] > 0 for r in rows)
+
+
+def test_minigrid_bench_runs_tiny(tmp_path):
+    out = tmp_path / "minigrid.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "minigrid_ppo.py"), "--tiny", "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert all(result[f"{k}_steps_per_s"] > 0 for k in ("env_minigrid", "env_mmssl", "ppo_minigrid", "ppo_mmssl"))
