@@ -88,6 +88,14 @@ def test_true_state():
 
 
 @pytest.mark.filterwarnings("ignore")
+@pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="MuJoCo not installed (pip install -e '.[mujoco]')")
+def test_mujoco_true_state_is_what_the_observation_shows():
+    env = gym.make("mmssl/MuJoCo-v0", env_id="HalfCheetah-v5")
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_allclose(envs.true_state(env), obs, rtol=1e-6)  # HalfCheetah observes qpos[1:], qvel
+
+
+@pytest.mark.filterwarnings("ignore")
 def test_minigrid_dict_with_the_tokenised_mission():
     from mmssl.encoders.text import tokenize
 
