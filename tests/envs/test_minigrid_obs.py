@@ -9,11 +9,12 @@ import envs
 from envs import minigrid_obs
 
 
-@pytest.mark.parametrize("env_id", ["MiniGrid-DoorKey-8x8-v0", "MiniGrid-MultiRoom-N4-S5-v0",
-                                    "MiniGrid-KeyCorridorS3R3-v0", "MiniGrid-LavaCrossingS9N1-v0",
-                                    "MiniGrid-Empty-5x5-v0", "MiniGrid-ObstructedMaze-1Dlhb-v0"])
-def test_fast_observation_equals_minigrid(env_id):
-    ref, fast = gym.make(env_id).unwrapped, gym.make(env_id).unwrapped
+@pytest.mark.parametrize("env_id,kwargs", [
+    ("MiniGrid-DoorKey-8x8-v0", {}), ("MiniGrid-MultiRoom-N4-S5-v0", {}), ("MiniGrid-KeyCorridorS3R3-v0", {}),
+    ("MiniGrid-LavaCrossingS9N1-v0", {}), ("MiniGrid-Empty-5x5-v0", {}), ("MiniGrid-ObstructedMaze-1Dlhb-v0", {}),
+    ("MiniGrid-DoorKey-6x6-v0", {"see_through_walls": True, "agent_view_size": 5})])
+def test_fast_observation_equals_minigrid(env_id, kwargs):
+    ref, fast = gym.make(env_id, **kwargs).unwrapped, gym.make(env_id, **kwargs).unwrapped
     assert minigrid_obs.install(fast)
     rng = np.random.default_rng(0)
     steps = carried = 0
