@@ -98,7 +98,7 @@ def plot(results: dict, fractions: list[float], seeds: list[int], path: Path, wh
     ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
     ax.set_xlabel("labelled fraction of the training split")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Label efficiency, {what} (mean ± std, {len(seeds)} seeds)", fontsize=9)
+    ax.set_title(f"Label efficiency: {what}\nmean ± std over {len(seeds)} seeds", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
