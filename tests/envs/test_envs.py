@@ -18,7 +18,8 @@ if importlib.util.find_spec("mujoco"):
 
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("env_id", IDS)
-def test_check_env(env_id):
+def test_check_env(env_id, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT into the working directory
     env = gym.make(env_id)
     check_env(env.unwrapped if env_id == "mmssl/MuJoCo-v0" else env, skip_render_check=True)
     obs, _ = env.reset(seed=0)
@@ -89,7 +90,8 @@ def test_true_state():
 
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="MuJoCo not installed (pip install -e '.[mujoco]')")
-def test_mujoco_true_state_is_what_the_observation_shows():
+def test_mujoco_true_state_is_what_the_observation_shows(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
     env = gym.make("mmssl/MuJoCo-v0", env_id="HalfCheetah-v5")
     obs, _ = env.reset(seed=0)
     np.testing.assert_allclose(envs.true_state(env), obs, rtol=1e-6)  # HalfCheetah observes qpos[1:], qvel
@@ -110,7 +112,8 @@ def test_minigrid_dict_with_the_tokenised_mission():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="MuJoCo not installed (pip install -e '.[mujoco]')")
-def test_mujoco_without_a_headless_renderer_warns_and_renders_nothing(monkeypatch):
+def test_mujoco_without_a_headless_renderer_warns_and_renders_nothing(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MUJOCO_GL", raising=False)
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.setattr(envs, "headless_gl", lambda: None)

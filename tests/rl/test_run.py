@@ -98,8 +98,10 @@ def test_run_folder_and_summary(tmp_path):
 
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="MuJoCo not installed (pip install -e '.[mujoco]')")
-def test_mujoco_run_trains_evaluates_and_renders_headless(tmp_path):
+def test_mujoco_run_trains_evaluates_and_renders_headless(tmp_path, monkeypatch):
     import envs
+
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT into the working directory
 
     summary = run(tiny(tmp_path, "env=halfcheetah", "agent=ppo_continuous", "agent.num_envs=1", "agent.num_steps=64",
                        "agent.num_minibatches=2", "agent.update_epochs=1", "env.max_episode_steps=40",
