@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import resource
 import statistics
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -30,6 +33,23 @@ def matmul_peak_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, second
 def peak_rss_mb() -> float:
     """Peak resident set size of this process (MB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def alternate(blocks: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Run every timed block in turn, ``rounds`` times, so machine drift hits each alike; name → results."""
+    results: dict[str, list[float]] = {name: [] for name in blocks}
+    for _ in range(rounds):
+        for name, block in blocks.items():
+            results[name].append(block())
+    return results
+
+
+def emit(result: dict, out: str | None) -> None:
+    """Print a benchmark's result as JSON, and write it to ``out`` when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
 
 
 def median(values: list[float]) -> float:

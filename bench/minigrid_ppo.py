@@ -12,7 +12,7 @@ Two measurements on the same task, alternating blocks, medians reported:
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import statistics
 import sys
 import time
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median  # noqa: E402
+from common import alternate, emit, median  # noqa: E402
 
 
 def env_runner(env_id: str, fast: bool):
@@ -84,17 +84,13 @@ def main() -> None:
     runners = {"env_minigrid": env_runner(args.env_id, False), "env_mmssl": env_runner(args.env_id, True),
                "ppo_minigrid": ppo_runner(args.env_id, False, args.seed),
                "ppo_mmssl": ppo_runner(args.env_id, True, args.seed)}
-    speeds: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, run in runners.items():
-            speeds[name].append(run(args.env_steps if name.startswith("env") else args.ppo_steps))
+    speeds = alternate({name: functools.partial(run, args.env_steps if name.startswith("env") else args.ppo_steps)
+                        for name, run in runners.items()}, args.rounds)
     result = {"env_id": args.env_id, **{f"{name}_steps_per_s": round(median(v)) for name, v in speeds.items()},
               "env_speedup": round(median(speeds["env_mmssl"]) / median(speeds["env_minigrid"]), 2),
               "ppo_speedup": round(median(speeds["ppo_mmssl"]) / median(speeds["ppo_minigrid"]), 2),
               "spread": {k: round(statistics.pstdev(v)) for k, v in speeds.items()}}
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ the measured fp32 and bf16 matmul peaks (model-FLOP utilisation).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import has, matmul_peak_gflops, median, peak_rss_mb  # noqa: E402
+from common import emit, has, matmul_peak_gflops, median, peak_rss_mb  # noqa: E402
 
 from mmssl.config import compose  # noqa: E402
 from mmssl.train.trainer import Trainer  # noqa: E402
@@ -171,9 +170,7 @@ def main() -> None:
     }
     if not run_lightly:
         print("lightly is not installed (pip install -e '.[bench]'): peer skipped", file=sys.stderr)
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ thread. Each library trains for ``--steps`` env steps per block; blocks alternat
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import statistics
 import sys
 import time
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import has, median, peak_rss_mb  # noqa: E402
+from common import alternate, emit, has, median, peak_rss_mb  # noqa: E402
 
 
 def mmssl_runner(total: int, seed: int, intrinsic: bool):
@@ -91,10 +91,7 @@ def main() -> None:
         runners["sb3"] = sb3_runner(total, args.seed)
     else:
         print("stable-baselines3 is not installed (pip install -e '.[bench]'): peer skipped", file=sys.stderr)
-    speeds: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, (run, _) in runners.items():
-            speeds[name].append(run(args.steps))
+    speeds = alternate({name: functools.partial(run, args.steps) for name, (run, _) in runners.items()}, args.rounds)
     result = {f"{name}_steps_per_s": round(median(v)) for name, v in speeds.items()}
     result |= {f"{name}_mean_return_last100": round(ret(), 1) for name, (_, ret) in runners.items()}
     if "sb3" in runners:
@@ -102,9 +99,7 @@ def main() -> None:
     result["rnd_over_plain"] = round(median(speeds["mmssl_rnd"]) / median(speeds["mmssl"]), 2)
     result |= {"env_steps_per_library": total, "peak_rss_mb": round(peak_rss_mb()),
                "spread": {k: round(statistics.pstdev(v)) for k, v in speeds.items()}}
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
