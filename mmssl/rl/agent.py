@@ -156,14 +156,13 @@ class Agent(nn.Module):
         None when a head is not linear or the trunks are not two MLPs of one shape.
         """
         if self._wide_params is None:  # which parameters, if any: decided once
-            self._wide_params = self._wide_parameters()
-        params = self._wide_params
-        if not params:
+            parts = self._wide_parts()
+            self._wide_params = [p for m in (*parts[0], *parts[1]) for p in m.parameters()] if parts else []
+        if not self._wide_params:
             return None
-        key = tuple((p.data_ptr(), p._version) for p in params)
+        key = tuple((p.data_ptr(), p._version) for p in self._wide_params)
         if key != self._wide_key:
-            heads = [self.actor, self.critic] + ([self.critic_int] if self.critic_int is not None else [])
-            trunks = [] if self.critic_encoder is None else [self.encoder, self.critic_encoder]
+            trunks, heads = self._wide_parts()
             with torch.no_grad():
                 layers = []
                 if trunks:
@@ -173,24 +172,24 @@ class Agent(nn.Module):
                         weight = torch.cat([a.weight, c.weight]) if i == 0 else torch.block_diag(a.weight, c.weight)
                         layers.append((weight, torch.cat([a.bias, c.bias])))
                     # heads: policy reads the actor half, the value heads the critic half
-                    value_w = torch.cat([h.weight for h in heads[1:]])
-                    weight = torch.block_diag(self.actor.weight, value_w)
+                    weight = torch.block_diag(self.actor.weight, torch.cat([h.weight for h in heads[1:]]))
                 else:
                     weight = torch.cat([h.weight for h in heads])
                 layers.append((weight, torch.cat([h.bias for h in heads])))
             self._wide_key, self._wide_layers = key, [(w.t().contiguous(), b) for w, b in layers]
         return self._wide_layers
 
-    def _wide_parameters(self) -> list[nn.Parameter]:
-        """The parameters `_wide` reads, or [] when there is no wide network for this agent."""
+    def _wide_parts(self) -> tuple[list[nn.Module], list[nn.Module]] | None:
+        """(trunks: [] for a shared one, else the actor and critic MLPs; heads: policy, value[, intrinsic value]),
+        or None when there is no wide network for this agent."""
         heads = [self.actor, self.critic] + ([self.critic_int] if self.critic_int is not None else [])
         if not all(isinstance(h, nn.Linear) for h in heads):
-            return []
+            return None
         trunks = [] if self.critic_encoder is None else [self.encoder, self.critic_encoder]
         if trunks and not (all(type(t) is MLPObs for t in trunks) and len(trunks[0].net) == len(trunks[1].net) > 0
                            and trunks[0].activation == trunks[1].activation):
-            return []
-        return [*(p for t in trunks for p in t.parameters()), *(p for h in heads for p in h.parameters())]
+            return None
+        return trunks, heads
 
     def _wide_forward(self, obs: Obs, layers: list[tuple[torch.Tensor, torch.Tensor]]):
         """features (B, D), policy output (B, A), value (B,), intrinsic value (B,) or None via `_wide` layers."""
