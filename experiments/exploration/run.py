@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from mmssl.config import compose
+from mmssl.errors import DataError
+from mmssl.eval import stats
 from mmssl.rl.run import run
 
 HERE = Path(__file__).parent
@@ -33,11 +35,21 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="intrinsic.<key>=<value> overrides for the reward runs")
     parser.add_argument("--tag", default="", help="suffix of the reward's label in the table and run folder")
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
-    parser.add_argument("--out", default=str(HERE / "results.jsonl"))
+    parser.add_argument("--report", action="store_true",
+                        help="--study's table (IQM, 95%% bootstrap CI) → results_<study>.md and curves → <study>.png")
+    parser.add_argument("--study", default="", help="name of a study: results_<study>.jsonl, runs/exploration/<study>/")
+    parser.add_argument("--out", default=None, help="results file (default results[_<study>].jsonl here)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    args.out = args.out or str(HERE / (f"results_{args.study}.jsonl" if args.study else "results.jsonl"))
+    runs = Path("runs/exploration") / args.study
     if args.table:
         print(table(args.out))
+        return
+    if args.report:
+        text = report(args.out, runs, HERE / f"{args.study or 'results'}.png")
+        Path(args.out).with_suffix(".md").write_text(text + "\n")
+        print(text)
         return
     torch.set_num_threads(1)
     for seed in args.seeds:
@@ -45,16 +57,84 @@ def main() -> None:
             reward = [] if name == "none" else [f"intrinsic={name}", *args.set]
             label = f"{name}{args.tag}"
             cfg = compose("rl", [*args.overrides, *reward, f"seed={seed}", f"agent.total_timesteps={args.frames}",
-                                 f"run_dir=runs/exploration/{label}-s{seed}", "logger.mode=disabled", "progress=false",
+                                 f"run_dir={runs / f'{label}-s{seed}'}", "logger.mode=disabled", "progress=false",
                                  "eval.video=false", "checkpoint_every=0"])
             start = time.perf_counter()
             summary = run(cfg)
             record = {"reward": label, "overrides": reward, "seed": seed, "frames": summary["global_step"],
                       "wall_s": round(time.perf_counter() - start, 1),
-                      **{k: v for k, v in summary.items() if isinstance(v, int | float | None)}}
+                      **{k: v for k, v in summary.items() if isinstance(v, int | float | None)},
+                      "curve": success_curve(runs / f"{label}-s{seed}", args.frames)}
             with open(args.out, "a") as f:
                 f.write(json.dumps(record) + "\n")
             print(json.dumps(record), flush=True)
+
+
+def success_curve(run_dir: Path, frames: int, bins: int = 40) -> list[list[float]]:
+    """Training success rate against frames, from a run's metrics.jsonl: the episodes that ended in each of
+    ``bins`` equal frame windows, as [window end, success rate, episodes] (success null when none ended)."""
+    edges = np.linspace(0, frames, bins + 1)[1:]
+    wins, counts = np.zeros(bins), np.zeros(bins)
+    for line in open(run_dir / "metrics.jsonl"):
+        row = json.loads(line)
+        if row.get("episodes"):
+            i = min(int(np.searchsorted(edges, row["global_step"])), bins - 1)
+            wins[i] += row["success_rate"] * row["episodes"]
+            counts[i] += row["episodes"]
+    return [[int(e), round(w / c, 4) if c else None, int(c)] for e, w, c in zip(edges, wins, counts)]
+
+
+def frames_to(curve: list, level: float) -> int | None:
+    """The end of the first frame window whose training success reached ``level`` (None: never)."""
+    return next((end for end, success, _ in curve if success is not None and success >= level), None)
+
+
+def report(path: str, runs: Path, png: Path, level: float = 0.9) -> str:
+    """Study table: per reward, IQM [95% bootstrap CI over seeds] of the final and the area-under-curve training
+    success, frames to reach ``level`` success per seed, evaluation success, bonus and wall-clock per 1M frames;
+    and the success-against-frames curves (IQM over seeds, bootstrap band) as ``png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in open(path)]
+    if not rows:
+        raise DataError(f"{path} holds no runs; run the study first")
+
+    def iqm_ci(values) -> str:
+        s = stats.summarize(np.asarray(values, dtype=float))
+        return f"{s['iqm']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]" if len(values) > 1 else f"{s['iqm']:.2f}"
+
+    head = (f"| reward | seeds | final success (last 100 train ep.), IQM [95% CI] | success over training (AUC) | "
+            f"frames to {level:.0%} success, per seed | eval success (10 ep.), mean | bonus per step | min per 1M frames |")
+    out = [head, "|---|---|---:|---:|---|---:|---:|---:|"]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name in dict.fromkeys(r["reward"] for r in rows):
+        rs = sorted((r for r in rows if r["reward"] == name), key=lambda r: r["seed"])
+        curves = [[(end, success) for end, success, _ in r["curve"] if success is not None] for r in rs]
+        auc = [float(np.mean([success for _, success in c])) for c in curves]
+        reached = [frames_to(r["curve"], level) for r in rs]
+        bonus = [curve_stats(runs / f"{name}-s{r['seed']}")["bonus_per_step"] for r in rs
+                 if (runs / f"{name}-s{r['seed']}" / "metrics.jsonl").exists()]
+        out.append(f"| {name} | {', '.join(str(r['seed']) for r in rs)} | "
+                   f"{iqm_ci([r['train_success_last100'] for r in rs])} | {iqm_ci(auc)} | "
+                   f"{', '.join(f'{f / 1e6:.2f}M' if f else 'not reached' for f in reached)} | "
+                   f"{np.mean([r['eval_success_rate'] for r in rs]):.2f} | "
+                   f"{f'{np.mean(bonus):.1e}' if bonus else 'n/a'} | "
+                   f"{np.mean([r['wall_s'] / r['frames'] * 1e6 / 60 for r in rs]):.1f} |")
+        agg = stats.aggregate_curves([tuple(map(np.array, zip(*c))) for c in curves if len(c) >= 2], "iqm")
+        line, = ax.plot(agg["step"] / 1e6, agg["value"], label=f"{name} (n={len(rs)})")
+        ax.fill_between(agg["step"] / 1e6, agg["low"], agg["high"], color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("frames (millions)")
+    ax.set_ylabel("training success rate (IQM over seeds, 95% CI)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return "\n".join(out)
 
 
 def curve_stats(run_dir: Path) -> dict:
@@ -70,8 +150,9 @@ def curve_stats(run_dir: Path) -> dict:
 def table(path: str) -> str:
     """Markdown table: mean ± std over seeds per reward."""
     rows = [json.loads(line) for line in open(path)]
-    for r in rows:
-        r |= curve_stats(Path("runs/exploration") / f"{r['reward']}-s{r['seed']}")
+    for r in rows:  # the curve statistics need the run folders (runs/ is not versioned): n/a without them
+        run_dir = Path("runs/exploration") / f"{r['reward']}-s{r['seed']}"
+        r |= curve_stats(run_dir) if (run_dir / "metrics.jsonl").exists() else {}
     out = ["| reward | seeds | success, last 100 train episodes | success over training (AUC) | eval success "
            "(10 ep.) | bonus per step | env steps/s |", "|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["reward"] for r in rows):

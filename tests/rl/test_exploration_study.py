@@ -1,0 +1,69 @@
+"""The exploration study's bookkeeping (experiments/exploration/run.py): success curves, frames to a success
+level, the IQM table and curve plot, and the study's env configs."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from mmssl.config import compose
+from mmssl.errors import DataError
+
+RUNNER = Path(__file__).parents[2] / "experiments" / "exploration" / "run.py"
+spec = importlib.util.spec_from_file_location("exploration_study", RUNNER)
+study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study)
+
+
+def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_success_curve_weights_updates_by_their_episodes(tmp_path):
+    write_metrics(tmp_path, [
+        {"global_step": 100, "success_rate": 0.0, "episodes": 3},
+        {"global_step": 200, "success_rate": 1.0, "episodes": 1},   # same window as step 100: 1 of 4 succeeded
+        {"global_step": 300, "bonus_mean": 0.0},                     # no episode ended: not counted
+        {"global_step": 900, "success_rate": 0.5, "episodes": 4},
+        {"global_step": 1000, "eval/success_rate": 1.0},             # evaluation rows are not training episodes
+    ])
+    curve = study.success_curve(tmp_path, frames=1000, bins=4)
+    assert curve == [[250, 0.25, 4], [500, None, 0], [750, None, 0], [1000, 0.5, 4]]
+    assert study.frames_to(curve, 0.5) == 1000
+    assert study.frames_to(curve, 0.9) is None
+
+
+def record(reward: str, seed: int, final: float, curve: list) -> dict:
+    return {"reward": reward, "seed": seed, "frames": 1000, "wall_s": 6.0, "train_success_last100": final,
+            "eval_success_rate": final, "curve": curve}
+
+
+def test_report_table_and_plot(tmp_path):
+    results = tmp_path / "results_toy.jsonl"
+    rows = [record("none", s, 0.1 * s, [[500, 0.0, 2], [1000, 0.1 * s, 2]]) for s in (1, 2, 3)]
+    rows += [record("counts", s, 0.95, [[500, 0.5, 2], [1000, 0.95, 3]]) for s in (1, 2, 3)]
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_metrics(tmp_path / "runs" / "counts-s1", [{"global_step": 500, "intrinsic/counts/bonus_mean": 0.002}])
+    text = study.report(str(results), tmp_path / "runs", tmp_path / "toy.png")
+    lines = text.splitlines()
+    assert len(lines) == 4 and (tmp_path / "toy.png").stat().st_size > 0
+    none, counts = lines[2].split(" | "), lines[3].split(" | ")
+    assert none[2].startswith("0.20 [") and none[4] == "not reached, not reached, not reached"
+    assert counts[2] == "0.95 [0.95, 0.95]" and counts[4] == "0.00M, 0.00M, 0.00M" and counts[6] == "2.0e-03"
+    assert none[6] == "n/a" and none[7] == "100.0 |"  # 6 s per 1000 frames = 100 min per 1M
+
+
+def test_report_of_an_empty_study_says_so(tmp_path):
+    (tmp_path / "results_empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="holds no runs"):
+        study.report(str(tmp_path / "results_empty.jsonl"), tmp_path, tmp_path / "empty.png")
+
+
+@pytest.mark.parametrize("env,env_id", [("minigrid_doorkey_8x8", "MiniGrid-DoorKey-8x8-v0"),
+                                        ("minigrid_keycorridor_s3r3", "MiniGrid-KeyCorridorS3R3-v0"),
+                                        ("minigrid_multiroom_n4_s5", "MiniGrid-MultiRoom-N4-S5-v0")])
+def test_study_envs_compose(env, env_id):
+    cfg = compose("rl", [f"env={env}", "agent=ppo_minigrid", "agent_encoder=minigrid", "intrinsic=counts"])
+    assert cfg.env.kwargs.env_id == env_id and cfg.env.success == "positive_terminal"
