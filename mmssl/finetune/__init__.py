@@ -74,10 +74,15 @@ def load_run(target: str | Path) -> tuple[Path, Path, dict]:
     return (path.parent.parent if path.parent.name == "checkpoints" else path.parent), path, state
 
 
+#: data keys that say how audio is read; a transfer inherits them from the pretraining run
+AUDIO_READ_KEYS = ("sample_rate", "clip_seconds")
+
+
 def make_config(run_config: Mapping, overrides: list[str]) -> DictConfig:
     """The run's config with ``finetune`` = configs/finetune.yaml composed with the overrides that belong to it.
 
-    ``data=<name>`` (and ``data.*`` alongside it) replaces the run's data; other overrides of keys that are
+    ``data=<name>`` (and ``data.*`` alongside it) replaces the run's data, read at the run's audio
+    ``sample_rate``/``clip_seconds`` unless those are given; other overrides of keys that are
     not fine-tuning keys (``data.batch_size``, ``logger.mode``) edit the run's config, with type checks.
     """
     ft_keys = set(compose("finetune")) | {"data"}
@@ -91,6 +96,12 @@ def make_config(run_config: Mapping, overrides: list[str]) -> DictConfig:
     for o in theirs:
         _apply_override(cfg, o)
     if swap_data:
+        # audio is read at the pretraining run's rate and clip length unless the overrides say otherwise,
+        # so a folder of recordings (any rate) reaches the encoder resampled to what it learned from
+        given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+        for key in AUDIO_READ_KEYS:
+            if key in ft.data and key in cfg.data and f"data.{key}" not in given:
+                ft.data[key] = cfg.data[key]
         cfg.data = ft.data
     ft = OmegaConf.masked_copy(ft, [k for k in ft if k != "data"])
     cfg.finetune = ft

@@ -13,7 +13,7 @@ from torch import nn
 from mmssl.data.base import ArrayDataset, iterate
 from mmssl.encoders.heads import mlp
 from mmssl.errors import ConfigError, DataError
-from mmssl.types import IMAGE
+from mmssl.types import AUDIO, IMAGE
 
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 
@@ -204,8 +204,10 @@ def adapt_dataset(dataset: ArrayDataset, modality: str, shape: tuple[int, ...]) 
     if tuple(x.shape[1:]) == tuple(shape):
         return dataset
     if modality != IMAGE or len(shape) != 3:
+        hint = ("read the clips as in pretraining: leave data.sample_rate and data.clip_seconds unset (they "
+                "default to the run's)" if modality == AUDIO else "only images and audio can be adapted")
         raise DataError(f"{dataset.name}: {modality} items have shape {tuple(x.shape[1:])} but the encoder was "
-                        f"pretrained on {tuple(shape)}; only images can be adapted (resize/channels)")
+                        f"pretrained on {tuple(shape)}; {hint}")
     data = dict(dataset.data) | {modality: adapt_images(x, shape[0], tuple(shape[1:]))}
     return ArrayDataset(data, dataset.labels, dataset.classes, dataset.name, dataset.extra)
 

@@ -97,3 +97,36 @@ def test_checkpoint_path_layer_decay_and_mlp_head(run_dir):
     summary = json.loads((run_dir / "finetune" / "decay" / "summary.json").read_text())
     assert summary["trainable_units"] == ["features.1", "features.2"] and summary["checkpoint"] == str(ckpt)
     assert main(["finetune"]) == 2
+
+
+def test_speech_transfers_to_a_folder_of_recordings_at_another_rate(tmp_path, capsys):
+    """An audio encoder pretrained on 8 kHz spoken digits fine-tunes on a user's folder of 16 kHz recordings
+    (one folder per class): the clips are read at the run's rate and clip length unless told otherwise."""
+    import numpy as np
+    import soundfile as sf
+
+    run = tmp_path / "speech"
+    assert main(["pretrain", f"run_dir={run}", "data=trimodal_digits", "encoder=trimodal", "~encoder.image",
+                 "~encoder.text", "encoder.audio.width=4", "objective.simclr.modality=audio",
+                 "objective.simclr.augment=audio_default", "objective.simclr.augment_kwargs={}", "trainer.steps=2",
+                 "trainer.warmup_steps=1", "trainer.checkpoint_every=0", "trainer.progress=false",
+                 "data.batch_size=16", "logger.mode=disabled", "eval.plot=false", "eval.baselines=false"]) == 0
+    rng = np.random.default_rng(0)
+    for label, hz in (("low", 300.0), ("high", 1200.0)):  # two "words": tones with noise, 0.8 s at 16 kHz
+        (tmp_path / "clips" / label).mkdir(parents=True)
+        for i in range(10):
+            t = np.arange(12800) / 16000
+            wave = 0.5 * np.sin(2 * np.pi * hz * (1 + 0.05 * rng.standard_normal()) * t) + 0.05 * rng.standard_normal(t.size)
+            sf.write(tmp_path / "clips" / label / f"take{i}.wav", wave.astype(np.float32), 16000)
+    assert main(["finetune", str(run), "data=audio_folder", f"data.root={tmp_path / 'clips'}", "labels=4",
+                 "name=folder", *FAST]) == 0
+    out = run / "finetune" / "folder"
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["data"]["name"] == "audio_folder" and config["data"]["sample_rate"] == 8000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["modality"] == "audio" and 0.0 <= summary["test/accuracy"] <= 1.0
+    # a rate the encoder did not learn from is refused in one line that says what to set
+    assert main(["finetune", str(run), "data=audio_folder", f"data.root={tmp_path / 'clips'}",
+                 "data.sample_rate=16000", "labels=4", *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "(16000,) but the encoder was pretrained on (8000,)" in err and "leave data.sample_rate" in err, err
