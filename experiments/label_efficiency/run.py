@@ -1,4 +1,4 @@
-"""Label efficiency: `python experiments/label_efficiency/run.py [--task digits|spoken_digits] [--seeds 0 1 2]`.
+"""Label efficiency: `python experiments/label_efficiency/run.py [--task digits|…] [--seeds 0 1 2]`.
 
 For each seed: a SimCLR pretraining run (digits: `mmssl pretrain seed=S`, the defaults; spoken_digits:
 the audio encoder of `trimodal_digits` alone, SimCLR on waveform views; reused when its folder exists), then for each label fraction four ways to use the labels — supervised from scratch, a
@@ -6,7 +6,8 @@ linear head on frozen SSL features, fine-tuning the SSL encoder, semi-supervised
 unlabelled rest) — each through `mmssl.finetune.run` (the same code as `mmssl finetune RUN …`). Finished
 fine-tuning runs (their summary.json) are reused, so an interrupted study continues where it stopped.
 Writes results{suffix}.json, results{suffix}.md (mean ± std over seeds) and label_efficiency{suffix}.png
-next to this file (suffix: "" for digits, "_audio" for spoken digits).
+next to this file (suffix: "" for digits, "_audio" for spoken digits, …). Transfer tasks (speech_fr)
+fine-tune the encoders pretrained for another task on a different dataset.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ TASKS = {
                       ["data=trimodal_digits", "encoder=trimodal", "~encoder.image", "~encoder.text",
                        "objective.simclr.modality=audio", "objective.simclr.augment=audio_default",
                        "objective.simclr.augment_kwargs={}", "trainer.steps=300"], ["modality=audio"]),
+    # transfer: the spoken_digits encoders, fine-tuned on a folder of French digit words (new words, new
+    # voices, 16 kHz; synthesised with espeak-ng on first use, as a user's folder of recordings would be read)
+    "speech_fr": ("_audio_fr", "French spoken digits (160 clips from 8 held-out voices), English-pretrained encoder",
+                  None, ["modality=audio", "data=audio_folder", "data.root=runs/label_efficiency/speech_fr",
+                         "data.split_by_speaker=true"]),
 }
+#: transfer tasks: their pretraining runs are those of another task, and the folder they read is made once
+PRETRAINED_ON = {"speech_fr": "spoken_digits"}
+FOLDERS = {"speech_fr": ("runs/label_efficiency/speech_fr", dict(language="fr", speakers=40, takes=2,
+                                                                  sample_rate=16000, seed=1))}
 
 
 def pretrain(run_dir: Path, seed: int, overrides: list[str]) -> None:
@@ -48,10 +58,10 @@ def pretrain(run_dir: Path, seed: int, overrides: list[str]) -> None:
                    check=True)
 
 
-def finetune(run_dir: Path, method: str, fraction: float, steps: int, extra: list[str] = ()) -> dict:
+def finetune(run_dir: Path, method: str, fraction: float, steps: int, extra: list[str] = (), prefix: str = "") -> dict:
     from mmssl.finetune import run
 
-    name = f"{method}-labels{fraction}"
+    name = f"{prefix}{method}-labels{fraction}"
     summary_path = run_dir / "finetune" / name / "summary.json"
     if summary_path.exists():
         return json.loads(summary_path.read_text())
@@ -118,6 +128,13 @@ def main() -> None:
     parser.add_argument("--out", default="runs/label_efficiency")
     args = parser.parse_args()
     suffix, what, pretrain_overrides, finetune_overrides = TASKS[args.task]
+    pretrain_suffix = suffix
+    if args.task in PRETRAINED_ON:
+        pretrain_suffix, _, pretrain_overrides, _ = TASKS[PRETRAINED_ON[args.task]]
+    if args.task in FOLDERS and not (Path(FOLDERS[args.task][0]) / "manifest.csv").exists():
+        from mmssl.data.synth_speech import synthesise
+
+        synthesise(Path(FOLDERS[args.task][0]), **FOLDERS[args.task][1])
     if args.pretrain_steps:
         pretrain_overrides = [*pretrain_overrides, f"trainer.steps={args.pretrain_steps}"]
     import torch
@@ -125,14 +142,15 @@ def main() -> None:
     torch.set_num_threads(1)
     results: dict[str, float] = {}
     for seed in args.seeds:
-        run_dir = Path(args.out) / f"pretrain{suffix}_seed{seed}"
+        run_dir = Path(args.out) / f"pretrain{pretrain_suffix}_seed{seed}"
         pretrain(run_dir, seed, pretrain_overrides)
         for fraction in args.fractions:
             for method in args.methods:
                 if method == "semi" and (fraction >= 1 or fraction not in (args.semi_fractions or [fraction])):
                     continue  # at 100% labels no unlabelled data is left: semi-supervised is undefined
-                results[f"{method}/{fraction}/{seed}"] = finetune(run_dir, method, fraction, args.steps,
-                                                                      finetune_overrides)["test/accuracy"]
+                results[f"{method}/{fraction}/{seed}"] = finetune(
+                    run_dir, method, fraction, args.steps, finetune_overrides,
+                    prefix=f"{args.task}-" if args.task in PRETRAINED_ON else "")["test/accuracy"]
     (HERE / f"results{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")
     text = (f"Test accuracy (%) on the {what}, mean ± std over seeds {args.seeds}; {args.steps} steps max with "
             f"early stopping.\nCommand: `python experiments/label_efficiency/run.py {' '.join(sys.argv[1:])}`\n\n{table(results, args.fractions, args.seeds)}\n")

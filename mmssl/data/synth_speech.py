@@ -5,7 +5,8 @@ Each *speaker* is one synthesiser voice with its own base speed and pitch: espea
 word ``takes`` times with a little speed/pitch jitter. Clips are trimmed of silence, resampled to
 ``sample_rate`` (8 kHz: telephone band, enough for digit words) and stored as 16-bit FLAC named
 ``{digit}_{speaker}_{take}.flac`` (the ``audio_folder`` layout), with ``manifest.csv`` listing label,
-speaker, engine, voice, speed and pitch. Needs ``apt-get install espeak-ng flite``; the committed set
+speaker, engine, voice, speed and pitch. ``--language fr|de|es`` speaks the digits in French, German or
+Spanish (espeak-ng only): a folder of unseen words for transfer studies. Needs ``apt-get install espeak-ng flite``; the committed set
 under ``mmssl/data/assets/spoken_digits/`` makes the dataset work without them.
 """
 
@@ -31,6 +32,13 @@ DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "e
 ESPEAK_ACCENTS = ["en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd",
                   "en-029", "en-us-nyc"]
 FLITE_VOICES = ["kal", "kal16", "awb", "rms", "slt"]
+#: language → (the digit words 0–9, espeak-ng voices); flite speaks English only
+LANGUAGES = {
+    "en": (DIGIT_WORDS, ESPEAK_ACCENTS),
+    "fr": (["zéro", "un", "deux", "trois", "quatre", "cinq", "six", "sept", "huit", "neuf"], ["fr", "fr-be", "fr-ch"]),
+    "de": (["null", "eins", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht", "neun"], ["de"]),
+    "es": (["cero", "uno", "dos", "tres", "cuatro", "cinco", "seis", "siete", "ocho", "nueve"], ["es", "es-419"]),
+}
 ASSET_DIR = Path(__file__).parent / "assets" / "spoken_digits"
 
 
@@ -62,19 +70,22 @@ def _synth(job: dict, tmp: Path) -> tuple[np.ndarray, int]:
     return wave, sr
 
 
-def plan(speakers: int, takes: int, seed: int) -> list[dict]:
+def plan(speakers: int, takes: int, seed: int, language: str = "en") -> list[dict]:
     """The clip list: ``speakers`` espeak/flite speakers × 10 digits × ``takes``, each with speed and pitch."""
+    if language not in LANGUAGES:
+        raise DataError(f"no digit words for language {language!r}; choose one of {', '.join(LANGUAGES)}")
+    words, accents = LANGUAGES[language]
     rng = random.Random(seed)
-    voices = [("espeak-ng", f"{a}+{v}") for a in ESPEAK_ACCENTS for v in espeak_variants()]
+    voices = [("espeak-ng", f"{a}+{v}") for a in accents for v in espeak_variants()]
     rng.shuffle(voices)
-    flite = [("flite", v, p) for v in FLITE_VOICES for p in (95, 170)] if shutil.which("flite") else []
+    flite = [("flite", v, p) for v in FLITE_VOICES for p in (95, 170)] if language == "en" and shutil.which("flite") else []
     chosen = [(e, v, None) for e, v in voices[:max(0, speakers - len(flite))]] + flite[:speakers]
     jobs = []
     for i, (engine, voice, pitch) in enumerate(chosen):
         speaker = f"s{i:03d}"
         base_speed = rng.randint(120, 210)
         base_pitch = pitch if pitch is not None else rng.randint(20, 80)
-        for digit, word in enumerate(DIGIT_WORDS):
+        for digit, word in enumerate(words):
             for take in range(takes):
                 speed = int(base_speed * rng.uniform(0.9, 1.1))
                 p = int(base_pitch * rng.uniform(0.9, 1.1))
@@ -84,12 +95,12 @@ def plan(speakers: int, takes: int, seed: int) -> list[dict]:
 
 
 def synthesise(out: Path, speakers: int = 100, takes: int = 1, sample_rate: int = 8000, seed: int = 0,
-               workers: int = 2) -> list[dict]:
+               workers: int = 2, language: str = "en") -> list[dict]:
     """Write every clip of ``plan`` as FLAC under ``out`` plus ``manifest.csv``; returns the manifest rows."""
     if shutil.which("espeak-ng") is None:
         raise DataError("espeak-ng is not installed; run `apt-get install espeak-ng flite` (or use the committed set)")
     out.mkdir(parents=True, exist_ok=True)
-    jobs = plan(speakers, takes, seed)
+    jobs = plan(speakers, takes, seed, language)
     with tempfile.TemporaryDirectory() as tmp:
         def work(job):
             wave, sr = _synth(job, Path(tmp))
@@ -116,8 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--takes", type=int, default=1)
     parser.add_argument("--sample-rate", type=int, default=8000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--language", default="en", choices=list(LANGUAGES), help="language of the digit words")
     args = parser.parse_args(argv)
-    rows = synthesise(args.out, args.speakers, args.takes, args.sample_rate, args.seed)
+    rows = synthesise(args.out, args.speakers, args.takes, args.sample_rate, args.seed, language=args.language)
     size = sum(p.stat().st_size for p in args.out.glob("*.flac"))
     print(f"wrote {len(rows)} clips from {len({r['speaker'] for r in rows})} speakers to {args.out} "
           f"({size / 1e6:.1f} MB)")
