@@ -40,7 +40,7 @@ TASKS = {
                        "objective.simclr.augment_kwargs={}", "trainer.steps=300"], ["modality=audio"]),
     # transfer: the spoken_digits encoders, fine-tuned on a folder of French digit words (new words, new
     # voices, 16 kHz; synthesised with espeak-ng on first use, as a user's folder of recordings would be read)
-    "speech_fr": ("_audio_fr", "French spoken digits (160 clips from 8 held-out voices), English-pretrained encoder",
+    "speech_fr": ("_audio_fr", "French spoken digits (160 clips, 8 held-out voices)",
                   None, ["modality=audio", "data=audio_folder", "data.root=runs/label_efficiency/speech_fr",
                          "data.split_by_speaker=true"]),
 }
@@ -84,7 +84,9 @@ def table(results: dict, fractions: list[float], seeds: list[int]) -> str:
     header = "| method | " + " | ".join(f"{100 * f:g}% labels" for f in fractions) + " |"
     lines = [header, "|---|" + "---:|" * len(fractions)]
     for method, (label, _) in METHODS.items():
-        lines.append(f"| {label} | " + " | ".join(cell(method, f) for f in fractions) + " |")
+        cells = [cell(method, f) for f in fractions]
+        if any(c != "—" for c in cells):  # methods that did not run have no row
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -103,6 +105,9 @@ def plot(results: dict, fractions: list[float], seeds: list[int], path: Path, wh
                 xs.append(f)
                 means.append(100 * statistics.mean(values))
                 sds.append(100 * statistics.stdev(values) if len(values) > 1 else 0.0)
+        if not xs:
+            ax.plot([], [])  # keep each method's colour across the studies' plots
+            continue
         ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=label)
     ax.set_xscale("log")
     ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
