@@ -125,9 +125,12 @@ def report(path: str, runs: Path, png: Path, level: float = 0.9) -> str:
                    f"{np.mean([r['wall_s'] / r['frames'] * 1e6 / 60 for r in rs]):.1f} |")
         agg = stats.aggregate_curves([tuple(map(np.array, zip(*c))) for c in curves if len(c) >= 2], "iqm")
         line, = ax.plot(agg["step"] / 1e6, agg["value"], label=f"{name} (n={len(rs)})")
-        ax.fill_between(agg["step"] / 1e6, agg["low"], agg["high"], color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.fill_between(agg["step"] / 1e6, agg["low"], agg["high"], color=line.get_color(), alpha=0.15, linewidth=0)
+        for c in curves:  # each seed thin: with few seeds the band hides whether runs solve the task or not
+            ax.plot([end / 1e6 for end, _ in c], [success for _, success in c], color=line.get_color(),
+                    linewidth=0.7, alpha=0.45)
     ax.set_xlabel("frames (millions)")
-    ax.set_ylabel("training success rate (IQM over seeds, 95% CI)")
+    ax.set_ylabel("training success rate\n(IQM over seeds, 95% CI; thin: each seed)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
