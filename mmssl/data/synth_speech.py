@@ -6,8 +6,9 @@ word ``takes`` times with a little speed/pitch jitter. Clips are trimmed of sile
 ``sample_rate`` (8 kHz: telephone band, enough for digit words) and stored as 16-bit FLAC named
 ``{digit}_{speaker}_{take}.flac`` (the ``audio_folder`` layout), with ``manifest.csv`` listing label,
 speaker, engine, voice, speed and pitch. ``--language fr|de|es`` speaks the digits in French, German or
-Spanish (espeak-ng only): a folder of unseen words for transfer studies. Needs ``apt-get install espeak-ng flite``; the committed set
-under ``mmssl/data/assets/spoken_digits/`` makes the dataset work without them.
+Spanish (espeak-ng only): a folder of unseen words for transfer studies. Needs ``apt-get install
+espeak-ng flite``; the committed set under ``mmssl/data/assets/spoken_digits/`` makes the dataset work
+without them.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def plan(speakers: int, takes: int, seed: int, language: str = "en") -> list[dic
     rng = random.Random(seed)
     voices = [("espeak-ng", f"{a}+{v}") for a in accents for v in espeak_variants()]
     rng.shuffle(voices)
-    flite = [("flite", v, p) for v in FLITE_VOICES for p in (95, 170)] if language == "en" and shutil.which("flite") else []
+    has_flite = language == "en" and shutil.which("flite") is not None
+    flite = [("flite", v, p) for v in FLITE_VOICES for p in (95, 170)] if has_flite else []
     chosen = [(e, v, None) for e, v in voices[:max(0, speakers - len(flite))]] + flite[:speakers]
     jobs = []
     for i, (engine, voice, pitch) in enumerate(chosen):
