@@ -28,6 +28,9 @@ METHODS = {
     "semi": ("semi-supervised (FixMatch + SimCLR)", ["mode=semi"]),
 }
 
+#: the folder of French digit words the speech_fr transfer reads (written by mmssl.data.synth_speech)
+SPEECH_FR = "runs/label_efficiency/speech_fr"
+
 #: task → (output suffix, what the items are, pretraining overrides, fine-tuning overrides)
 TASKS = {
     "digits": ("", "digits test split (539 images)", [], []),
@@ -41,13 +44,11 @@ TASKS = {
     # transfer: the spoken_digits encoders, fine-tuned on a folder of French digit words (new words, new
     # voices, 16 kHz; synthesised with espeak-ng on first use, as a user's folder of recordings would be read)
     "speech_fr": ("_audio_fr", "French spoken digits (160 clips, 8 held-out voices)",
-                  None, ["modality=audio", "data=audio_folder", "data.root=runs/label_efficiency/speech_fr",
-                         "data.split_by_speaker=true"]),
+                  None, ["modality=audio", "data=audio_folder", f"data.root={SPEECH_FR}", "data.split_by_speaker=true"]),
 }
 #: transfer tasks: their pretraining runs are those of another task, and the folder they read is made once
 PRETRAINED_ON = {"speech_fr": "spoken_digits"}
-FOLDERS = {"speech_fr": ("runs/label_efficiency/speech_fr", dict(language="fr", speakers=40, takes=2,
-                                                                  sample_rate=16000, seed=1))}
+FOLDERS = {"speech_fr": (SPEECH_FR, dict(language="fr", speakers=40, takes=2, sample_rate=16000, seed=1))}
 
 
 def pretrain(run_dir: Path, seed: int, overrides: list[str]) -> None:
