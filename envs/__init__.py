@@ -12,7 +12,7 @@ Ids (importing ``envs`` registers them):
   registered only when ``mujoco`` is installed.
 
 ``make_vector(env_cfg, num_envs, seed)`` builds a gymnasium vector env whose sub-envs carry episode
-statistics, a success flag and exact-replay snapshots (see ``envs.wrappers``).
+statistics, a success flag, the cells visited (grid worlds) and exact-replay snapshots (see ``envs.wrappers``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import gymnasium as gym
 import numpy as np
 
-from envs.wrappers import ChannelsFirst, Replayable, SuccessInfo
+from envs.wrappers import ChannelsFirst, Coverage, Replayable, SuccessInfo
 
 MINIGRID_IDS = ("mmssl/MiniGridSymbolic-v0", "mmssl/MiniGridPixels-v0", "mmssl/MiniGridDict-v0")
 
@@ -155,6 +155,8 @@ def make_env(env_cfg: Mapping, seed: int | None = None, render_mode: str | None 
         raise ConfigError(f"cannot make env {env_cfg['id']!r}: {str(exc).splitlines()[0]}") from None
     env = gym.wrappers.RecordEpisodeStatistics(env)
     env = SuccessInfo(env, env_cfg.get("success", "none"))
+    if hasattr(env.unwrapped, "agent_pos"):  # grid worlds: distinct cells visited per episode
+        env = Coverage(env)
     env = Replayable(env)
     if seed is not None:
         env.action_space.seed(seed)

@@ -43,6 +43,37 @@ class SuccessInfo(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+class Coverage(gym.Wrapper):
+    """Adds ``info["cells_visited"]``, the number of distinct grid cells the agent stood on, when an episode ends.
+
+    For grid worlds with ``unwrapped.agent_pos`` (MiniGrid): how far an episode explored, the measure an
+    exploration study needs where success stays at zero. Wrap it inside ``Replayable`` so a restored env
+    rebuilds the set by replaying the episode.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self._cells: set[tuple[int, int]] = set()
+
+    def _visit(self) -> None:
+        x, y = self.unwrapped.agent_pos
+        self._cells.add((int(x), int(y)))
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._cells = set()
+        self._visit()
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._visit()
+        if terminated or truncated:
+            info = dict(info)
+            info["cells_visited"] = float(len(self._cells))
+        return obs, reward, terminated, truncated, info
+
+
 class Replayable(gym.Wrapper):
     """Records how the current episode came about so the env state can be rebuilt exactly.
 

@@ -72,27 +72,33 @@ def main() -> None:
 
 def success_curve(run_dir: Path, frames: int, bins: int = 40) -> list[list[float]]:
     """Training success rate against frames, from a run's metrics.jsonl: the episodes that ended in each of
-    ``bins`` equal frame windows, as [window end, success rate, episodes] (success null when none ended)."""
+    ``bins`` equal frame windows, as [window end, success rate, episodes, cells visited per episode] (success
+    null when none ended; cells null where the env does not report them)."""
     edges = np.linspace(0, frames, bins + 1)[1:]
-    wins, counts = np.zeros(bins), np.zeros(bins)
+    wins, counts, cells, cell_counts = np.zeros(bins), np.zeros(bins), np.zeros(bins), np.zeros(bins)
     for line in open(run_dir / "metrics.jsonl"):
         row = json.loads(line)
         if row.get("episodes"):
             i = min(int(np.searchsorted(edges, row["global_step"])), bins - 1)
             wins[i] += row["success_rate"] * row["episodes"]
             counts[i] += row["episodes"]
-    return [[int(e), round(w / c, 4) if c else None, int(c)] for e, w, c in zip(edges, wins, counts)]
+            if row.get("episodic_cells") is not None:
+                cells[i] += row["episodic_cells"] * row["episodes"]
+                cell_counts[i] += row["episodes"]
+    return [[int(e), round(w / c, 4) if c else None, int(c), round(v / n, 2) if n else None]
+            for e, w, c, v, n in zip(edges, wins, counts, cells, cell_counts)]
 
 
 def frames_to(curve: list, level: float) -> int | None:
     """The end of the first frame window whose training success reached ``level`` (None: never)."""
-    return next((end for end, success, _ in curve if success is not None and success >= level), None)
+    return next((point[0] for point in curve if point[1] is not None and point[1] >= level), None)
 
 
 def report(path: str, runs: Path, png: Path, level: float = 0.9) -> str:
     """Study table: per reward, IQM [95% bootstrap CI over seeds] of the final and the area-under-curve training
-    success, frames to reach ``level`` success per seed, evaluation success, bonus and wall-clock per 1M frames;
-    and the success-against-frames curves (IQM over seeds, bootstrap band) as ``png``."""
+    success, frames to reach ``level`` success per seed, cells visited per episode at the end (grid worlds),
+    evaluation success, bonus and wall-clock per 1M frames; and the curves against frames (IQM over seeds,
+    bootstrap band, each seed thin) as ``png``: success, and cells visited where the runs report them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,43 +107,66 @@ def report(path: str, runs: Path, png: Path, level: float = 0.9) -> str:
     rows = [json.loads(line) for line in open(path)]
     if not rows:
         raise DataError(f"{path} holds no runs; run the study first")
+    with_cells = any(len(point) > 3 and point[3] is not None for r in rows for point in r["curve"])
 
     def iqm_ci(values) -> str:
         s = stats.summarize(np.asarray(values, dtype=float))
         return f"{s['iqm']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]" if len(values) > 1 else f"{s['iqm']:.2f}"
 
     head = (f"| reward | seeds | final success (last 100 train ep.), IQM [95% CI] | success over training (AUC) | "
-            f"frames to {level:.0%} success, per seed | eval success (10 ep.), mean | bonus per step | min per 1M frames |")
-    out = [head, "|---|---|---:|---:|---|---:|---:|---:|"]
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+            f"frames to {level:.0%} success, per seed | " + ("cells visited per episode, last 10% of frames | "
+                                                              if with_cells else "") +
+            "eval success (10 ep.), mean | bonus per step | min per 1M frames |")
+    out = [head, "|---|---|---:|---:|---|" + ("---:|" if with_cells else "") + "---:|---:|---:|"]
+    fig, axes = plt.subplots(1, 1 + with_cells, figsize=(6.4 * (1 + with_cells), 4), squeeze=False)
     for name in dict.fromkeys(r["reward"] for r in rows):
         rs = sorted((r for r in rows if r["reward"] == name), key=lambda r: r["seed"])
-        curves = [[(end, success) for end, success, _ in r["curve"] if success is not None] for r in rs]
+        curves = [curve_column(r["curve"], 1) for r in rs]
         auc = [float(np.mean([success for _, success in c])) for c in curves]
         reached = [frames_to(r["curve"], level) for r in rs]
         bonus = [curve_stats(runs / f"{name}-s{r['seed']}")["bonus_per_step"] for r in rs
                  if (runs / f"{name}-s{r['seed']}" / "metrics.jsonl").exists()]
+        cells = [curve_column(r["curve"], 3) for r in rs]
+        final_cells = [float(np.mean([v for end, v in c if end > 0.9 * r["frames"]] or [np.nan]))
+                       for r, c in zip(rs, cells) if c]
         out.append(f"| {name} | {', '.join(str(r['seed']) for r in rs)} | "
                    f"{iqm_ci([r['train_success_last100'] for r in rs])} | {iqm_ci(auc)} | "
                    f"{', '.join(f'{f / 1e6:.2f}M' if f else 'not reached' for f in reached)} | "
+                   + (f"{iqm_ci(final_cells) if final_cells else 'n/a'} | " if with_cells else "") +
                    f"{np.mean([r['eval_success_rate'] for r in rs]):.2f} | "
                    f"{f'{np.mean(bonus):.1e}' if bonus else 'n/a'} | "
                    f"{np.mean([r['wall_s'] / r['frames'] * 1e6 / 60 for r in rs]):.1f} |")
-        agg = stats.aggregate_curves([tuple(map(np.array, zip(*c))) for c in curves if len(c) >= 2], "iqm")
-        line, = ax.plot(agg["step"] / 1e6, agg["value"], label=f"{name} (n={len(rs)})")
-        ax.fill_between(agg["step"] / 1e6, agg["low"], agg["high"], color=line.get_color(), alpha=0.15, linewidth=0)
-        for c in curves:  # each seed thin: with few seeds the band hides whether runs solve the task or not
-            ax.plot([end / 1e6 for end, _ in c], [success for _, success in c], color=line.get_color(),
-                    linewidth=0.7, alpha=0.45)
-    ax.set_xlabel("frames (millions)")
-    ax.set_ylabel("training success rate\n(IQM over seeds, 95% CI; thin: each seed)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        color = plot_curves(axes[0, 0], curves, f"{name} (n={len(rs)})")
+        if with_cells and any(len(c) >= 2 for c in cells):
+            plot_curves(axes[0, 1], cells, name, color)
+    axes[0, 0].set_ylabel("training success rate\n(IQM over seeds, 95% CI; thin: each seed)")
+    axes[0, 0].set_ylim(-0.02, 1.02)
+    axes[0, 0].legend(fontsize=8)
+    if with_cells:
+        axes[0, 1].set_ylabel("distinct cells visited per episode\n(IQM over seeds, 95% CI; thin: each seed)")
+    for ax in axes[0]:
+        ax.set_xlabel("frames (millions)")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return "\n".join(out)
+
+
+def curve_column(curve: list, column: int) -> list[tuple[int, float]]:
+    """(window end, value) of a stored curve's ``column`` (1 success, 3 cells visited), skipping empty windows."""
+    return [(point[0], point[column]) for point in curve if len(point) > column and point[column] is not None]
+
+
+def plot_curves(ax, curves: list, label: str, color=None):
+    """IQM over seeds with its bootstrap band, and each seed thin (with few seeds the band hides whether runs
+    solve the task or not); returns the line colour."""
+    agg = stats.aggregate_curves([tuple(map(np.array, zip(*c))) for c in curves if len(c) >= 2], "iqm")
+    line, = ax.plot(agg["step"] / 1e6, agg["value"], label=label, color=color)
+    ax.fill_between(agg["step"] / 1e6, agg["low"], agg["high"], color=line.get_color(), alpha=0.15, linewidth=0)
+    for c in curves:
+        ax.plot([end / 1e6 for end, _ in c], [v for _, v in c], color=line.get_color(), linewidth=0.7, alpha=0.45)
+    return line.get_color()
 
 
 def curve_stats(run_dir: Path) -> dict:

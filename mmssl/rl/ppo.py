@@ -192,7 +192,7 @@ class PPO:
 
         # 1. rollout ---------------------------------------------------------------------------------
         obs_l, next_obs_l, act_l, logp_l, val_l, vint_l, rew_l, done_l, feat_l, next_feat_l = ([] for _ in range(10))
-        episodes: list[tuple[float, float, float]] = []
+        episodes: list[tuple[float, float, float, float | None]] = []
         self.agent.eval()
         with torch.no_grad():
             for _ in range(T):
@@ -303,7 +303,7 @@ class PPO:
             intrinsic_metrics |= {f"intrinsic/{slot}/{k}": v for k, v in reward_fn.update(rollout).items()}
 
         self.update_index += 1
-        for ret, _length, success in episodes:
+        for ret, _length, success, _cells in episodes:
             self.recent_returns.append(ret)
             self.recent_success.append(success)
         elapsed = time.perf_counter() - start
@@ -320,6 +320,9 @@ class PPO:
                         "episodic_length": float(np.mean([e[1] for e in episodes])),
                         "success_rate": float(np.mean([e[2] for e in episodes])),
                         "episodes": len(episodes)}
+            cells = [e[3] for e in episodes if e[3] is not None]
+            if cells:  # grid worlds: distinct cells visited per episode (envs.wrappers.Coverage)
+                metrics["episodic_cells"] = float(np.mean(cells))
         return metrics
 
     # -- checkpoint state -------------------------------------------------------------------------
@@ -369,14 +372,11 @@ def _stack_final(final_obs, idx: np.ndarray):
     return np.stack([final_obs[i] for i in idx])
 
 
-def _finished_episodes(final_info: dict, idx: np.ndarray) -> list[tuple[float, float, float]]:
-    """(return, length, success) of the episodes that ended at env indices ``idx``."""
-    out = []
-    for i in idx:
-        episode = final_info["episode"]
-        success = final_info.get("success")
-        out.append((float(episode["r"][i]), float(episode["l"][i]), float(success[i]) if success is not None else 0.0))
-    return out
+def _finished_episodes(final_info: dict, idx: np.ndarray) -> list[tuple[float, float, float, float | None]]:
+    """(return, length, success, cells visited or None) of the episodes that ended at env indices ``idx``."""
+    episode, success, cells = final_info["episode"], final_info.get("success"), final_info.get("cells_visited")
+    return [(float(episode["r"][i]), float(episode["l"][i]), float(success[i]) if success is not None else 0.0,
+             float(cells[i]) if cells is not None else None) for i in idx]
 
 
 def _add(stats: dict[str, list[float]], values: dict[str, float]) -> None:

@@ -60,6 +60,26 @@ def test_success_flag_on_minigrid_goal():
     assert terminated and reward > 0 and info["success"] == 1.0
 
 
+def test_cells_visited_counts_distinct_agent_cells_at_episode_end():
+    env = envs.make_env({"id": "mmssl/MiniGridSymbolic-v0",
+                         "kwargs": {"env_id": "MiniGrid-Empty-5x5-v0", "max_steps": 6}})
+    env.reset(seed=0)
+    # Empty-5x5 from (1, 1) facing right: forward, forward (wall ahead: stays), turn, forward, back and forth
+    infos = [env.step(action)[-1] for action in [2, 2, 1, 2, 0, 0]]
+    assert all("cells_visited" not in info for info in infos[:-1])
+    assert infos[-1]["cells_visited"] == 4.0  # (1, 1), (2, 1), (3, 1), (3, 2): the time limit ended the episode
+    env.reset()
+    *_, info = env.step(2)  # a new episode starts counting afresh
+    assert "cells_visited" not in info
+    cartpole = envs.make_env({"id": "CartPole-v1"})
+    cartpole.reset(seed=0)
+    done = False
+    while not done:  # always left: falls within a few dozen steps
+        _, _, terminated, truncated, info = cartpole.step(0)
+        done = terminated or truncated
+    assert "cells_visited" not in info  # not a grid world
+
+
 def test_replay_snapshot_restores_the_exact_state():
     cfg = {"id": "mmssl/MiniGridSymbolic-v0", "kwargs": {"env_id": "MiniGrid-DoorKey-5x5-v0"}}
     a, b = envs.make_vector(cfg, 2, seed=3), envs.make_vector(cfg, 2, seed=3)

@@ -23,14 +23,14 @@ def write_metrics(run_dir: Path, rows: list[dict]) -> None:
 
 def test_success_curve_weights_updates_by_their_episodes(tmp_path):
     write_metrics(tmp_path, [
-        {"global_step": 100, "success_rate": 0.0, "episodes": 3},
-        {"global_step": 200, "success_rate": 1.0, "episodes": 1},   # same window as step 100: 1 of 4 succeeded
+        {"global_step": 100, "success_rate": 0.0, "episodes": 3, "episodic_cells": 4.0},
+        {"global_step": 200, "success_rate": 1.0, "episodes": 1, "episodic_cells": 8.0},  # same window: 1 of 4 won
         {"global_step": 300, "bonus_mean": 0.0},                     # no episode ended: not counted
         {"global_step": 900, "success_rate": 0.5, "episodes": 4},
         {"global_step": 1000, "eval/success_rate": 1.0},             # evaluation rows are not training episodes
     ])
     curve = study.success_curve(tmp_path, frames=1000, bins=4)
-    assert curve == [[250, 0.25, 4], [500, None, 0], [750, None, 0], [1000, 0.5, 4]]
+    assert curve == [[250, 0.25, 4, 5.0], [500, None, 0, None], [750, None, 0, None], [1000, 0.5, 4, None]]
     assert study.frames_to(curve, 0.5) == 1000
     assert study.frames_to(curve, 0.9) is None
 
@@ -53,6 +53,17 @@ def test_report_table_and_plot(tmp_path):
     assert none[2].startswith("0.20 [") and none[4] == "not reached, not reached, not reached"
     assert counts[2] == "0.95 [0.95, 0.95]" and counts[4] == "0.00M, 0.00M, 0.00M" and counts[6] == "2.0e-03"
     assert none[6] == "n/a" and none[7] == "100.0 |"  # 6 s per 1000 frames = 100 min per 1M
+
+
+def test_report_adds_cells_visited_where_the_runs_report_them(tmp_path):
+    results = tmp_path / "results_grid.jsonl"
+    rows = [record("none", s, 0.0, [[100, 0.0, 2, 5.0], [950, 0.0, 2, 6.0], [1000, 0.0, 2, 8.0]]) for s in (1, 2)]
+    rows.append(record("old", 1, 0.0, [[500, 0.0, 2], [1000, 0.0, 2]]))  # recorded before cells were counted
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = study.report(str(results), tmp_path / "runs", tmp_path / "grid.png").splitlines()
+    assert "cells visited per episode" in lines[0]
+    assert lines[2].split(" | ")[5] == "7.00 [7.00, 7.00]"  # the windows in the last 10% of frames: 6 and 8
+    assert len(lines) == 4 and lines[3].split(" | ")[5] == "n/a"
 
 
 def test_report_of_an_empty_study_says_so(tmp_path):

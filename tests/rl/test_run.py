@@ -94,6 +94,8 @@ def test_run_folder_and_summary(tmp_path):
     assert {"eval_return_mean", "eval_success_rate", "probe_state_r2", "env_steps_per_second"} <= set(summary)
     assert (tmp_path / "eval_episode.gif").stat().st_size > 0
     assert (tmp_path / "config.yaml").exists()
+    cells = [r["episodic_cells"] for r in read_metrics(tmp_path) if "episodes" in r]
+    assert cells and all(1 <= c <= 31 for c in cells)  # distinct cells of 30-step episodes (envs.wrappers.Coverage)
 
 
 @pytest.mark.filterwarnings("ignore")
