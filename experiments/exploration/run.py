@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 import torch
 
 from mmssl.config import compose
@@ -96,7 +97,8 @@ def frames_to(curve: list, level: float) -> int | None:
 
 def report(path: str, runs: Path, png: Path, level: float = 0.9) -> str:
     """Study table: per reward, IQM [95% bootstrap CI over seeds] of the final and the area-under-curve training
-    success, frames to reach ``level`` success per seed, cells visited per episode at the end (grid worlds),
+    success, frames to reach ``level`` success per seed, how many runs end at ``level`` or above (with a one-sided
+    Fisher exact test against the ``none`` arm), cells visited per episode at the end (grid worlds),
     evaluation success, bonus and wall-clock per 1M frames; and the curves against frames (IQM over seeds,
     bootstrap band, each seed thin) as ``png``: success, and cells visited where the runs report them."""
     import matplotlib
@@ -114,10 +116,11 @@ def report(path: str, runs: Path, png: Path, level: float = 0.9) -> str:
         return f"{s['iqm']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]" if len(values) > 1 else f"{s['iqm']:.2f}"
 
     head = (f"| reward | seeds | final success (last 100 train ep.), IQM [95% CI] | success over training (AUC) | "
-            f"frames to {level:.0%} success, per seed | " + ("cells visited per episode, last 10% of frames | "
+            f"frames to {level:.0%} success, per seed | runs ending ≥ {level:.0%} (Fisher p vs none) | " + ("cells visited per episode, last 10% of frames | "
                                                               if with_cells else "") +
             "eval success (10 ep.), mean | bonus per step | min per 1M frames |")
-    out = [head, "|---|---|---:|---:|---|" + ("---:|" if with_cells else "") + "---:|---:|---:|"]
+    out = [head, "|---|---|---:|---:|---|---|" + ("---:|" if with_cells else "") + "---:|---:|---:|"]
+    baseline = [r["train_success_last100"] >= level for r in rows if r["reward"] == "none"]
     fig, axes = plt.subplots(1, 1 + with_cells, figsize=(6.4 * (1 + with_cells), 4), squeeze=False)
     for name in dict.fromkeys(r["reward"] for r in rows):
         rs = sorted((r for r in rows if r["reward"] == name), key=lambda r: r["seed"])
@@ -127,11 +130,17 @@ def report(path: str, runs: Path, png: Path, level: float = 0.9) -> str:
         bonus = [curve_stats(runs / f"{name}-s{r['seed']}")["bonus_per_step"] for r in rs
                  if (runs / f"{name}-s{r['seed']}" / "metrics.jsonl").exists()]
         cells = [curve_column(r["curve"], 3) for r in rs]
+        ended = sum(r["train_success_last100"] >= level for r in rs)
+        test = ""
+        if baseline and name != "none":
+            table = [[ended, len(rs) - ended], [sum(baseline), len(baseline) - sum(baseline)]]
+            test = f" (p = {scipy.stats.fisher_exact(table, alternative='greater').pvalue:.2f})"
         final_cells = [float(np.mean([v for end, v in c if end > 0.9 * r["frames"]] or [np.nan]))
                        for r, c in zip(rs, cells) if c]
         out.append(f"| {name} | {', '.join(str(r['seed']) for r in rs)} | "
                    f"{iqm_ci([r['train_success_last100'] for r in rs])} | {iqm_ci(auc)} | "
                    f"{', '.join(f'{f / 1e6:.2f}M' if f else 'not reached' for f in reached)} | "
+                   f"{ended}/{len(rs)}{test} | "
                    + (f"{iqm_ci(final_cells) if final_cells else 'n/a'} | " if with_cells else "") +
                    f"{np.mean([r['eval_success_rate'] for r in rs]):.2f} | "
                    f"{f'{np.mean(bonus):.1e}' if bonus else 'n/a'} | "

@@ -51,8 +51,10 @@ def test_report_table_and_plot(tmp_path):
     assert len(lines) == 4 and (tmp_path / "toy.png").stat().st_size > 0
     none, counts = lines[2].split(" | "), lines[3].split(" | ")
     assert none[2].startswith("0.20 [") and none[4] == "not reached, not reached, not reached"
-    assert counts[2] == "0.95 [0.95, 0.95]" and counts[4] == "0.00M, 0.00M, 0.00M" and counts[6] == "2.0e-03"
-    assert none[6] == "n/a" and none[7] == "100.0 |"  # 6 s per 1000 frames = 100 min per 1M
+    assert counts[2] == "0.95 [0.95, 0.95]" and counts[4] == "0.00M, 0.00M, 0.00M" and counts[7] == "2.0e-03"
+    assert none[7] == "n/a" and none[8] == "100.0 |"  # 6 s per 1000 frames = 100 min per 1M
+    # 3 of 3 runs end ≥ 90% against 0 of 3: one-sided Fisher exact p = 1 / C(6, 3) = 0.05
+    assert none[5] == "0/3" and counts[5] == "3/3 (p = 0.05)"
 
 
 def test_report_adds_cells_visited_where_the_runs_report_them(tmp_path):
@@ -62,8 +64,8 @@ def test_report_adds_cells_visited_where_the_runs_report_them(tmp_path):
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
     lines = study.report(str(results), tmp_path / "runs", tmp_path / "grid.png").splitlines()
     assert "cells visited per episode" in lines[0]
-    assert lines[2].split(" | ")[5] == "7.00 [7.00, 7.00]"  # the windows in the last 10% of frames: 6 and 8
-    assert len(lines) == 4 and lines[3].split(" | ")[5] == "n/a"
+    assert lines[2].split(" | ")[6] == "7.00 [7.00, 7.00]"  # the windows in the last 10% of frames: 6 and 8
+    assert len(lines) == 4 and lines[3].split(" | ")[6] == "n/a"
 
 
 def test_report_of_an_empty_study_says_so(tmp_path):
