@@ -116,9 +116,9 @@ def report(path: str, runs: Path, png: Path, level: float = 0.9) -> str:
         return f"{s['iqm']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}]" if len(values) > 1 else f"{s['iqm']:.2f}"
 
     head = (f"| reward | seeds | final success (last 100 train ep.), IQM [95% CI] | success over training (AUC) | "
-            f"frames to {level:.0%} success, per seed | runs ending ≥ {level:.0%} (Fisher p vs none) | " + ("cells visited per episode, last 10% of frames | "
-                                                              if with_cells else "") +
-            "eval success (10 ep.), mean | bonus per step | min per 1M frames |")
+            f"frames to {level:.0%} success, per seed | runs ending ≥ {level:.0%} (Fisher p vs none) | "
+            + ("cells visited per episode, last 10% of frames | " if with_cells else "")
+            + "eval success (10 ep.), mean | bonus per step | min per 1M frames |")
     out = [head, "|---|---|---:|---:|---|---|" + ("---:|" if with_cells else "") + "---:|---:|---:|"]
     baseline = [r["train_success_last100"] >= level for r in rows if r["reward"] == "none"]
     fig, axes = plt.subplots(1, 1 + with_cells, figsize=(6.4 * (1 + with_cells), 4), squeeze=False)
