@@ -1,14 +1,16 @@
 """The `mmssl` command.
 
-  mmssl pretrain [overrides…]        self-supervised pretraining + probes (Hydra overrides)
+  mmssl pretrain [overrides…]        self-supervised pretraining + probes (Hydra overrides; --help, --cfg job, -m)
   mmssl eval RUN_DIR|CHECKPOINT      probes, diagnostics and plots of a saved run
   mmssl list KIND                    registered encoders | objectives | augmentations | datasets | intrinsic_rewards
-  mmssl rl [overrides…]              PPO with registry encoders, auxiliary objectives, intrinsic rewards
+  mmssl rl [overrides…]              PPO with registry encoders, auxiliary objectives, intrinsic rewards (same flags)
   mmssl sweep create|local SPEC …    wandb sweeps, online or without a server
   mmssl report RUNS…                 multi-seed tables (mean, IQM, bootstrap CIs) and plots
   mmssl finetune RUN [overrides…]    few-label fine-tuning / semi-supervised training of a pretrained encoder
   mmssl export RUN --out DIR         encoders as safetensors + config, loadable without pickle
 
+Every command answers ``--help``. ``mmssl pretrain`` and ``mmssl rl`` take Hydra's own flags (``--cfg job``,
+``--info``, ``-m``/``--multirun``, ``--config-dir``, ``-sc install=bash``; see ``mmssl.cli_hydra``).
 Errors a user can fix print one line, ``error: …``, and exit with status 2.
 """
 
@@ -89,15 +91,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if argv[0] in ("-sc", "--shell-completion"):  # the installed bash hook asking for completions
+            from mmssl import cli_hydra
+
+            cli_hydra.query_from_shell()
+            return 0
         if argv[0] in PASS_THROUGH:
-            if argv[0] == "pretrain" and any(a in ("-h", "--help") for a in argv[1:]):
-                print(__doc__)
-                return 0
             try:
                 module = importlib.import_module(PASS_THROUGH[argv[0]])
             except ModuleNotFoundError as exc:
                 raise MMSSLError(f"`mmssl {argv[0]}` is not available in this build ({exc})") from None
-            module.main(argv[1:])
+            from mmssl import cli_hydra
+
+            if argv[0] in cli_hydra.CONFIG_NAMES:
+                cli_hydra.main(argv[0], argv[1:], module.main)
+            else:
+                module.main(argv[1:])
             return 0
         args = parser.parse_args(argv)
         if args.command == "list":

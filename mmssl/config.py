@@ -11,21 +11,138 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from mmssl.errors import ConfigError
+from mmssl.plugins import load_plugins
+
+
+#: config groups whose options are registry entries: a registered name without a YAML file is still an option
+REGISTRY_GROUPS = {"objective": "objectives", "data": "datasets", "intrinsic": "intrinsic_rewards",
+                   "agent_encoder": "encoders"}
+
+_extra_dirs: list[Path] = []
 
 
 def config_dir() -> Path:
-    """``$MMSSL_CONFIG_DIR`` or the repository's ``configs/`` next to the package."""
-    env = os.environ.get("MMSSL_CONFIG_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
+    """The packaged configs: ``mmssl/configs`` in an installed wheel, the checkout's ``configs/`` otherwise."""
+    package = Path(__file__).resolve().parent
+    for path in (package / "configs", package.parent / "configs"):
+        if (path / "pretrain.yaml").is_file():
+            return path
+    raise ConfigError(f"mmssl's configs are missing (looked in {package / 'configs'}); reinstall mmssl")
+
+
+def add_config_dir(path: str | Path) -> None:
+    """Put a user config folder in front of the packaged configs (``--config-dir DIR``): its files add options
+    to any group and replace packaged files of the same name."""
+    path = Path(path).expanduser().resolve()
     if not path.is_dir():
-        raise ConfigError(f"config directory {path} not found; install mmssl from a checkout (pip install -e .) "
-                          "or set MMSSL_CONFIG_DIR")
-    return path
+        raise ConfigError(f"config folder {path} does not exist; pass --config-dir <an existing folder>")
+    if path not in _extra_dirs:
+        _extra_dirs.append(path)
+
+
+def search_dirs() -> list[Path]:
+    """Config folders in lookup order: ``--config-dir`` folders, ``$MMSSL_CONFIG_DIR`` (``os.pathsep``-separated),
+    then the packaged configs. The first folder holding a file wins."""
+    env = [Path(p).expanduser().resolve() for p in os.environ.get("MMSSL_CONFIG_DIR", "").split(os.pathsep) if p]
+    for path in env:
+        if not path.is_dir():
+            raise ConfigError(f"MMSSL_CONFIG_DIR names {path}, which is not a folder; fix or unset it")
+    dirs = [*_extra_dirs, *env, config_dir()]
+    return list(dict.fromkeys(dirs))
+
+
+@contextmanager
+def hydra_context():
+    """Hydra initialised on :func:`search_dirs` (plus registry entries without a YAML file, as structured configs)."""
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+    from hydra._internal.hydra import Hydra
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # registers Hydra's config sources (file://, pkg://, structured://)
+    store_registry_configs()
+    search_path = ConfigSearchPathImpl()
+    search_path.append("hydra", "pkg://hydra.conf")
+    for path in search_dirs():
+        search_path.append("mmssl", f"file://{path}")
+    search_path.append("schema", "structured://")
+    GlobalHydra.instance().clear()
+    Hydra.create_main_hydra2("mmssl", search_path)
+    try:
+        yield GlobalHydra.instance().hydra
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def store_registry_configs() -> None:
+    """Make every registry entry an option of its config group, with its constructor defaults as the config.
+
+    A plugin's ``@OBJECTIVES.register("my_objective")`` is then selectable as ``objective=my_objective`` and
+    its keys overridable one by one (``objective.my_objective.temperature=0.3``) with the usual checks.
+    Groups whose YAML file exists keep the file.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    from mmssl.registry import REGISTRIES
+
+    store = ConfigStore.instance()
+    for group, kind in REGISTRY_GROUPS.items():
+        on_disk = set(group_options(group, include_registry=False))
+        for entry in REGISTRIES[kind]:
+            if entry.name in on_disk:
+                continue
+            node = {"name": entry.name, **constructor_defaults(entry.obj)}
+            if group == "objective":
+                node = {entry.name: {"name": entry.name, "weight": 1.0, **node}}
+            elif group == "data":
+                node = {"batch_size": 256, "augment": {}, **node}
+            store.store(group=group, name=entry.name, node=node, provider="mmssl registry")
+
+
+def constructor_defaults(obj) -> dict:
+    """The keyword defaults of a registered class or factory that a config can hold (plain data only)."""
+    import inspect
+
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    out = {}
+    for p in inspect.signature(target).parameters.values():
+        if p.name == "self" or p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) or p.default is p.empty:
+            continue
+        if _plain(p.default):
+            out[p.name] = list(p.default) if isinstance(p.default, tuple) else p.default
+    return out
+
+
+def _plain(value) -> bool:
+    if value is None or isinstance(value, bool | int | float | str):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def _plugin_overrides(overrides: list[str]) -> list[str]:
+    """Module names from ``plugins=[a,b]`` / ``+plugins=…`` overrides (imported before composing)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    names: list[str] = []
+    for override in overrides:
+        if override.lstrip("+~").split("=", 1)[0] != "plugins" or "=" not in override:
+            continue
+        try:
+            value = OverridesParser.create().parse_override(override).value()
+        except Exception:
+            raise ConfigError(f"cannot parse override {override!r}; write plugins=[my_pkg.mmssl_ext,other]") from None
+        names.extend([value] if isinstance(value, str) else list(value or []))
+    return names
 
 
 def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -35,6 +152,7 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfi
     type of the default it replaces (``trainer.steps=abc`` fails here, not deep inside the trainer).
     """
     overrides = list(overrides)
+    load_plugins(_plugin_overrides(overrides))
     cfg = _compose(name, overrides)
     groups = [o for o in overrides if _is_group_override(o)]
     base = _compose(name, groups) if len(groups) < len(overrides) else cfg
@@ -48,6 +166,7 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfi
             raise ConfigError(f"bad override {override!r}: {key} must be {type(default).__name__} "
                               f"(default {default!r}), got {value!r}")
     OmegaConf.resolve(cfg)
+    load_plugins(cfg.get("plugins") or [])
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"config key(s) {', '.join(missing)} must be set (??? in the defaults); "
@@ -65,18 +184,15 @@ def _same_kind(default, value) -> bool:
 
 def _is_group_override(override: str) -> bool:
     key = override.split("=", 1)[0].lstrip("+~")
-    return (config_dir() / key.replace(".", "/")).is_dir()
+    return any((d / key.replace(".", "/")).is_dir() for d in search_dirs()) or key in REGISTRY_GROUPS
 
 
 def _compose(name: str, overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+    with hydra_context():
         try:
             return hydra_compose(config_name=name, overrides=overrides)
         except (HydraException, OmegaConfBaseException, TypeError, ValueError) as exc:
@@ -95,7 +211,7 @@ def _explain(exc: Exception, name: str) -> str:
         return f"unknown config key {key!r}; {hint}(use +{key}=… to add a new key)"
     if m := re.search(r"Could not find '([^']+)/([^']+)'", text):
         group, option = m.groups()
-        options = _group_options(group)
+        options = group_options(group)
         close = difflib.get_close_matches(option, options, n=2)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         return f"unknown {group} {option!r}; {hint}options: {', '.join(options)}"
@@ -107,11 +223,8 @@ def _explain(exc: Exception, name: str) -> str:
 def compose_keys(name: str) -> list[str]:
     """Every dotted key of the default config (for suggestions)."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+    with hydra_context():
         cfg = hydra_compose(config_name=name)
     keys: list[str] = []
 
@@ -126,9 +239,25 @@ def compose_keys(name: str) -> list[str]:
     return keys
 
 
-def _group_options(group: str) -> list[str]:
-    d = config_dir() / group.replace(".", "/")
-    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+def group_options(group: str, include_registry: bool = True) -> list[str]:
+    """Options of a config group: YAML files in every config folder, plus registry entries for registry groups."""
+    names = {p.stem for d in search_dirs() for p in (d / group.replace(".", "/")).glob("*.yaml")}
+    if include_registry and group in REGISTRY_GROUPS:
+        from mmssl.registry import REGISTRIES
+
+        names |= set(REGISTRIES[REGISTRY_GROUPS[group]].names())
+    return sorted(names)
+
+
+def config_groups(name: str) -> dict[str, list[str]]:
+    """``{group: options}`` of the groups in the primary config ``name``'s defaults list (for ``--help``)."""
+    import yaml
+
+    primary = next((d / f"{name}.yaml" for d in search_dirs() if (d / f"{name}.yaml").is_file()), None)
+    defaults = (yaml.safe_load(primary.read_text()) or {}).get("defaults", []) if primary else []
+    groups = [next(iter(item)).split("@")[0].removeprefix("optional ").strip()
+              for item in defaults if isinstance(item, dict)]
+    return {g: group_options(g) for g in groups}
 
 
 def to_container(cfg: DictConfig) -> dict:

@@ -189,3 +189,6 @@ def _import_builtins() -> None:
     for module in _BUILTIN_MODULES:
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module)
+    from mmssl.plugins import load_entry_points
+
+    load_entry_points()
