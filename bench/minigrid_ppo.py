@@ -29,7 +29,7 @@ from common import alternate, emit, median  # noqa: E402
 def env_runner(env_id: str, fast: bool):
     import minigrid  # noqa: F401
 
-    from envs import minigrid_obs
+    from mmssl_envs import minigrid_obs
 
     env = gym.make(env_id).unwrapped
     if fast:

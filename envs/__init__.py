@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import gymnasium as gym
 import numpy as np
 
-from envs.wrappers import ChannelsFirst, Coverage, Replayable, SuccessInfo
+from .wrappers import ChannelsFirst, Coverage, Replayable, SuccessInfo
 
 MINIGRID_IDS = ("mmssl/MiniGridSymbolic-v0", "mmssl/MiniGridPixels-v0", "mmssl/MiniGridDict-v0")
 
@@ -33,7 +33,7 @@ MINIGRID_IDS = ("mmssl/MiniGridSymbolic-v0", "mmssl/MiniGridPixels-v0", "mmssl/M
 def _minigrid(env_id: str, render_mode: str | None, max_steps: int | None):
     import minigrid  # noqa: F401  (registers MiniGrid-* ids)
 
-    from envs import minigrid_obs
+    from . import minigrid_obs
 
     kwargs = {"max_steps": max_steps} if max_steps else {}
     env = gym.make(env_id, render_mode=render_mode, **kwargs)
@@ -211,4 +211,4 @@ def true_state(env: gym.Env) -> np.ndarray | None:
     return None
 
 
-from envs import digit_grid  # noqa: E402,F401  (registers mmssl/DigitGrid-v0, the flagship task)
+from . import digit_grid  # noqa: E402,F401  (registers mmssl/DigitGrid-v0, the flagship task)

@@ -160,7 +160,7 @@ class DigitGridEnv(gym.Env):
 
 def register() -> None:
     if "mmssl/DigitGrid-v0" not in gym.registry:
-        gym.register(id="mmssl/DigitGrid-v0", entry_point="envs.digit_grid:DigitGridEnv")
+        gym.register(id="mmssl/DigitGrid-v0", entry_point=f"{__package__}.digit_grid:DigitGridEnv")
 
 
 register()

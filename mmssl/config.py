@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from mmssl.errors import ConfigError
 from mmssl.plugins import load_plugins
 
-
 #: config groups whose options are registry entries: a registered name without a YAML file is still an option
 REGISTRY_GROUPS = {"objective": "objectives", "data": "datasets", "intrinsic": "intrinsic_rewards",
                    "agent_encoder": "encoders"}

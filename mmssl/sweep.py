@@ -6,8 +6,8 @@ A spec is a YAML file in wandb's own sweep schema (``method: grid|random|bayes``
     command: ['${env}', mmssl, pretrain, '${args_no_hyphens}']
 
 - ``create`` validates the spec, registers it with ``wandb.sweep`` and prints the ``wandb agent`` command;
-- ``local`` expands the same spec with wandb's own sweep engine (the ``sweeps`` package: grid, random,
-  and bayes fed one finished configuration at a time), runs every configuration over ``--seeds`` seeds in
+- ``local`` expands the same spec with :mod:`mmssl.search` (grid; random and bayes on Optuna's seeded
+  samplers, bayes fed one finished configuration at a time), runs every configuration over ``--seeds`` seeds in
   at most ``--workers`` parallel subprocesses, each logged offline into ``<out>/runs/<name>`` (sync later
   with ``wandb sync``), and ends with the aggregate table of ``mmssl report``.
 
@@ -20,18 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shlex
 import subprocess
 import sys
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from mmssl import search
 from mmssl.config import compose
 from mmssl.errors import ConfigError, MMSSLError
 from mmssl.logging import console
@@ -40,14 +39,6 @@ METHODS = ("grid", "random", "bayes")
 PROGRAMS = ("pretrain", "rl")  # mmssl subcommands a sweep can run (each composes configs/<name>.yaml)
 CURVES = ("train/loss", "success_rate", "episodic_return")  # plotted against step when the runs log them
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]  # wandb agent's default
-
-
-def _sweeps():
-    with warnings.catch_warnings():  # the package still uses a pydantic v1 config key
-        warnings.simplefilter("ignore")
-        import sweeps
-        from sweeps.params import HyperParameter
-    return sweeps, HyperParameter
 
 
 # ---------------------------------------------------------------- spec
@@ -84,16 +75,6 @@ def override(name: str, value) -> str:
     return f"{name}={value}"
 
 
-def _probe_values(name: str, cfg: dict, HyperParameter) -> list:
-    """The values to check: every listed value, else the distribution's 1 %, 50 % and 99 % quantiles."""
-    hp = HyperParameter(name, cfg)
-    if hp.type == HyperParameter.CONSTANT:
-        return [cfg["value"]]
-    if "values" in cfg:
-        return list(cfg["values"])
-    return [v.item() if hasattr(v, "item") else v for v in (hp.ppf(q) for q in (0.01, 0.5, 0.99))]
-
-
 def _culprit(program: str, extra: list[str], probes: dict, exc: ConfigError) -> tuple[str, object]:
     """The parameter whose first value the error names (else the first one that fails with the others)."""
     for name, values in probes.items():
@@ -122,8 +103,7 @@ def validate(spec: dict, extra: list[str] = ()) -> str:
             raise ConfigError(f"sweep parameter {name!r} must be a mapping like {{values: [...]}} or {{min: , max: }}")
         if "parameters" in cfg:
             raise ConfigError(f"sweep parameter {name!r}: write nested config keys as dotted names (trainer.lr)")
-    sweeps, HyperParameter = _sweeps()
-    violations = sweeps.schema_violations_from_proposed_config(spec)
+    violations = search.violations(params)
     if violations:
         raise ConfigError(f"invalid sweep spec: {'; '.join(' '.join(v.split()) for v in violations)[:300]}")
     if method == "bayes" and not (spec.get("metric") or {}).get("name"):
@@ -132,7 +112,7 @@ def validate(spec: dict, extra: list[str] = ()) -> str:
     probes = {}
     for name, cfg in params.items():
         try:
-            probes[name] = _probe_values(name, cfg, HyperParameter)
+            probes[name] = search.probe_values(cfg)
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"sweep parameter {name!r}: {exc}") from None
     # parameters combine (objective=byol makes objective.byol.* exist): compose every parameter's first value
@@ -161,29 +141,19 @@ def validate(spec: dict, extra: list[str] = ()) -> str:
 
 
 def expand(spec: dict, count: int | None = None, seed: int = 0) -> list[dict]:
-    """Grid or random configurations as ``{key: value}`` dicts, drawn by the ``sweeps`` engine."""
-    sweeps, _ = _sweeps()
+    """Grid or random configurations as ``{key: value}`` dicts (:mod:`mmssl.search`)."""
     if spec["method"] == "grid":
-        runs: list = []
-        while (count is None or len(runs) < count) and (nxt := sweeps.next_run(spec, runs)) is not None:
-            nxt.state = sweeps.RunState.finished
-            runs.append(nxt)
-    elif spec["method"] == "random":
+        try:
+            configs = search.grid(spec["parameters"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return configs[:count] if count else configs
+    if spec["method"] == "random":
         count = count or spec.get("run_cap")
         if not count:
             raise ConfigError("a random sweep needs a run count: --count N or `run_cap: N` in the spec")
-        state = random.getstate()
-        random.seed(seed)  # the engine samples with Python's `random`
-        runs = sweeps.next_runs(spec, [], n=int(count))
-        random.setstate(state)
-    else:
-        raise ConfigError("bayes configurations depend on results; they are drawn one at a time while running")
-    return [_params(r) for r in runs]
-
-
-def _params(suggestion) -> dict:
-    """``{key: value}`` of a ``sweeps`` suggestion, numpy scalars made plain Python (YAML, JSON, overrides)."""
-    return {k: v["value"].item() if hasattr(v["value"], "item") else v["value"] for k, v in suggestion.config.items()}
+        return list(search.Search(spec["parameters"], "random", seed).draw(int(count)))
+    raise ConfigError("bayes configurations depend on results; they are drawn one at a time while running")
 
 
 def command(spec: dict, params: dict, extra: list[str] = ()) -> list[str]:
@@ -279,7 +249,7 @@ def run_local(spec: dict, out: Path, seeds: int = 1, workers: int = 1, count: in
     total = n_configs * (1 if "seed" in spec["parameters"] else seeds)
     if dry_run:
         # a bayes sweep's first draw has no results to use; later ones depend on them
-        shown = configs or [_params(_sweeps()[0].next_run(spec, []))]
+        shown = configs or [search.Search(spec["parameters"], "bayes", sampler_seed).ask()]
         for i, params in enumerate(shown):
             for job in sweep.jobs(i, params):
                 print(shlex.join(job["command"]))
@@ -318,23 +288,17 @@ def _run_bayes(sweep: LocalSweep, spec: dict, n_configs: int, total: int, seed: 
     """Sequential Bayesian optimisation: each configuration's mean metric over seeds feeds the next draw."""
     from mmssl import report as rep
 
-    sweeps, _ = _sweeps()
-    random.seed(seed)
-    np.random.seed(seed)  # the engine's GP sampling draws from numpy's global generator
-    history: list = []
     metric = spec["metric"]["name"]
+    engine = search.Search(spec["parameters"], "bayes", seed, goal=spec["metric"].get("goal", "maximize"))
     for index in range(n_configs):
-        suggestion = sweeps.next_run(spec, history)
-        params = _params(suggestion)
+        params = engine.ask()
         results = sweep.run(sweep.jobs(index, params), total)
         runs = [rep.load_run(r["run_dir"]) for r in results if r["returncode"] == 0 and rep.is_run_dir(Path(r["run_dir"]))]
         values = []
         if runs:
             name = rep.resolve_metric(runs, metric)  # fails clearly when the runs never log the metric
             values = [v for v in (r.final(name) for r in runs) if v is not None]
-        suggestion.state = sweeps.RunState.finished if values else sweeps.RunState.failed
-        suggestion.summary_metrics = {metric: float(np.mean(values))} if values else {}
-        history.append(suggestion)
+        engine.tell(params, float(np.mean(values)) if values else None)
 
 
 def create(spec: dict, project: str | None, entity: str | None) -> str:

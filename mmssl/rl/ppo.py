@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-import envs as mmssl_envs
+import mmssl_envs
 from mmssl.config import registry_kwargs
 from mmssl.errors import ConfigError
 from mmssl.registry import INTRINSIC_REWARDS

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-import envs as mmssl_envs
+import mmssl_envs
 from mmssl.config import compose, to_container
 from mmssl.logging import RunLogger, console
 from mmssl.rl.ppo import PPO, to_tensor

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import envs
+import mmssl_envs as envs
 
 IDS = [*envs.MINIGRID_IDS]
 if importlib.util.find_spec("ale_py") and importlib.util.find_spec("cv2"):

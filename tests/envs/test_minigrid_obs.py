@@ -5,8 +5,8 @@ import minigrid  # noqa: F401  (registers MiniGrid-* ids)
 import numpy as np
 import pytest
 
-import envs
-from envs import minigrid_obs
+import mmssl_envs as envs
+from mmssl_envs import minigrid_obs
 
 
 @pytest.mark.parametrize("env_id,kwargs", [

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from envs.digit_grid import DIGIT_WORDS, MOVES, TILE, DigitGridEnv
+from mmssl_envs.digit_grid import DIGIT_WORDS, MOVES, TILE, DigitGridEnv
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"view": "symbolic"}, {"instruction": "none"}, {"size": 7, "num_tiles": 5}])
@@ -12,7 +12,7 @@ def test_passes_check_env(kwargs):
 
 
 def test_registered_id():
-    import envs.digit_grid  # noqa: F401
+    import mmssl_envs.digit_grid  # noqa: F401
 
     env = gym.make("mmssl/DigitGrid-v0", size=4, num_tiles=2)
     obs, _ = env.reset(seed=0)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from envs.digit_grid import DigitGridEnv
 from mmssl.errors import ShapeError
 from mmssl.registry import ENCODERS
+from mmssl_envs.digit_grid import DigitGridEnv
 
 
 def _obs(n=3, **kwargs):

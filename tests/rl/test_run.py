@@ -101,7 +101,7 @@ def test_run_folder_and_summary(tmp_path):
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="MuJoCo not installed (pip install -e '.[mujoco]')")
 def test_mujoco_run_trains_evaluates_and_renders_headless(tmp_path, monkeypatch):
-    import envs
+    import mmssl_envs as envs
 
     monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT into the working directory
 
