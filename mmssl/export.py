@@ -21,6 +21,7 @@ import torch
 
 from mmssl.encoders.base import Encoder
 from mmssl.errors import MMSSLError
+from mmssl.plugins import load_plugins
 from mmssl.train import checkpoint
 
 FORMAT = "mmssl-encoders/1"
@@ -65,11 +66,14 @@ def export(target: str | Path, out: str | Path, force: bool = False) -> Path:
     if empty:
         raise MMSSLError(f"{path} has no weights for encoder(s) {empty}; is it a checkpoint of this config?")
     # rebuild and load before writing anything, so a broken checkpoint leaves no half export behind
+    plugins = list(config.get("plugins") or [])
+    load_plugins(plugins)
     _build(specs, weights, str(path))
     out.mkdir(parents=True, exist_ok=True)
     for modality, tensors in weights.items():
         save_file(tensors, str(out / f"{modality}.safetensors"), metadata={"format": FORMAT, "modality": modality})
-    meta = {"format": FORMAT, "encoders": specs, "step": int(state.get("step", 0)), "source": str(path)}
+    meta = {"format": FORMAT, "encoders": specs, "plugins": plugins, "step": int(state.get("step", 0)),
+            "source": str(path)}
     (out / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
@@ -96,6 +100,7 @@ def load_encoders(directory: str | Path) -> dict[str, Encoder]:
         raise MMSSLError(f"{d / CONFIG} is missing or unreadable ({exc}); export with `mmssl export RUN --out DIR`") from None
     if meta.get("format") != FORMAT or not isinstance(meta.get("encoders"), dict):
         raise MMSSLError(f"{d / CONFIG} is not an mmssl encoder export (format {meta.get('format')!r}, expected {FORMAT!r})")
+    load_plugins(meta.get("plugins") or [])  # encoders registered by a plugin need it imported again
     weights = {}
     for modality in meta["encoders"]:
         file = d / f"{modality}.safetensors"

@@ -44,6 +44,9 @@ class RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if config is not None:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            from mmssl.provenance import environment
+
+            (self.run_dir / "environment.json").write_text(json.dumps(environment(), indent=1) + "\n")
         self._metrics = open(self.run_dir / "metrics.jsonl", "a" if resume else "w")
         if self.mode != "disabled":
             self._start_wandb(config, project, name or self.run_dir.name, group, tags)

@@ -80,6 +80,8 @@ class Registry:
             self._entries[name] = Entry(name, obj, tuple(mods), sequence or bool(getattr(obj, "sequence", False)))
             if inspect.isclass(obj):
                 obj.registry_name = name
+                if modalities is not None:  # declared once, in the decorator: the class reads the same tuple
+                    obj.modalities = tuple(modalities)
             return obj
 
         return decorator

@@ -345,7 +345,18 @@ def run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict
     return finetune(cfg, model_state, run_dir / "finetune", reference, source=str(ckpt_path))
 
 
+USAGE = """usage: mmssl finetune RUN_DIR|CHECKPOINT [overrides…]
+
+Few-label fine-tuning or semi-supervised training of a pretrained run's encoder. Overrides are keys of
+the packaged finetune config (labels, mode, unfreeze_last, layer_decay, from_scratch, semi, head_hidden,
+name, seed, device, threads, data=<option>) or of the run's own config (data.batch_size, logger.mode…).
+Example: mmssl finetune runs/my-run labels=0.05 mode=partial"""
+
+
 def main(argv: list[str]) -> None:
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
     if not argv or argv[0].startswith("-") or "=" in argv[0]:
         raise ConfigError("usage: mmssl finetune RUN_DIR|CHECKPOINT [overrides…] (e.g. labels=0.05 mode=partial)")
     summary = run(argv[0], argv[1:])

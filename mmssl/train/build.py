@@ -11,6 +11,7 @@ from torch import nn
 from mmssl.config import registry_kwargs
 from mmssl.data.base import DatasetSplits
 from mmssl.errors import ConfigError
+from mmssl.plugins import load_plugins
 from mmssl.registry import DATASETS, ENCODERS, OBJECTIVES
 from mmssl.types import MODALITIES, Batch, ObjectiveOutput
 
@@ -58,6 +59,7 @@ class SSLModel(nn.Module):
 
 
 def build_model(cfg: DictConfig) -> SSLModel:
+    load_plugins(cfg.get("plugins") or [])  # a stored run's plugins: eval, finetune and export rebuild with them
     encoders = build_encoders(cfg.encoder)
     objectives, weights = {}, {}
     if not cfg.objective:
@@ -71,6 +73,7 @@ def build_model(cfg: DictConfig) -> SSLModel:
 
 
 def build_data(cfg: DictConfig) -> DatasetSplits:
+    load_plugins(cfg.get("plugins") or [])
     node = cfg.data
     if "name" not in node:
         raise ConfigError("data needs a 'name' (`mmssl list datasets`)")
