@@ -152,6 +152,7 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfi
     """
     overrides = list(overrides)
     load_plugins(_plugin_overrides(overrides))
+    overrides, encoder_choices = _split_encoder_choices(overrides)
     cfg = _compose(name, overrides)
     groups = [o for o in overrides if _is_group_override(o)]
     base = _compose(name, groups) if len(groups) < len(overrides) else cfg
@@ -166,11 +167,57 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfi
                               f"(default {default!r}), got {value!r}")
     OmegaConf.resolve(cfg)
     load_plugins(cfg.get("plugins") or [])
+    _apply_encoder_choices(cfg, encoder_choices)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"config key(s) {', '.join(missing)} must be set (??? in the defaults); "
                           f"pass {missing[0]}=<value>")
     return cfg
+
+
+def _split_encoder_choices(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Take out ``encoder.<modality>=<registered encoder>`` and the ``encoder.<modality>.<key>=…`` after it.
+
+    Hydra would merge a new encoder's options into the old one's (or store the bare name); instead the node
+    is replaced by the chosen encoder's constructor defaults, then its own keys are overridden.
+    """
+    from mmssl.registry import ENCODERS
+    from mmssl.types import MODALITIES
+
+    chosen: dict[str, list[str]] = {}
+    rest = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        parts = key.split(".")
+        if len(parts) == 2 and parts[0] == "encoder" and parts[1] in MODALITIES and value in ENCODERS:
+            chosen[parts[1]] = [value]
+        elif len(parts) >= 3 and parts[0] == "encoder" and parts[1] in chosen:
+            chosen[parts[1]].append(override)
+        else:
+            rest.append(override)
+    return rest, chosen
+
+
+def _apply_encoder_choices(cfg: DictConfig, chosen: dict[str, list[str]]) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from mmssl.registry import ENCODERS
+
+    for modality, (name, *sub) in chosen.items():
+        node = {"name": name, **constructor_defaults(ENCODERS.get(name).obj)}
+        for override in sub:
+            key = override.split("=", 1)[0].split(".", 2)[2]
+            if key.split(".")[0] not in node:
+                close = difflib.get_close_matches(key, list(node), n=2)
+                hint = f"did you mean {', '.join(close)}? " if close else ""
+                raise ConfigError(f"encoder {name!r} has no option {key!r} (in {override!r}); {hint}"
+                                  f"options: {', '.join(k for k in node if k != 'name')}")
+            try:
+                value = OverridesParser.create().parse_override(override).value()
+            except Exception:
+                raise ConfigError(f"cannot parse override {override!r}; write key=value (Hydra override syntax)") from None
+            node[key] = value
+        OmegaConf.update(cfg, f"encoder.{modality}", node, merge=False)
 
 
 def _same_kind(default, value) -> bool:
