@@ -49,6 +49,12 @@ class _MultiCropEmbeddings(Objective):
 
 
 # -- SwAV -----------------------------------------------------------------------------------------
+@float32
+def cosine_scores(z: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """(N, P) unit embeddings · (K, P) unit prototypes → (N, K) in float32 (bf16 would blur exp(s/ε) in Sinkhorn)."""
+    return z @ prototypes.T
+
+
 @torch.no_grad()
 def sinkhorn(scores: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
     """Sinkhorn-Knopp codes (N, K) for scores (N, K): rows sum to 1, columns to N/K after the last row step.
@@ -126,14 +132,14 @@ class SwAV(_MultiCropEmbeddings):
         weight = self.prototypes.weight
         if int(self.step) < self.freeze_prototypes_steps:
             weight = weight.detach()  # = the official "cancel gradients for the prototypes"
-        scores = z @ weight.float().T  # (V·B, K)
+        scores = cosine_scores(z, weight)  # (V·B, K)
         use_queue = self.queue.shape[1] > 0 and int(self.queue_filled) >= self.queue.shape[1]
         codes = []
         with torch.no_grad():
             for i in range(2):
                 out = gather(scores[i * b:(i + 1) * b].detach())  # (W·B, K)
                 if use_queue:
-                    out = torch.cat([self.queue[i] @ weight.detach().float().T, out])
+                    out = torch.cat([cosine_scores(self.queue[i], weight.detach()), out])
                 global_b = len(out) - (self.queue.shape[1] if use_queue else 0)
                 q = sinkhorn(out, self.epsilon, self.sinkhorn_iterations)[-global_b:]  # the global batch's codes
                 codes.append(q[rank() * b:(rank() + 1) * b])
@@ -163,6 +169,7 @@ class SwAV(_MultiCropEmbeddings):
 
 # -- DeepCluster-v2 -------------------------------------------------------------------------------
 @torch.no_grad()
+@float32
 def spherical_kmeans(x: torch.Tensor, k: int, iterations: int,
                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means on unit vectors x (N, P) by cosine, as DeepCluster-v2's ``cluster_memory``: (centroids (k, P), labels (N,)).
@@ -209,7 +216,8 @@ class DeepClusterV2(_MultiCropEmbeddings):
     h mod 2. The memory bank holds the unit embeddings of both global views and the dataset index of
     every sample seen this epoch (gathered over ranks, so every rank holds the whole bank and
     clusters identically); at the first batch of a new epoch it is clustered, the centroids become the
-    prototypes and the bank starts afresh. Batches must carry ``extra["index"]`` and ``extra["epoch"]``
+    prototypes and the bank starts afresh (an epoch number lower than the last, a restarted iterator, also
+    re-clusters). Batches must carry ``extra["index"]`` and ``extra["epoch"]``
     (the trainer's iterator sets them). As in the official code the prototypes get no gradient (its
     ``freeze_prototypes_niters`` defaults to 1e10), so they are buffers here. The official code fills
     the bank with a pass over the data before epoch 0; here epoch 0 fills it from the training
@@ -273,7 +281,7 @@ class DeepClusterV2(_MultiCropEmbeddings):
 
     def forward(self, batch: Batch, encoders: Mapping[str, Encoder]) -> ObjectiveOutput:
         index, epoch = self.sample_ids(batch)
-        if self.training and epoch > int(self.epoch):
+        if self.training and epoch != int(self.epoch):  # a new epoch (or a new iterator starting again at 0)
             self.recluster(epoch)
         z, v, b = self.embed(batch, encoders)
         targets = lookup_assignments(self.assigned_index, self.assignments, index.to(z.device))  # (H, B)

@@ -11,13 +11,14 @@ from mmssl.encoders.base import Encoder
 from mmssl.encoders.heads import mlp
 from mmssl.errors import ConfigError
 from mmssl.objectives.base import Objective
-from mmssl.objectives.contrastive import info_nce
+from mmssl.objectives.contrastive import float32, info_nce
 from mmssl.objectives.distributed import gather
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput
 
 
 @torch.no_grad()
+@float32
 def nearest_neighbours(z: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     """For unit z (B, P), the row of unit ``support`` (Q, P) with the highest cosine (= smallest L2 distance)."""
     return support[(z @ support.T).argmax(dim=1)]
