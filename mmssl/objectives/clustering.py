@@ -20,7 +20,7 @@ from mmssl.errors import ConfigError
 from mmssl.objectives.base import Objective
 from mmssl.objectives.contrastive import float32
 from mmssl.objectives.distributed import gather, rank
-from mmssl.objectives.views import build_multi_crop_augment, encode_views
+from mmssl.objectives.views import build_multi_crop_augment, encode_views, make_views
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput
 
@@ -43,7 +43,7 @@ class _MultiCropEmbeddings(Objective):
     def embed(self, batch: Batch, encoders: Mapping[str, Encoder]) -> tuple[torch.Tensor, int, int]:
         """(unit embeddings (V·B, P) in view order, V, B)."""
         x = self.inputs(batch)
-        views = self.augment.views(x, 2)
+        views = make_views(self.augment, x, 2)
         z = F.normalize(self.projector(encode_views(encoders[self.modality], views)).float(), dim=1)
         return z, len(views), len(x)
 

@@ -14,7 +14,7 @@ from mmssl.errors import ConfigError
 from mmssl.objectives.base import Objective, cosine_momentum, ema_update
 from mmssl.objectives.contrastive import float32
 from mmssl.objectives.distributed import gather
-from mmssl.objectives.views import build_multi_crop_augment, encode_views
+from mmssl.objectives.views import build_multi_crop_augment, encode_views, make_views
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput
 
@@ -135,7 +135,7 @@ class DINO(Objective):
     def forward(self, batch: Batch, encoders: Mapping[str, Encoder]) -> ObjectiveOutput:
         x = self.inputs(batch)
         b = len(x)
-        views = self.augment.views(x, 2)
+        views = make_views(self.augment, x, 2)
         frozen = int(self.step) < self.freeze_last_layer_steps
         student = self.head(encode_views(encoders[self.modality], views), freeze_last_layer=frozen)
         with torch.no_grad():

@@ -25,22 +25,30 @@ def build_multi_crop_augment(objective, augment: str | None, augment_kwargs: Map
                              multi_crop: Mapping | None) -> nn.Module:
     """``objective.build_augment`` with the ``multi_crop`` options (local_crops, local_size, local_crop_scale) merged in.
 
-    Only augmentations that make local views accept them (the image ``simclr`` augmentation); for any
-    other the error says to drop ``multi_crop``.
+    Only augmentations that make local views accept them (the image ``simclr`` augmentation); asking
+    another for local crops is a config error that says to drop ``multi_crop``, while
+    ``multi_crop.local_crops=0`` is accepted everywhere and ignored.
     """
     multi_crop = dict(multi_crop or {})
-    unknown = sorted(set(multi_crop) - set(MULTI_CROP_KEYS))
     name = getattr(objective, "registry_name", type(objective).__name__)
+    unknown = sorted(set(multi_crop) - set(MULTI_CROP_KEYS))
     if unknown:
         raise ConfigError(f"{name} multi_crop has unknown key(s) {unknown}; accepted: {list(MULTI_CROP_KEYS)}")
-    kwargs = {**dict(augment_kwargs or {}), **multi_crop}
-    if multi_crop and multi_crop.get("local_crops", 1):
-        aug_name = augment or _default_augment(objective.modality)
-        if "local_crops" not in inspect.signature(AUGMENTATIONS.get(aug_name).obj).parameters:
-            raise ConfigError(f"{name}: multi-crop (local views) is an option of the image augmentation; augmentation "
-                              f"{aug_name!r} for modality {objective.modality!r} has none; set "
-                              f"objective.{name}.multi_crop=null")
-    return objective.build_augment(augment, kwargs)
+    aug_name = augment or _default_augment(objective.modality)
+    if "local_crops" in inspect.signature(AUGMENTATIONS.get(aug_name).obj).parameters:
+        return objective.build_augment(augment, {**dict(augment_kwargs or {}), **multi_crop})
+    if multi_crop.get("local_crops", 0):
+        raise ConfigError(f"{name}: multi-crop (local views) is an option of the image augmentation; augmentation "
+                          f"{aug_name!r} for modality {objective.modality!r} has none; set "
+                          f"objective.{name}.multi_crop=null")
+    return objective.build_augment(augment, augment_kwargs)
+
+
+def make_views(augment: nn.Module, x: torch.Tensor, n_global: int = 2) -> list[torch.Tensor]:
+    """``augment.views(x, n_global)`` (global views, then any local crops); plain modules give ``n_global`` calls."""
+    if hasattr(augment, "views"):
+        return augment.views(x, n_global)
+    return [augment(x) for _ in range(n_global)]
 
 
 def _default_augment(modality: str) -> str:

@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from mmssl.errors import ConfigError
-from mmssl.objectives.clustering import deepcluster_loss, lookup_assignments, sinkhorn, spherical_kmeans, swav_loss
+from mmssl.objectives.clustering import (
+    deepcluster_loss,
+    lookup_assignments,
+    sinkhorn,
+    spherical_kmeans,
+    swav_loss,
+)
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch
 from tests.objectives.conftest import TEST_AUGMENT, make_data, make_encoders

@@ -82,9 +82,13 @@ def test_multi_crop_views_from_the_image_augmentation():
     assert seen == [(10, 1, 8, 8), (15, 1, 4, 4)]  # 2 global views in one call, 3 local views in another
 
 
-def test_multi_crop_on_audio_is_a_config_error():
+def test_multi_crop_on_audio_is_a_config_error_unless_disabled():
     with pytest.raises(ConfigError, match="multi_crop=null"):
         OBJECTIVES.build("dino", make_encoders("audio"), multi_crop={"local_crops": 2}, **SMALL)
+    dino = OBJECTIVES.build("dino", make_encoders("audio"), multi_crop={"local_crops": 0, "local_size": 4}, **SMALL)
+    assert dino.augment.local_crops == 0
+    with pytest.raises(ConfigError, match="unknown key"):
+        OBJECTIVES.build("dino", make_encoders("image"), multi_crop={"local_crop": 2}, **SMALL)
 
 
 def test_centre_update_teacher_temperature_warmup_and_frozen_last_layer():
