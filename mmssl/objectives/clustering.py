@@ -8,6 +8,7 @@ two global views ("crops_for_assign" = [0, 1]) and predicted from every other vi
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -252,6 +253,7 @@ class DeepClusterV2(_MultiCropEmbeddings):
         self.register_buffer("assigned_index", torch.full((memory_size,), -1, dtype=torch.long))
         self.register_buffer("epoch", torch.full((), -1, dtype=torch.long))
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._warned = False
 
     def prototypes(self, h: int) -> torch.Tensor:
         return getattr(self, f"prototypes{h}")
@@ -296,6 +298,12 @@ class DeepClusterV2(_MultiCropEmbeddings):
     def remember(self, index: torch.Tensor, embeddings: torch.Tensor) -> None:
         """Write dataset indices (N,) and global-view embeddings (2, N, P) at the bank pointer (ring buffer)."""
         m = self.bank.shape[1]
+        if int(self.bank_index[-1]) >= 0 or int(self.bank_ptr) + len(index) > m:
+            if not self._warned:  # the ring wraps within an epoch: its oldest samples go unassigned
+                warnings.warn(f"deepcluster_v2: an epoch visits more than memory_size={m} items, so the oldest "
+                              "leave the bank and get no cluster label next epoch; set "
+                              "objective.deepcluster_v2.memory_size to at least the training set size", stacklevel=2)
+                self._warned = True
         index, embeddings = index[-m:], embeddings[:, -m:]
         slots = (self.bank_ptr + torch.arange(len(index), device=index.device)) % m
         self.bank_index[slots] = index

@@ -214,3 +214,15 @@ def test_deepcluster_runs_on_every_modality(modality):
         dc.after_step(encoders, 0.5)
     out.loss.backward()
     assert out.loss.item() > 0 and all(p.grad is not None for p in encoders.parameters() if p.requires_grad)
+
+
+def test_deepcluster_warns_when_an_epoch_overflows_the_bank():
+    encoders = make_encoders("obs")
+    dc = OBJECTIVES.build("deepcluster_v2", encoders, augment="identity", **{**DCV2, "memory_size": 8})
+    x = make_data("obs", 12)
+    dc(_epoch_batch(x, torch.arange(6), 0), encoders)
+    dc.after_step(encoders, 0.1)
+    dc(_epoch_batch(x, torch.arange(6, 12), 0), encoders)
+    with pytest.warns(UserWarning, match="memory_size=8"):
+        dc.after_step(encoders, 0.2)
+    assert sorted(dc.bank_index.tolist()) == list(range(4, 12))  # the 8 newest
