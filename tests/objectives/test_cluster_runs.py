@@ -37,11 +37,12 @@ def test_config_builds_and_runs_under_bfloat16_autocast(name):
     x = make_data("image", 8)
     for epoch in range(2):  # two epochs, so DeepCluster-v2 has clustered once
         batch = Batch({"image": x}, extra={"index": torch.arange(8), "epoch": torch.full((8,), epoch)})
+        encoders.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = objective(batch, encoders)
+        out.loss.backward()  # before after_step, as in the trainer (SwAV renormalises its prototypes there)
         objective.after_step(encoders, 0.5)
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss) and out.loss.item() > 0
-    out.loss.backward()
     grads = [p.grad for p in encoders.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     assert all(isinstance(v, float) for v in out.metrics.values())
