@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mmssl.augment.base import Augmentation, coin, uniform
+from mmssl.errors import ConfigError
 from mmssl.registry import AUGMENTATIONS
 from mmssl.types import IMAGE
 
@@ -121,22 +122,52 @@ def gaussian_blur(x: torch.Tensor, sigma: tuple[float, float], p: float, kernel_
 
 @AUGMENTATIONS.register("simclr", modalities=(IMAGE,))
 class SimCLRAugment(Augmentation):
-    """SimCLR's view pipeline, batched: resized crop (+flip, +rotation), colour jitter, grayscale, blur, noise."""
+    """SimCLR's view pipeline, batched: resized crop (+flip, +rotation), colour jitter, grayscale, blur, noise.
+
+    Multi-crop (SwAV, Caron et al. 2020; used by DINO, SwAV, DeepCluster-v2): with ``local_crops`` = N > 0,
+    ``views(x, 2)`` returns 2 global views (``crop_scale``, ``size``) and N local views cropped from
+    ``local_crop_scale`` of the image and resized to ``local_size`` (default: the official 96/224 of the
+    global size), each through the same colour pipeline. ``forward`` always makes one global view, so
+    two-view objectives are unaffected by the option.
+    """
 
     modality = IMAGE
 
     def __init__(self, size: int | None = None, crop_scale: tuple[float, float] = (0.2, 1.0),
                  flip_p: float = 0.5, degrees: float = 0.0, jitter: float = 0.4, hue: float = 0.1,
                  jitter_p: float = 0.8, grayscale_p: float = 0.2, blur_p: float = 0.0,
-                 blur_sigma: tuple[float, float] = (0.1, 2.0), noise_std: float = 0.0):
+                 blur_sigma: tuple[float, float] = (0.1, 2.0), noise_std: float = 0.0, local_crops: int = 0,
+                 local_size: int | None = None, local_crop_scale: tuple[float, float] = (0.05, 0.4)):
         super().__init__()
+        if local_crops < 0:
+            raise ConfigError(f"simclr augmentation local_crops must be ≥ 0, got {local_crops}")
+        if local_size is not None and local_size < 1:
+            raise ConfigError(f"simclr augmentation local_size must be ≥ 1, got {local_size}")
+        if not 0 < local_crop_scale[0] <= local_crop_scale[1] <= 1:
+            raise ConfigError(f"simclr augmentation local_crop_scale must be [low, high] in (0, 1], got {local_crop_scale}")
         self.size, self.crop_scale, self.flip_p, self.degrees = size, tuple(crop_scale), flip_p, degrees
         self.jitter, self.hue, self.jitter_p = jitter, hue, jitter_p
         self.grayscale_p, self.blur_p, self.blur_sigma, self.noise_std = grayscale_p, blur_p, tuple(blur_sigma), noise_std
+        self.local_crops, self.local_size, self.local_crop_scale = local_crops, local_size, tuple(local_crop_scale)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         size = (self.size, self.size) if self.size else tuple(x.shape[-2:])
-        x = random_resized_crop(x, size, self.crop_scale, flip_p=self.flip_p, degrees=self.degrees, generator=generator)
+        return self._view(x, size, self.crop_scale, generator)
+
+    def local_view(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One small view (B, C, local_size, local_size) of ``local_crop_scale`` of each image."""
+        if self.local_size:
+            size = (self.local_size, self.local_size)
+        else:  # the official 96-pixel local crops of 224-pixel global ones
+            h, w = (self.size, self.size) if self.size else tuple(x.shape[-2:])
+            size = (max(1, round(h * 96 / 224)), max(1, round(w * 96 / 224)))
+        return self._view(x, size, self.local_crop_scale, generator)
+
+    def views(self, x: torch.Tensor, n_global: int = 2, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        return [self(x, generator) for _ in range(n_global)] + [self.local_view(x, generator) for _ in range(self.local_crops)]
+
+    def _view(self, x, size, scale, generator):
+        x = random_resized_crop(x, size, scale, flip_p=self.flip_p, degrees=self.degrees, generator=generator)
         if self.jitter > 0:
             x = color_jitter(x, self.jitter, self.jitter, self.jitter, self.hue, self.jitter_p, generator)
         x = random_grayscale(x, self.grayscale_p, generator)

@@ -95,6 +95,8 @@ def split_indices(n: int, test_fraction: float, seed: int, labels: torch.Tensor 
 class BatchIterator:
     """Endless shuffled batches: epoch e uses permutation ``randperm(N, seed + e)``; drops the last partial batch.
 
+    Each batch carries ``extra["index"]`` (B,) dataset indices and ``extra["epoch"]`` (B,) its epoch.
+
     ``batches_from(step)`` starts at any global step, which is how a resumed run continues exactly.
     """
 
@@ -111,7 +113,11 @@ class BatchIterator:
         while True:
             perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
             for j in range(i, self.per_epoch):
-                yield self.dataset.batch(perm[j * self.batch_size:(j + 1) * self.batch_size])
+                idx = perm[j * self.batch_size:(j + 1) * self.batch_size]
+                batch = self.dataset.batch(idx)
+                # dataset indices and the epoch, for objectives with per-sample memory (DeepCluster-v2)
+                batch.extra.update(index=idx, epoch=torch.full_like(idx, epoch))
+                yield batch
             epoch, i = epoch + 1, 0
 
 

@@ -1,6 +1,16 @@
 """The objective library, registered in ``mmssl.registry.OBJECTIVES``."""
 
-from mmssl.objectives import contrastive, crossmodal, generative, noncontrastive, predictive, temporal  # noqa: F401
+from mmssl.objectives import (  # noqa: F401  (importing registers them)
+    clustering,
+    contrastive,
+    crossmodal,
+    dino,
+    generative,
+    nnclr,
+    noncontrastive,
+    predictive,
+    temporal,
+)
 from mmssl.objectives.base import Objective
 
 __all__ = ["Objective"]
