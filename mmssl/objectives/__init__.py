@@ -1,5 +1,6 @@
 """The objective library, registered in ``mmssl.registry.OBJECTIVES``."""
 
+from mmssl.objectives import adversarial  # noqa: F401
 from mmssl.objectives import contrastive, crossmodal, generative, noncontrastive, predictive, temporal  # noqa: F401
 from mmssl.objectives.base import Objective
 
