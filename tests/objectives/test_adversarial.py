@@ -191,3 +191,67 @@ def test_bigan_resume_is_bit_identical(tmp_path):
             assert torch.equal(a, b), name
     assert torch.equal(straight.model.objectives.bigan.d_optimizer.state_dict()["state"][0]["exp_avg"],
                        resumed.model.objectives.bigan.d_optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+class _TinyImage(torch.nn.Module):
+    """A BatchNorm-free image encoder (per-rank BN statistics would differ from the global batch's by design)."""
+
+    modality, dim, in_channels = "image", 16, 1
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.Tanh())
+
+    def forward(self, x):
+        from mmssl.types import EncoderOutput
+
+        return EncoderOutput(pooled=self.net(x))
+
+
+def _discriminator_after_one_step(batch):
+    torch.manual_seed(0)
+    encoders = torch.nn.ModuleDict({"image": _TinyImage()})
+    objective = OBJECTIVES.build("context_encoder", encoders, image_size=8, hidden_dim=16, discriminator_width=4,
+                                 discriminator_hidden_dim=8)
+    objective(batch, encoders)
+    objective.after_step(encoders, 0.0)
+    state = objective.d_optimizer.state_dict()["state"]
+    return [p.detach().clone() for p in objective.discriminator.parameters()], [s["exp_avg"] for s in state.values()]
+
+
+def _global_images():
+    from mmssl.types import Batch
+
+    return Batch({"image": torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(2))})
+
+
+def _d_worker(rank, world, port, out_dir):
+    import os
+
+    import torch.distributed as dist
+
+    from mmssl.train.distributed import shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    result = _discriminator_after_one_step(shard(_global_images(), rank, world))
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_discriminator_step_on_two_ranks_equals_one_process(tmp_path):
+    """D's gradients are averaged over ranks inside after_step: both ranks end with the single-process D
+    (the centre mask and a BatchNorm-free encoder make the batch split the only difference)."""
+    import torch.multiprocessing as mp
+
+    from tests.gloo import free_port
+
+    mp.start_processes(_d_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    params, moments = _discriminator_after_one_step(_global_images())
+    for rank in range(2):
+        ddp_params, ddp_moments = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for a, b in zip(ddp_params, params):
+            assert torch.allclose(a, b, atol=1e-6)
+        for a, b in zip(ddp_moments, moments):  # Adam's first moment is (1-β₁)·ḡ: the gradient's size, not just its sign
+            assert torch.allclose(a, b, atol=1e-7, rtol=1e-4)
