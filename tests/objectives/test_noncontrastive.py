@@ -94,7 +94,8 @@ def _train_projections(objective_name: str, steps: int = 60, **kwargs) -> torch.
 def test_variance_and_covariance_terms_prevent_collapse():
     """Invariance alone collapses the projections to a point (Bardes et al. 2022); VICReg's variance hinge keeps
     every dimension's std near γ = 1 and the covariance term keeps the effective rank high; Barlow Twins too.
-    Measured (seed 0, 60 steps): std 0.011 vs 1.00, effective rank 10.1 (VICReg), 14.6 (Barlow Twins) of 16."""
+    Measured (seed 0, 60 steps; variance averaged over the branches): std 0.011 vs 1.04, effective rank 10.2
+    (VICReg), 14.6 (Barlow Twins) of 16."""
     invariance_only = _train_projections("vicreg", var_weight=0.0, cov_weight=0.0)
     vicreg = _train_projections("vicreg")
     barlow = _train_projections("barlow_twins", lambda_offdiag=1 / 16)
