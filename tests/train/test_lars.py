@@ -40,7 +40,7 @@ def test_two_steps_match_naive_reference_with_and_without_adaptation():
         assert torch.allclose(weight, ref["w"][0], atol=1e-6)
         assert torch.allclose(bias, ref["b"][0], atol=1e-6)
     # the adapted step is η‖w‖-sized, far below the plain lr·g one: adaptation really happened
-    assert (weight - ref["w"][0]).abs().max() < 1e-6 and ref["w"][1].norm() < 0.1 * ref["b"][1].norm()
+    assert ref["w"][1].norm() < 0.1 * ref["b"][1].norm()
 
 
 def test_zero_weights_fall_back_to_plain_sgd_and_bad_values_fail():
