@@ -133,8 +133,8 @@ class DCL(SimCLR):
     """DCL: SimCLR with the positive pair removed from the InfoNCE denominator (Yeh et al. 2022).
 
     ``L_i = -s_i,p(i) + log Σ_{k∉{i, p(i)}} exp(s_ik)``, ``s = cos(z_i, z_k)/τ`` over 2B projected views,
-    averaged over all 2B views: lightly's ``DCLLoss`` (½ of the two directions' means, the reference
-    implementation; the authors' code builds on SimCLR's and uses τ = 0.1, the default of its recipes).
+    averaged over all 2B views, as lightly's ``DCLLoss`` (½ of the two directions' means); the recipes use
+    lightly's default τ = 0.1.
     """
 
     def forward(self, batch: Batch, encoders: Mapping[str, Encoder]) -> ObjectiveOutput:
