@@ -1,6 +1,7 @@
 """The objective library, registered in ``mmssl.registry.OBJECTIVES``."""
 
 from mmssl.objectives import (  # noqa: F401  (importing registers them)
+    adversarial,
     clustering,
     contrastive,
     crossmodal,

@@ -98,7 +98,14 @@ def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float,
 
 @OBJECTIVES.register("simclr", modalities=("image", "audio", "text", "obs"))
 class SimCLR(Objective):
-    """SimCLR: NT-Xent/InfoNCE between two augmented views through an MLP projector (Chen et al. 2020)."""
+    """SimCLR: NT-Xent/InfoNCE between two augmented views through an MLP projector (Chen et al. 2020).
+
+    See ``nt_xent``: the mean over all 2B views, as the paper's Algorithm 1 and lightly's ``NTXentLoss``.
+    The official TF code (google-research/simclr ``objective.py``) returns ``loss_a + loss_b``, the sum
+    of the two directions' means, i.e. exactly 2× this value; the gradient direction and the meaning of
+    τ are the same (LARS and Adam are nearly invariant to a constant loss scale, plain SGD is not: double
+    the lr to match). Official τ: 0.5 on CIFAR-10, 0.1 on ImageNet with large batches.
+    """
 
     modalities = ("image", "audio", "text", "obs")
 
@@ -125,7 +132,9 @@ class SimCLR(Objective):
 class DCL(SimCLR):
     """DCL: SimCLR with the positive pair removed from the InfoNCE denominator (Yeh et al. 2022).
 
-    ``L_i = -s_i,p(i) + log Σ_{k∉{i, p(i)}} exp(s_ik)``, ``s = cos(z_i, z_k)/τ`` over 2B projected views.
+    ``L_i = -s_i,p(i) + log Σ_{k∉{i, p(i)}} exp(s_ik)``, ``s = cos(z_i, z_k)/τ`` over 2B projected views,
+    averaged over all 2B views, as lightly's ``DCLLoss`` (½ of the two directions' means); the recipes use
+    lightly's default τ = 0.1.
     """
 
     def forward(self, batch: Batch, encoders: Mapping[str, Encoder]) -> ObjectiveOutput:
@@ -172,16 +181,20 @@ class _Momentum(Objective):
 class MoCoV2(_Momentum):
     """MoCo v2: a query against its momentum key and a queue of past keys (He et al. 2020; Chen et al. 2020b).
 
-    ``L = -log exp(q·k⁺/τ) / (exp(q·k⁺/τ) + Σ_{k⁻∈queue} exp(q·k⁻/τ))`` on unit vectors, symmetrised over
-    the two views; the key network ``ξ ← m·ξ + (1-m)·θ`` (fixed m). After each step the (gathered) keys
-    of the second view replace the oldest of ``queue_size`` entries. The queue (K, P) and its pointer are
-    registered buffers, so checkpoints hold them and a resumed run continues exactly. The projector is
-    v2's MLP without BatchNorm; shuffled BN is not needed when BN statistics are per rank and per view.
+    ``L = -log exp(q·k⁺/τ) / (exp(q·k⁺/τ) + Σ_{k⁻∈queue} exp(q·k⁻/τ))`` on unit vectors, with queries from
+    the first view and keys from the second, as in the official code (facebookresearch/moco
+    ``builder.py``: one direction per step, the keys of ``im_k`` enqueued); ``symmetric=True`` averages
+    both directions (twice the forward work, the same expected loss). The key network
+    ``ξ ← m·ξ + (1-m)·θ`` (fixed m). After each step the (gathered) keys of the second view replace the
+    oldest of ``queue_size`` entries. The queue (K, P) and its pointer are registered buffers, so
+    checkpoints hold them and a resumed run continues exactly. The projector is v2's MLP without
+    BatchNorm; shuffled BN is not needed when BN statistics are per rank and per view. Official
+    ImageNet settings: τ = 0.2, K = 65536, m = 0.999 (the defaults here are sized for small data).
     """
 
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, temperature: float = 0.2,
                  projection_dim: int = 128, hidden_dim: int = 512, queue_size: int = 4096, momentum: float = 0.99,
-                 augment: str | None = None, augment_kwargs: dict | None = None):
+                 symmetric: bool = False, augment: str | None = None, augment_kwargs: dict | None = None):
         if queue_size < 1:
             raise ConfigError(f"moco_v2 queue_size must be ≥ 1, got {queue_size}")
         super().__init__(encoders, modality, temperature,
@@ -191,18 +204,20 @@ class MoCoV2(_Momentum):
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, projection_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self._pending: torch.Tensor | None = None
+        self.symmetric = symmetric
 
     def forward(self, batch: Batch, encoders: Mapping[str, Encoder]) -> ObjectiveOutput:
         online, keys = self.project_views(batch, encoders)
         q1, q2 = F.normalize(online.float(), dim=1).chunk(2)
         k1, k2 = F.normalize(keys.float(), dim=1).chunk(2)
         queue = self.queue.clone()  # a snapshot: the queue changes only in after_step
-        loss1, acc1 = moco_loss(q1, k2, queue, self.temperature)
-        loss2, acc2 = moco_loss(q2, k1, queue, self.temperature)
+        loss, acc = moco_loss(q1, k2, queue, self.temperature)
+        if self.symmetric:
+            loss2, acc2 = moco_loss(q2, k1, queue, self.temperature)
+            loss, acc = (loss + loss2) / 2, (acc + acc2) / 2
         if self.training:
             self._pending = gather(k2)  # every rank enqueues the same global keys
-        return ObjectiveOutput((loss1 + loss2) / 2, {"positive_accuracy": ((acc1 + acc2) / 2).item(),
-                                                     "momentum": self.momentum})
+        return ObjectiveOutput(loss, {"positive_accuracy": acc.item(), "momentum": self.momentum})
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
@@ -234,7 +249,9 @@ class MoCoV3(_Momentum):
 
     ``L = ctr(q₁, k₂) + ctr(q₂, k₁)``, ``ctr(q, k) = 2τ·CE(q·kᵀ/τ, diag)`` on unit vectors (B, P), keys
     gathered over ranks; no queue. Projector: 3-layer MLP with BN (last BN affine-free), predictor:
-    2-layer MLP; the momentum rises from ``momentum`` to 1 on a cosine schedule.
+    2-layer MLP; the momentum rises from ``momentum`` to 1 on a cosine schedule. This is the official
+    code's form (facebookresearch/moco-v3 ``builder.py``: ``CE(logits, labels)·2τ``, summed over the two
+    directions); its defaults are τ = 1.0 for ResNets and τ = 0.2 for ViTs, m = 0.99.
     """
 
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, temperature: float = 0.2,

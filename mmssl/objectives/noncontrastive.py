@@ -27,6 +27,8 @@ class BYOL(Objective):
 
     Loss (symmetrised over the two views): ``2 - 2·cos(q_θ(z_θ(v)), z_ξ(v'))`` with target weights
     ``ξ ← τ·ξ + (1-τ)·θ`` after every step and τ rising from ``momentum`` to 1 on a cosine schedule.
+    As the official code (deepmind byol ``byol_experiment.py``), the two directions are summed, not
+    averaged; its base τ is 0.996 (the default 0.99 here suits runs of a few hundred steps).
     """
 
     modalities = ("image", "audio", "text", "obs")
@@ -87,7 +89,8 @@ class SimSiam(_TwoViews):
 
     ``L = ½·D(p₁, sg(z₂)) + ½·D(p₂, sg(z₁))`` with ``D(p, z) = -cos(p, z)`` per sample, averaged; the
     projector is a BN MLP ending in affine-free BN, the predictor a bottleneck MLP (``predictor_dim``).
-    Purely per-sample, so nothing is gathered across ranks. ``output_std`` (std of the unit-normalised
+    This is the official code's form (facebookresearch/simsiam ``main_simsiam.py``:
+    ``-(cos(p₁, z₂).mean() + cos(p₂, z₁).mean())·0.5``). Purely per-sample, so nothing is gathered across ranks. ``output_std`` (std of the unit-normalised
     z, ≈1/√P when healthy, 0 when collapsed) is logged as the collapse indicator of the paper.
     """
 
@@ -130,12 +133,15 @@ class BarlowTwins(_TwoViews):
     """Barlow Twins: make the cross-correlation of two views' projections the identity (Zbontar et al. 2021).
 
     See ``barlow_twins_loss``; the projections are gathered over ranks with gradients first, so the batch
-    statistics (and the loss) are those of the global batch. ``lambda_offdiag`` defaults to the paper's
-    5e-3; ``1/projection_dim`` is a good choice for small projectors.
+    statistics (and the loss) are those of the global batch. ``lambda_offdiag`` defaults to the official
+    code's 0.0051 (facebookresearch/barlowtwins ``main.py --lambd``; the paper prints 5·10⁻³);
+    ``1/projection_dim`` is a good choice for small projectors. The official loss is
+    ``on_diag + λ·off_diag`` with ``c = bn(z₁)ᵀbn(z₂)/N`` (affine-free BatchNorm, biased variance), as here;
+    its first release also multiplied by ``scale_loss = 1/32``, later dropped (not applied here).
     """
 
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, projection_dim: int = 128,
-                 hidden_dim: int = 512, lambda_offdiag: float = 5e-3, augment: str | None = None,
+                 hidden_dim: int = 512, lambda_offdiag: float = 0.0051, augment: str | None = None,
                  augment_kwargs: dict | None = None):
         super().__init__(encoders, modality, (hidden_dim, projection_dim, 3), augment, augment_kwargs)
         self.lambda_offdiag = lambda_offdiag
@@ -149,10 +155,13 @@ class BarlowTwins(_TwoViews):
 @float32
 def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float, var_weight: float, cov_weight: float,
                 gamma: float = 1.0, eps: float = 1e-4) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """VICReg (Bardes, Ponce & LeCun 2022) on (N, P) projections: ``λ·s + μ·(v(z₁)+v(z₂)) + ν·(c(z₁)+c(z₂))``.
+    """VICReg (Bardes, Ponce & LeCun 2022) on (N, P) projections: ``λ·s + μ·½(v(z₁)+v(z₂)) + ν·(c(z₁)+c(z₂))``.
 
     ``s = mean‖z₁-z₂‖²/P`` (MSE); ``v(z) = mean_j max(0, γ - √(Var z_j + ε))``; ``c(z) = Σ_{i≠j} Cov(z)_ij² / P``
-    with unbiased (co)variances. Returns (loss, the three terms).
+    with unbiased (co)variances. The paper's Eq. 6 sums the two branches' variance terms; the official code
+    (facebookresearch/vicreg ``main_vicreg.py``: ``std_loss = mean(relu(1-std_x))/2 + mean(relu(1-std_y))/2``)
+    and lightly average them, and μ = 25 was tuned with the average, so this follows the code. The
+    covariance terms are summed in both. Returns (loss, the three terms; ``variance`` is the average).
     """
     n, p = z1.shape
     invariance = F.mse_loss(z1, z2)
@@ -165,7 +174,7 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float, var_weigh
         cov = z.T @ z / max(n - 1, 1)
         return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / p
 
-    terms = {"invariance": invariance, "variance": variance(z1) + variance(z2), "covariance": covariance(z1) + covariance(z2)}
+    terms = {"invariance": invariance, "variance": (variance(z1) + variance(z2)) / 2, "covariance": covariance(z1) + covariance(z2)}
     loss = sim_weight * terms["invariance"] + var_weight * terms["variance"] + cov_weight * terms["covariance"]
     return loss, terms
 
@@ -175,7 +184,8 @@ class VICReg(_TwoViews):
     """VICReg: invariance + variance hinge + covariance decorrelation (Bardes, Ponce & LeCun 2022).
 
     See ``vicreg_loss``; projections are gathered over ranks with gradients, so the variance and
-    covariance are the global batch's. Defaults λ = μ = 25, ν = 1 as in the paper.
+    covariance are the global batch's. Defaults λ = μ = 25, ν = 1 as in the paper and the official code,
+    whose convention (variance averaged over the two branches) ``vicreg_loss`` follows.
     """
 
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, projection_dim: int = 128,

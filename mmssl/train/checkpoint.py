@@ -123,7 +123,9 @@ def load_matching(module: torch.nn.Module, state: dict, what: str = "model") -> 
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    # non-tensor entries are modules' extra state (e.g. an objective's internal optimiser), not shaped
+    mismatched = sorted(k for k in set(own) & set(state)
+                        if torch.is_tensor(own[k]) and getattr(state[k], "shape", None) != own[k].shape)
     if missing or unexpected or mismatched:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", mismatched)):

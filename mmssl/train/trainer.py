@@ -26,6 +26,7 @@ from mmssl.errors import ConfigError, MMSSLError
 from mmssl.logging import RunLogger, console
 from mmssl.train import checkpoint, distributed
 from mmssl.train.build import SSLModel, build_data, build_model
+from mmssl.train.optim import LARS
 from mmssl.types import Batch
 
 #: a run whose every step is non-finite (NaN data, NaN BatchNorm statistics) would otherwise skip forever
@@ -57,17 +58,23 @@ def warmup_cosine(warmup_steps: int, total_steps: int, final_fraction: float):
 
 
 def make_optimizer(model: torch.nn.Module, tcfg: DictConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD; biases and normalisation parameters (ndim ≤ 1) get no weight decay."""
+    """AdamW, SGD or LARS; biases and normalisation parameters (ndim ≤ 1) get no weight decay (and, under
+    LARS, no trust-ratio adaptation, as in the SimCLR, BYOL and Barlow Twins codes)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim > 1], "weight_decay": float(tcfg.weight_decay)},
         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
     ]
     if tcfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=float(tcfg.lr))
+        betas = tuple(float(b) for b in tcfg.get("betas", (0.9, 0.999)))
+        return torch.optim.AdamW(groups, lr=float(tcfg.lr), betas=betas)
     if tcfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=float(tcfg.lr), momentum=float(tcfg.momentum), nesterov=True)
-    raise ConfigError(f"trainer.optimizer must be adamw or sgd, got {tcfg.optimizer!r}")
+    if tcfg.optimizer == "lars":
+        groups[1]["lars_adaptation"] = False
+        return LARS(groups, lr=float(tcfg.lr), momentum=float(tcfg.momentum),
+                    trust_coefficient=float(tcfg.get("trust_coefficient", 0.001)))
+    raise ConfigError(f"trainer.optimizer must be adamw, sgd or lars, got {tcfg.optimizer!r}")
 
 
 def autocast(device: torch.device, amp: str):

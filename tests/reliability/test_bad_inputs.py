@@ -170,7 +170,7 @@ CASES = [
     Case("bad-group-encoder", pre("encoder=convnett"), ("unknown encoder 'convnett'", "convnet")),
     Case("bad-group-data", pre("data=mnist"), ("unknown data 'mnist'", "digits")),
     Case("zero-steps", pre("trainer.steps=0"), ("trainer.steps must be ≥ 1",)),
-    Case("bad-optimizer", pre("trainer.optimizer=adam"), ("trainer.optimizer must be adamw or sgd",)),
+    Case("bad-optimizer", pre("trainer.optimizer=adam"), ("trainer.optimizer must be adamw, sgd or lars",)),
     Case("bad-amp", pre("trainer.amp=fp8"), ("trainer.amp must be",), untouched_run=False),  # checked at step 1
     Case("no-cuda", pre("device=cuda"), ("CUDA is not available",)),
     pytest.param(Case("bad-logger-mode", pre("logger.mode=sometimes"), ("logger.mode must be",))),
