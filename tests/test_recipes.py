@@ -47,7 +47,9 @@ def test_recipe_composes_builds_and_runs_forward(recipe):
     if side is None or "image" not in cfg.encoder:
         return
     channels = int(cfg.encoder.image.get("in_channels", 3))
-    batch = Batch({"image": torch.rand(4, channels, side, side)}, torch.tensor([0, 1, 0, 1]))
+    # index/epoch as the data iterator sets them (deepcluster_v2's memory bank reads them)
+    batch = Batch({"image": torch.rand(4, channels, side, side)}, torch.tensor([0, 1, 0, 1]),
+                  extra={"index": torch.arange(4), "epoch": torch.zeros(4, dtype=torch.long)})
     loss, _ = model(batch)
     assert torch.isfinite(loss)
 
