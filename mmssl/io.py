@@ -13,12 +13,25 @@ import io
 import os
 from pathlib import Path
 
+from mmssl.errors import MMSSLError
+
+
+class WriteError(MMSSLError, OSError):
+    """A file that could not be written (full disk, no permission); the previous version is intact."""
+
+    def __init__(self, message: str, errno_: int | None, strerror: str | None):
+        super().__init__(errno_, strerror)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
     """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically; on failure ``path`` is untouched.
 
     The temporary file (``.<name>.tmp-<pid>``) is removed when the write fails (a full disk raises
-    ``OSError`` here, not later).
+    ``OSError`` here, not later); the failure is raised as ``WriteError``, one line naming the file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,6 +43,10 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(f"could not write {path}: {exc.strerror or exc}; its previous version (if any) is intact",
+                         exc.errno, exc.strerror) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
