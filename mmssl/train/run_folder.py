@@ -190,11 +190,15 @@ def config_differences(stored: Mapping, current: Mapping, allowed: Iterable[str]
 class RunFolder:
     """A claimed, locked run folder; ``resume_from`` is ``(checkpoint path, state)`` when resuming."""
 
-    def __init__(self, path: Path, lock: RunLock, resume_from: tuple[Path, dict] | None):
-        self.path, self.lock, self.resume_from = path, lock, resume_from
+    def __init__(self, path: Path, lock: RunLock, resume_from: tuple[Path, dict] | None, created: bool = False):
+        self.path, self.lock, self.resume_from, self.created = path, lock, resume_from, created
 
     def release(self) -> None:
+        """Unlock; a folder this claim created is removed again when the run wrote nothing into it."""
         self.lock.release()
+        if self.created:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # only when empty
 
     def __enter__(self) -> RunFolder:
         return self
@@ -218,7 +222,7 @@ def claim(folder: str | Path | None, kind: str, *, resume: bool = False, config:
         if default is None:
             raise RunFolderError(f"pass {what}=<path>")
         path = fresh_folder(default())
-        return RunFolder(path, RunLock(path, kind).acquire(), None)
+        return RunFolder(path, RunLock(path, kind).acquire(), None, created=True)
     path = Path(folder)
     if resume and not path.is_dir():
         raise RunFolderError(f"resume=true but run folder {path} does not exist; check {what}, "
@@ -237,7 +241,7 @@ def claim(folder: str | Path | None, kind: str, *, resume: bool = False, config:
             with contextlib.suppress(OSError):
                 path.rmdir()  # only when still empty
         raise
-    return RunFolder(path, lock, found)
+    return RunFolder(path, lock, found, created)
 
 
 def _stored_config(path: Path) -> dict | None:
