@@ -19,3 +19,7 @@ class DataError(MMSSLError, ValueError):
 
 class ShapeError(MMSSLError, ValueError):
     """A tensor whose shape does not fit what a module expects."""
+
+
+class NonFiniteError(MMSSLError):
+    """A NaN or Inf loss, gradient, observation, reward or weight; the message names where it came from."""

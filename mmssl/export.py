@@ -21,6 +21,7 @@ import torch
 
 from mmssl.encoders.base import Encoder
 from mmssl.errors import MMSSLError
+from mmssl.io import atomic_write
 from mmssl.plugins import load_plugins
 from mmssl.train import checkpoint
 
@@ -74,7 +75,8 @@ def export(target: str | Path, out: str | Path, force: bool = False) -> Path:
         save_file(tensors, str(out / f"{modality}.safetensors"), metadata={"format": FORMAT, "modality": modality})
     meta = {"format": FORMAT, "encoders": specs, "plugins": plugins, "step": int(state.get("step", 0)),
             "source": str(path)}
-    (out / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write(out / CONFIG, json.dumps(meta, indent=2) + "
+")
     return out
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from mmssl.errors import ConfigError
+from mmssl.io import atomic_write
 
 
 def _clean(value):
@@ -43,10 +44,11 @@ class RunLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if config is not None:
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            atomic_write(self.run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
             from mmssl.provenance import environment
 
-            (self.run_dir / "environment.json").write_text(json.dumps(environment(), indent=1) + "\n")
+            atomic_write(self.run_dir / "environment.json", json.dumps(environment(), indent=1) + "
+")
         self._metrics = open(self.run_dir / "metrics.jsonl", "a" if resume else "w")
         if self.mode != "disabled":
             self._start_wandb(config, project, name or self.run_dir.name, group, tags)
@@ -103,7 +105,7 @@ class RunLogger:
     def summary(self, values: dict) -> None:
         if not self.enabled:
             return
-        (self.run_dir / "summary.json").write_text(json.dumps({k: _clean(v) for k, v in values.items()}, indent=2))
+        atomic_write(self.run_dir / "summary.json", json.dumps({k: _clean(v) for k, v in values.items()}, indent=2))
         if self.wandb_run is not None:
             try:
                 self.wandb_run.summary.update(values)
@@ -134,9 +136,7 @@ def drop_metrics_after(run_dir: str | Path, step: int) -> None:
                 kept.append(line if line.endswith("\n") else line + "\n")
         except json.JSONDecodeError:
             continue
-    tmp = path.with_name(".metrics.jsonl.tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(kept))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -14,6 +14,7 @@ import argparse
 import csv
 import difflib
 import glob
+import io
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import yaml
 
 from mmssl.errors import ConfigError, DataError
 from mmssl.eval import stats
+from mmssl.io import atomic_write, save_figure
 from mmssl.logging import console
 
 # keys that differ between runs without making them different experiments
@@ -290,7 +292,7 @@ def plot_curves(runs: list[Run], metric: str, keys: list[str], path: Path, confi
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -326,7 +328,7 @@ def plot_profile(runs: list[Run], metric: str, keys: list[str], path: Path, task
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -348,13 +350,14 @@ def report(runs: list[Run], metrics: list[str | None] | None = None, group_by: l
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "report.md").write_text(text + "\n")
+        atomic_write(out / "report.md", text + "\n")
         files.append(out / "report.md")
-        with open(out / "report.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, ["metric", *keys, "n", "missing", "mean", "std", "iqm", "ci_low", "ci_high"])
-            writer.writeheader()
-            for m in names:
-                writer.writerows({"metric": m} | row for row in rows[m])
+        buffer = io.StringIO(newline="")
+        writer = csv.DictWriter(buffer, ["metric", *keys, "n", "missing", "mean", "std", "iqm", "ci_low", "ci_high"])
+        writer.writeheader()
+        for m in names:
+            writer.writerows({"metric": m} | row for row in rows[m])
+        atomic_write(out / "report.csv", buffer.getvalue())
         files.append(out / "report.csv")
         if plots:
             curve_metrics = list(dict.fromkeys(names + [resolve_metric(runs, c) for c in curves or []]))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -59,7 +60,8 @@ def rl_command(modality: str, agent: str, seed: int, frames: int, eval_every: in
            "agent=ppo_minigrid", f"agent.total_timesteps={frames}", f"agent_encoder={encoder}",
            f"seed={seed}", "threads=1", "logger.mode=disabled", "progress=false", "checkpoint_every=10",
            f"eval.every={eval_every}", f"eval.episodes={eval_episodes}", "eval.probe_episodes=0",
-           "eval.env_kwargs={split: test}", "resume=true", f"run_dir={run_dir(modality, agent, seed)}"]
+           "eval.env_kwargs={split: test}", f"run_dir={run_dir(modality, agent, seed)}"]
+    cmd += ["resume=true"] * has_checkpoint(run_dir(modality, agent, seed))
     if agent != "scratch":
         cmd += [f"agent_encoder.pretrained={bind}", "agent_encoder.freeze=true"]
     if agent == "frozen+goal":  # potential-based: pays cos(tile under the agent, instruction) gained by a move
@@ -67,6 +69,16 @@ def rl_command(modality: str, agent: str, seed: int, frames: int, eval_every: in
                 "intrinsic.goal_key=instruction", "intrinsic.agent_tile=8", "intrinsic.mode=increase",
                 f"intrinsic.coef={GOAL_COEF}"]
     return cmd
+
+
+def has_checkpoint(folder: Path) -> bool:
+    return bool(list((folder / "checkpoints").glob("step_*.pt")))
+
+
+def clear_unstarted(folder: Path) -> None:
+    """A run killed before its first checkpoint cannot be resumed and its folder refuses a new run: clear it."""
+    if folder.is_dir() and not has_checkpoint(folder):
+        shutil.rmtree(folder)
 
 
 def run_dir(modality: str, agent: str, seed: int) -> Path:
@@ -162,6 +174,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.report:
         pending = [s for s in args.seeds if not list((RUNS / "bind" / f"seed{s}" / "checkpoints").glob("step_*.pt"))]
+        for s in pending:
+            clear_unstarted(RUNS / "bind" / f"seed{s}")
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda s: launch(pretrain_command(s, args.pretrain_steps), RUNS / "logs" / f"bind_seed{s}.log"),
                           pending))
@@ -171,6 +185,7 @@ def main() -> None:
 
         def one(job):
             m, a, s = job
+            clear_unstarted(run_dir(m, a, s))
             wall = launch(rl_command(m, a, s, args.frames, args.eval_every, args.eval_episodes),
                           RUNS / "logs" / f"{run_dir(m, a, s).parent.parent.name}_{a.replace('+', '_')}_seed{s}.log")
             print(f"{m:5s} {a:15s} seed {s}: {wall:.0f} s", flush=True)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from mmssl.data.base import ArrayDataset, iterate
 from mmssl.encoders.base import Encoder
 from mmssl.errors import DataError
+from mmssl.io import save_figure
 from mmssl.types import TEXT
 
 KS = (1, 5, 10)
@@ -157,7 +158,7 @@ def similarity_heatmaps(z: dict[str, torch.Tensor], labels: torch.Tensor, path: 
         ax.set_yticks([])
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="cosine similarity")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -178,6 +179,6 @@ def joint_embedding_plot(z: dict[str, torch.Tensor], labels: torch.Tensor, path:
     handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(c))) for c in range(len(names))]
     axes[0][-1].legend(handles, names, fontsize=6, loc="best")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmssl.io import save_figure
+
 
 def embedding_plot(features: np.ndarray, labels: np.ndarray, path: str | Path, title: str = "",
                    class_names: list[str] | None = None, seed: int = 0) -> Path:
@@ -37,6 +39,6 @@ def embedding_plot(features: np.ndarray, labels: np.ndarray, path: str | Path, t
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path

@@ -50,7 +50,7 @@ from mmssl.finetune.parts import (  # noqa: F401  (re-exported: the public piece
 from mmssl.logging import RunLogger, console
 from mmssl.objectives.base import DEFAULT_AUGMENT
 from mmssl.registry import AUGMENTATIONS, OBJECTIVES
-from mmssl.train import checkpoint
+from mmssl.train import checkpoint, run_folder
 from mmssl.train.build import OBJECTIVE_RUN_KEYS, build_data, build_encoders
 from mmssl.train.trainer import resolve_device, warmup_cosine
 from mmssl.types import IMAGE, Batch
@@ -259,13 +259,20 @@ def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, ou
     data_augment = cfg.data.get("augment") if modality == IMAGE else None
     strong = _build_augment(ft.strong_augment, modality, data_augment, "strong_augment").to(device) if semi else None
 
-    name = ft.name or default_name(cfg)
-    out_dir = Path(out_dir) / name
-    lcfg = cfg.get("logger") or {}
-    logger = RunLogger(out_dir, to_container(cfg), mode=lcfg.get("mode", "auto"), project=lcfg.get("project", "mmssl"),
-                       name=name, group=lcfg.get("group"), tags=list(lcfg.get("tags") or []) + ["finetune"])
     labelled_batches = BatchIterator(labelled, int(ft.batch_size), seed=seed).batches_from(0)
     unlabelled_batches = BatchIterator(unlabelled, int(ft.unlabelled_batch_size), seed=seed + 1).batches_from(0) if semi else None
+    target = Path(out_dir) / (ft.name or default_name(cfg))
+    # an explicit name must be a free folder; a derived one moves on to <name>-2, -3… instead of overwriting
+    folder = run_folder.claim(target if ft.name else None, "finetune", default=lambda: target, what="name")
+    out_dir, name = folder.path, folder.path.name
+    lcfg = cfg.get("logger") or {}
+    try:
+        logger = RunLogger(out_dir, to_container(cfg), mode=lcfg.get("mode", "auto"),
+                           project=lcfg.get("project", "mmssl"), name=name, group=lcfg.get("group"),
+                           tags=list(lcfg.get("tags") or []) + ["finetune"])
+    except BaseException:
+        folder.release()
+        raise
     best = {"val_accuracy": -1.0, "val_loss": math.inf, "step": 0, "state": None}
     evals_without_gain, step = 0, 0
     train_mode()
@@ -330,6 +337,7 @@ def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, ou
         logger.summary(summary)
     finally:
         logger.close()
+        folder.release()
     return summary
 
 

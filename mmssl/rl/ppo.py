@@ -29,7 +29,7 @@ from torch import nn
 
 import mmssl_envs
 from mmssl.config import registry_kwargs
-from mmssl.errors import ConfigError
+from mmssl.errors import ConfigError, NonFiniteError
 from mmssl.registry import INTRINSIC_REWARDS
 from mmssl.rl.agent import Agent, scale_action
 from mmssl.rl.aux import build_aux_objectives, rollout_batch
@@ -104,6 +104,22 @@ def to_tensor(obs) -> torch.Tensor | dict[str, torch.Tensor]:
     return torch.as_tensor(np.asarray(obs))
 
 
+def check_finite(values, what: str, where: str, envs: np.ndarray | None = None) -> None:
+    """Raise ``NonFiniteError`` naming ``what``, the env indices and ``where`` when a float array of
+    ``values`` (N, ...) — or a dict of them — holds a NaN or Inf; ``envs`` maps rows to env indices."""
+    if isinstance(values, Mapping):
+        for key, value in values.items():
+            check_finite(value, f"{what}[{key!r}]", where, envs)
+        return
+    array = np.asarray(values)
+    if not np.issubdtype(array.dtype, np.floating) or np.isfinite(array).all():
+        return
+    rows = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+    index = [int(envs[r]) if envs is not None else int(r) for r in rows]
+    raise NonFiniteError(f"non-finite {what} from env {', '.join(map(str, index))} at {where}; the update was stopped, "
+                         "no checkpoint written; check the environment (its observations and rewards)")
+
+
 def index_obs(obs, idx):
     return {k: v[idx] for k, v in obs.items()} if isinstance(obs, dict) else obs[idx]
 
@@ -139,6 +155,14 @@ class PPO:
                               f"{self.num_envs}, {self.num_steps}, {a.num_minibatches}")
         self.batch_size = self.num_envs * self.num_steps
         self.minibatch_size = self.batch_size // int(a.num_minibatches)
+        if self.batch_size % int(a.num_minibatches):
+            raise ConfigError(f"agent.num_minibatches={a.num_minibatches} does not split the batch of {self.batch_size} "
+                              f"(agent.num_envs={self.num_envs} × agent.num_steps={self.num_steps}) into equal minibatches; "
+                              f"pick a divisor of {self.batch_size}")
+        if self.minibatch_size < 2:  # advantage normalisation and the losses' means need at least two samples
+            raise ConfigError(f"agent.num_minibatches={a.num_minibatches} gives minibatches of {self.minibatch_size} from "
+                              f"a batch of {self.batch_size} (agent.num_envs={self.num_envs} × agent.num_steps="
+                              f"{self.num_steps}); use at most {self.batch_size // 2} minibatches")
         self.num_updates = max(1, int(a.total_timesteps) // self.batch_size)
         torch.manual_seed(int(cfg.seed))
         np.random.seed(int(cfg.seed))
@@ -195,12 +219,15 @@ class PPO:
         episodes: list[tuple[float, float, float, float | None]] = []
         self.agent.eval()
         with torch.no_grad():
-            for _ in range(T):
+            for t in range(T):
                 obs = self.next_obs
                 step = self.agent.act(obs)
                 raw_next, reward, terminated, truncated, infos = self.envs.step(
                     scale_action(step.action.numpy(), self.action_space))
                 self.global_step += N
+                where = f"env step {self.global_step} (update {self.update_index + 1}, rollout step {t + 1}/{T})"
+                check_finite(raw_next, "observation", where)
+                check_finite(reward, "reward", where)
                 done = np.logical_or(terminated, truncated)
                 done_t = torch.from_numpy(done.astype(np.float32))
                 next_obs = self.prepare(to_tensor(raw_next))
@@ -209,7 +236,9 @@ class PPO:
                 final_features = None
                 if done.any():
                     idx = np.flatnonzero(done)
-                    final = self.prepare(to_tensor(_stack_final(infos["final_obs"], idx)), update_stats=False)
+                    final_raw = _stack_final(infos["final_obs"], idx)
+                    check_finite(final_raw, "final observation", where, envs=idx)
+                    final = self.prepare(to_tensor(final_raw), update_stats=False)
                     if isinstance(real_next, dict):
                         real_next = {k: v.clone() for k, v in real_next.items()}
                         for k in real_next:
@@ -246,8 +275,13 @@ class PPO:
 
         # 2. intrinsic rewards -----------------------------------------------------------------------
         bonus = torch.zeros_like(rollout.rewards)
-        for reward_fn in self.intrinsic.values():
-            bonus += reward_fn.compute(rollout)
+        for slot, reward_fn in self.intrinsic.items():
+            term = reward_fn.compute(rollout)
+            if not torch.isfinite(term).all():
+                bad = torch.nonzero(~torch.isfinite(term))[0].tolist()
+                raise NonFiniteError(f"non-finite intrinsic reward {slot!r} at rollout step {bad[0] + 1}, env {bad[1]} "
+                                     f"(update {self.update_index + 1}); the update was stopped, no checkpoint written")
+            bonus += term
 
         # 3. advantages ------------------------------------------------------------------------------
         if self.integration == "add":
@@ -267,8 +301,9 @@ class PPO:
         self.agent.train()
         self.aux.train()
         stats: dict[str, list[float]] = {}
-        for _ in range(int(a.update_epochs)):
-            for mb in torch.randperm(self.batch_size).split(self.minibatch_size):
+        for epoch in range(int(a.update_epochs)):
+            for index, mb in enumerate(torch.randperm(self.batch_size).split(self.minibatch_size)):
+                where = f"update {self.update_index + 1} (epoch {epoch + 1}, minibatch {index + 1})"
                 new = self.agent.evaluate(index_obs(b_obs, mb), b_actions[mb])
                 mb_adv = normalise_advantages(b_adv[mb]) if norm_adv else b_adv[mb]
                 pg_loss, pg_stats = policy_loss(new.logprob, b_logprobs[mb], mb_adv, clip)
@@ -278,16 +313,27 @@ class PPO:
                                                  clip, clip_v)
                 entropy = new.entropy.mean()
                 loss = pg_loss - ent_coef * entropy + vf_coef * v_loss
+                terms = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy}
                 if self.aux:
                     batch = rollout_batch(index_obs(b_obs, mb), index_obs(b_next, mb), b_actions[mb], b_dones[mb])
                     for slot, objective in self.aux.items():
                         out = objective(batch, self.agent.encoders)
                         loss = loss + self.aux_weights[slot] * out.loss
+                        terms[f"aux/{slot}/loss"] = out.loss
                         _add(stats, {f"aux/{slot}/loss": out.loss.item(),
                                      **{f"aux/{slot}/{k}": v for k, v in out.metrics.items()}})
+                if not torch.isfinite(loss):
+                    bad = [k for k, v in terms.items() if not torch.isfinite(v).all()] or ["the weighted sum"]
+                    raise NonFiniteError(f"non-finite loss ({', '.join(bad)}) at {where}; the update was stopped before "
+                                         "the optimiser step, no checkpoint written; lower agent.learning_rate or check "
+                                         "the rewards")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = nn.utils.clip_grad_norm_(self.params, max_norm)
+                if not torch.isfinite(grad_norm):
+                    raise NonFiniteError(f"non-finite gradient in {', '.join(self._nonfinite_grads()[:3])} at {where}; "
+                                         "the update was stopped before the optimiser step, no checkpoint written; "
+                                         "lower agent.learning_rate or agent.max_grad_norm")
                 self.optimizer.step()
                 progress = (self.update_index + 1) / self.num_updates
                 for objective in self.aux.values():
@@ -324,6 +370,11 @@ class PPO:
             if cells:  # grid worlds: distinct cells visited per episode (envs.wrappers.Coverage)
                 metrics["episodic_cells"] = float(np.mean(cells))
         return metrics
+
+    def _nonfinite_grads(self) -> list[str]:
+        """Names of the parameters whose gradient holds a NaN or Inf."""
+        named = [*self.agent.named_parameters(), *((f"aux.{n}", p) for n, p in self.aux.named_parameters())]
+        return [name for name, p in named if p.grad is not None and not torch.isfinite(p.grad).all()] or ["(unknown)"]
 
     # -- checkpoint state -------------------------------------------------------------------------
     def state_dict(self) -> dict:

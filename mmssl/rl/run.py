@@ -7,7 +7,6 @@ final training statistics, evaluation returns/success, the linear state probe an
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from datetime import datetime
@@ -15,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import mmssl_envs
 from mmssl.config import compose, to_container
-from mmssl.logging import RunLogger, console
+from mmssl.errors import NonFiniteError
+from mmssl.io import atomic_write
+from mmssl.logging import RunLogger, console, drop_metrics_after
 from mmssl.rl.ppo import PPO, to_tensor
-from mmssl.train import checkpoint
+from mmssl.train import checkpoint, run_folder
 
 
 def main(overrides: list[str]) -> None:
@@ -33,10 +34,27 @@ def run(cfg: DictConfig) -> dict:
     """Train (or resume) the run described by ``cfg``; returns the summary dict."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    run_dir = Path(cfg.run_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}-rl-{cfg.env.name}-s{cfg.seed}")
+    ppo = PPO(cfg)  # builds (and validates) everything before the run folder is touched
+    try:
+        folder = run_folder.claim(cfg.run_dir, "rl", resume=bool(cfg.resume), config=to_container(cfg),
+                                  allow=list(cfg.get("resume_override") or []), default=lambda: default_run_dir(cfg))
+    except BaseException:
+        ppo.close()
+        raise
+    OmegaConf.update(cfg, "run_dir", str(folder.path))
+    with folder:
+        try:
+            return _train(cfg, ppo, folder.path, folder.resume_from)
+        finally:
+            ppo.close()
+
+
+def default_run_dir(cfg: DictConfig) -> Path:
+    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-rl-{cfg.env.name}-s{cfg.seed}"
+
+
+def _train(cfg: DictConfig, ppo: PPO, run_dir: Path, found: tuple[Path, dict] | None) -> dict:
     ckpt_dir = run_dir / "checkpoints"
-    found = checkpoint.latest(ckpt_dir) if cfg.resume else None
-    ppo = PPO(cfg)
     if found is not None:
         ppo.load_state_dict(found[1]["ppo"])
         drop_metrics_after(run_dir, ppo.global_step)
@@ -62,9 +80,7 @@ def run(cfg: DictConfig) -> dict:
                 logger.log(periodic_eval(ppo, cfg), step=ppo.global_step)
             interrupted = stop_after is not None and done_this_run >= int(stop_after)
             if last or interrupted or (every and ppo.update_index % every == 0):
-                checkpoint.save({"ppo": ppo.state_dict(), "config": to_container(cfg)},
-                                ckpt_dir / f"step_{ppo.global_step:09d}.pt")
-                checkpoint.prune(ckpt_dir, int(cfg.keep_checkpoints))
+                save(ppo, cfg, ckpt_dir)
             if interrupted and not last:
                 logger.close()
                 return {"interrupted_at_update": ppo.update_index}
@@ -80,19 +96,19 @@ def run(cfg: DictConfig) -> dict:
         return summary
     finally:
         logger.close()
-        ppo.close()
 
 
-def drop_metrics_after(run_dir: Path, global_step: int) -> None:
-    """Remove metrics.jsonl records past the checkpoint (logged before a kill), so the resumed run's are not duplicates."""
-    path = run_dir / "metrics.jsonl"
-    if path.exists():
-        lines = path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= global_step]
-        if len(kept) != len(lines):
-            tmp = path.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(kept))
-            tmp.replace(path)  # atomic: a kill here leaves either the old or the trimmed file
+def save(ppo: PPO, cfg: DictConfig, ckpt_dir: Path) -> Path:
+    """Checkpoint the run (refusing non-finite weights: a checkpoint is only ever a state worth resuming)."""
+    state = ppo.state_dict()
+    bad = [f"{part}.{name}" for part in ("agent", "aux", "intrinsic")
+           for name in checkpoint.nonfinite_tensors(state[part])]
+    if bad:
+        raise NonFiniteError(f"weights became non-finite by update {ppo.update_index} ({', '.join(bad[:3])}); no "
+                             f"checkpoint written, the last good one in {ckpt_dir} is intact")
+    path = checkpoint.save({"ppo": state, "config": to_container(cfg)}, ckpt_dir / f"step_{ppo.global_step:09d}.pt")
+    checkpoint.prune(ckpt_dir, int(cfg.keep_checkpoints), current=path)
+    return path
 
 
 def eval_env_config(cfg: DictConfig) -> dict:
@@ -207,7 +223,11 @@ def _render(env):
 
 def _save_gif(frames: list[np.ndarray], path: Path, fps: int = 15) -> None:
     """Frames (H, W, 3) uint8 → an animated GIF with Pillow (no ffmpeg/moviepy needed offline)."""
+    import io
+
     from PIL import Image
 
     images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    atomic_write(path, buffer.getvalue())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
 import re
 import warnings
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from mmssl.errors import MMSSLError
+from mmssl.io import atomic_write
 
 
 class CheckpointError(MMSSLError):
@@ -50,23 +50,13 @@ def restore_rng(state: dict) -> None:
 def save(state: dict, path: str | Path) -> Path:
     """Write ``state`` atomically to ``path`` (temp file, fsync, rename) plus its SHA-256 sidecar."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    digest_tmp = path.with_name(f".{path.name}.sha256.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        digest_tmp.write_text(hashlib.sha256(data).hexdigest() + "\n")
-        os.replace(digest_tmp, path.with_name(path.name + ".sha256"))
+        atomic_write(path, data)
+        atomic_write(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest() + "\n")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        digest_tmp.unlink(missing_ok=True)
         raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}; earlier checkpoints are intact") from None
     return path
 
@@ -108,14 +98,57 @@ def latest(directory: str | Path) -> tuple[Path, dict] | None:
     return None
 
 
-def prune(directory: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (and their checksums), and temp files of killed writers."""
-    for path in checkpoints(directory)[:-keep] if keep > 0 else []:
-        path.unlink(missing_ok=True)
-        path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+_WARNED: set[str] = set()
+
+
+def damage(path: str | Path) -> str | None:
+    """Why the checkpoint at ``path`` is unusable (its one-line error), or None when it loads and verifies."""
+    try:
+        load(path)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
+def prune(directory: str | Path, keep: int, current: str | Path | None = None) -> list[Path]:
+    """Delete valid checkpoints older than the newest ``keep`` valid ones (and their checksums), and temp
+    files of killed writers; returns the damaged checkpoints it kept.
+
+    A damaged checkpoint (fails its checksum or does not load) is never deleted, nor counted among the
+    ``keep``: it stays for a person to look at, with a warning. ``current`` (the file just written) and
+    anything newer than it are never deleted either.
+    """
+    found = checkpoints(directory)
+    if current is not None:
+        current = Path(current)
+        newest = _STEP.search(current.name)
+        limit = int(newest.group(1)) if newest else None
+        found = [p for p in found if limit is None or int(_STEP.search(p.name).group(1)) < limit]
+        valid, damaged = 1, []  # the file just written counts as one of the kept
+    else:
+        valid, damaged = 0, []
+    for path in reversed(found):
+        reason = damage(path)
+        if reason is not None:
+            damaged.append(path)
+            if str(path) not in _WARNED:  # once per file and process, not at every save
+                _WARNED.add(str(path))
+                warnings.warn(f"{reason}; keeping it (not pruned)", stacklevel=2)
+        elif valid < keep or keep <= 0:
+            valid += 1
+        else:
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".sha256").unlink(missing_ok=True)
     # a writer SIGKILLed mid-save leaves a full-size .step_*.pt.tmp-<pid>; this process's own can't be in flight here
-    for stale in Path(directory).glob(".step_*.pt.*tmp*"):
+    for stale in Path(directory).glob(".step_*.pt*tmp*"):
         stale.unlink(missing_ok=True)
+    return damaged
+
+
+def nonfinite_tensors(tensors) -> list[str]:
+    """Names of the floating-point tensors in a state dict (name → tensor) holding a NaN or Inf."""
+    return [name for name, value in tensors.items()
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
 
 
 def load_matching(module: torch.nn.Module, state: dict, what: str = "model") -> None:

@@ -9,8 +9,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mmssl.config import compose, to_container
-from mmssl.errors import ConfigError
+from mmssl.errors import ConfigError, MMSSLError
+from mmssl.io import atomic_write
 from mmssl.logging import RunLogger, console, drop_metrics_after
+from mmssl.train import distributed, run_folder
 
 
 def default_run_dir(cfg: DictConfig) -> Path:
@@ -20,17 +22,40 @@ def default_run_dir(cfg: DictConfig) -> Path:
 
 def run(cfg: DictConfig) -> dict:
     """Train and evaluate ``cfg``; returns the summary (also written to ``summary.json``)."""
-    from mmssl.eval.report import evaluate, probe_table
     from mmssl.train.trainer import Trainer
 
-    if cfg.run_dir is None:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ConfigError("under torchrun every rank must agree on the run folder: pass run_dir=<path>")
-        OmegaConf.update(cfg, "run_dir", str(default_run_dir(cfg)))
-    run_dir = Path(cfg.run_dir)
+    if cfg.run_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("under torchrun every rank must agree on the run folder: pass run_dir=<path>")
     started = time.perf_counter()
-    trainer = Trainer(cfg, run_dir)  # builds (and validates) everything before the run folder is touched
-    if cfg.resume and trainer.try_resume():  # a checkpoint that does not fit fails here, before config.yaml is rewritten
+    trainer = Trainer(cfg, cfg.run_dir or default_run_dir(cfg))  # builds (and validates) everything before the run folder is touched
+    folder, refused = None, None
+    if trainer.rank == 0:  # the other ranks write nothing; rank 0 owns (locks, checks) the folder
+        try:
+            folder = run_folder.claim(cfg.run_dir, "pretrain", resume=bool(cfg.resume), config=to_container(cfg),
+                                      allow=list(cfg.get("resume_override") or []),
+                                      default=lambda: default_run_dir(cfg))
+        except MMSSLError as exc:
+            refused = exc
+        else:
+            OmegaConf.update(cfg, "run_dir", str(folder.path))
+    if trainer.world > 1:  # every rank stops when rank 0 refused, instead of waiting for it in a collective
+        reason = distributed.gather_objects(None if refused is None else str(refused))[0]
+        if reason is not None and refused is None:
+            raise MMSSLError(f"rank 0 refused the run folder: {reason}")
+    if refused is not None:
+        raise refused
+    try:
+        return _train(cfg, trainer, Path(cfg.run_dir), folder.resume_from if folder else None, started)
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def _train(cfg: DictConfig, trainer, run_dir: Path, resume_from: tuple[Path, dict] | None, started: float) -> dict:
+    from mmssl.eval.report import evaluate, probe_table
+
+    trainer.run_dir, trainer.ckpt_dir = run_dir, run_dir / "checkpoints"
+    if cfg.resume and trainer.try_resume(resume_from):  # a checkpoint that does not fit fails here, before config.yaml is rewritten
         drop_metrics_after(run_dir, trainer.step)
     lcfg = cfg.logger
     logger = RunLogger(run_dir, to_container(cfg), mode=lcfg.mode, project=lcfg.project, name=lcfg.name,
@@ -52,7 +77,7 @@ def run(cfg: DictConfig) -> dict:
     finally:
         logger.close()
     table = probe_table(results)
-    (run_dir / "probes.md").write_text(table + "\n")
+    atomic_write(run_dir / "probes.md", table + "\n")
     print(table)
     console(f"run folder: {run_dir}  ({summary['time/total_seconds']:.0f} s)")
     return summary

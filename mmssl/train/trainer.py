@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from mmssl.config import to_container
 from mmssl.data.base import BatchIterator, DatasetSplits
-from mmssl.errors import ConfigError, MMSSLError
+from mmssl.errors import ConfigError, NonFiniteError  # noqa: F401  (NonFiniteError: re-exported)
 from mmssl.logging import RunLogger, console
 from mmssl.train import checkpoint, distributed
 from mmssl.train.build import SSLModel, build_data, build_model
@@ -31,10 +31,6 @@ from mmssl.types import Batch
 
 #: a run whose every step is non-finite (NaN data, NaN BatchNorm statistics) would otherwise skip forever
 MAX_CONSECUTIVE_SKIPS = 50
-
-
-class NonFiniteError(MMSSLError):
-    """A NaN or Inf loss or gradient."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,6 +116,7 @@ class Trainer:
         self.skipped_steps = 0
         self.consecutive_skips = 0
         self.resumed = False
+        self.saved_step = -1  # the step of the newest checkpoint written or resumed from
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -138,14 +135,20 @@ class Trainer:
         state = self.state()  # collective when distributed: every rank contributes its RNG state
         path = None
         if self.rank == 0:
+            bad = checkpoint.nonfinite_tensors(state["model"])
+            if bad:
+                raise NonFiniteError(f"model weights became non-finite by step {self.step} ({', '.join(bad[:3])}); no "
+                                     f"checkpoint written, the last good one in {self.ckpt_dir} is intact")
             path = checkpoint.save(state, self.ckpt_dir / f"step_{self.step:08d}.pt")
-            checkpoint.prune(self.ckpt_dir, int(self.cfg.trainer.keep_checkpoints))
+            checkpoint.prune(self.ckpt_dir, int(self.cfg.trainer.keep_checkpoints), current=path)
+        self.saved_step = self.step
         if self.world > 1:
             torch.distributed.barrier()
         return path
 
-    def try_resume(self) -> bool:
-        found = checkpoint.latest(self.ckpt_dir)
+    def try_resume(self, found: tuple[Path, dict] | None = None) -> bool:
+        """Continue from ``found`` (checkpoint path, state; the run folder's claim found it) or the newest valid one."""
+        found = found or checkpoint.latest(self.ckpt_dir)
         if found is None:
             return False
         path, state = found
@@ -155,6 +158,7 @@ class Trainer:
         self.step, self.skipped_steps = int(state["step"]), int(state.get("skipped_steps", 0))
         per_rank = state.get("rng_per_rank") or []
         checkpoint.restore_rng(per_rank[self.rank] if len(per_rank) == self.world else state["rng"])
+        self.saved_step = self.step
         console(f"resumed from {path} at step {self.step}")
         self.resumed = True
         return True
@@ -227,7 +231,8 @@ class Trainer:
                            self.step)
                 self.model.train()
         bar.close()
-        self.save()
+        if self.saved_step != self.step:  # written once: the loop may just have saved this very step
+            self.save()
 
     def _clip(self) -> torch.Tensor:
         clip = self.cfg.trainer.grad_clip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -55,17 +56,27 @@ def _quiet() -> None:
     os.dup2(devnull, 2)
 
 
+def _resumable(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """What a user does after a kill: ``resume=true`` once the folder holds a checkpoint; before the first one
+    there is nothing to resume and the folder refuses a new run, so it is cleared and started over."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+    cfg.resume = bool(checkpoint.checkpoints(run_dir / "checkpoints"))
+    if not cfg.resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    return cfg
+
+
 def pretrain(cfg: DictConfig, run_dir: Path) -> None:
     """The whole `mmssl pretrain` path (run folder, logger, evaluation), not just ``Trainer.fit``."""
     from mmssl.train.pretrain import run
 
-    run(cfg)
+    run(_resumable(cfg, run_dir))
 
 
 def rl(cfg: DictConfig, run_dir: Path) -> None:
     from mmssl.rl.run import run
 
-    run(cfg)
+    run(_resumable(cfg, run_dir))
 
 
 def _child(cfg: DictConfig, run_dir: Path, before: Callable[[], None] | None = None, train=fit) -> None:

@@ -107,7 +107,7 @@ def test_wrong_architecture_lists_keys_and_keeps_checkpoints(tmp_path, capsys):
     assert main(["pretrain", *tiny_overrides(tmp_path)]) == 0
     before = _digests(tmp_path / "checkpoints")
     err = _error(capsys, ["pretrain", *tiny_overrides(tmp_path, "resume=true", "trainer.steps=9",
-                                                    "encoder.image.width=8")])
+                                                    "encoder.image.width=8", "resume_override=[trainer.steps,encoder]")])
     assert "does not fit this architecture" in err and "shape-mismatched" in err and "encoders.image." in err
     assert _digests(tmp_path / "checkpoints") == before
 
