@@ -75,8 +75,7 @@ def export(target: str | Path, out: str | Path, force: bool = False) -> Path:
         save_file(tensors, str(out / f"{modality}.safetensors"), metadata={"format": FORMAT, "modality": modality})
     meta = {"format": FORMAT, "encoders": specs, "plugins": plugins, "step": int(state.get("step", 0)),
             "source": str(path)}
-    atomic_write(out / CONFIG, json.dumps(meta, indent=2) + "
-")
+    atomic_write(out / CONFIG, json.dumps(meta, indent=2) + "\n")
     return out
 
 

@@ -47,8 +47,7 @@ class RunLogger:
             atomic_write(self.run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
             from mmssl.provenance import environment
 
-            atomic_write(self.run_dir / "environment.json", json.dumps(environment(), indent=1) + "
-")
+            atomic_write(self.run_dir / "environment.json", json.dumps(environment(), indent=1) + "\n")
         self._metrics = open(self.run_dir / "metrics.jsonl", "a" if resume else "w")
         if self.mode != "disabled":
             self._start_wandb(config, project, name or self.run_dir.name, group, tags)
