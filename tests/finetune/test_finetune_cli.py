@@ -26,15 +26,15 @@ def _encoder_state(state: dict, prefix: str) -> dict:
 
 
 def test_finetune_writes_results_into_the_run_folder(run_dir, capsys):
-    assert main(["finetune", str(run_dir), "labels=5", "name=full5", *FAST]) == 0
-    out = run_dir / "finetune" / "full5"
+    assert main(["finetune", str(run_dir), "labels=10", "name=full10", *FAST]) == 0
+    out = run_dir / "finetune" / "full10"
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["test/accuracy"] <= 1.0
-    assert summary["labelled/per_class_min"] == summary["labelled/per_class_max"] == 5
-    assert summary["labelled/train_items"] == 40 and summary["labelled/val_items"] == 10  # 4 + 1 per class
+    assert summary["labelled/per_class_min"] == summary["labelled/per_class_max"] == 10
+    assert summary["labelled/train_items"] == 80 and summary["labelled/val_items"] == 20  # 8 + 2 per class
     assert f"test accuracy {summary['test/accuracy']:.4f}" in capsys.readouterr().out
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["finetune"]["labels"] == 5 and config["encoder"]["image"]["width"] == 4  # merged with the run's
+    assert config["finetune"]["labels"] == 10 and config["encoder"]["image"]["width"] == 4  # merged with the run's
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val/accuracy" in r] == [2, 4]
     # full fine-tuning starts from the pretrained weights and moves them
