@@ -99,7 +99,7 @@ class JointSpace(nn.Module):
         """The heads and scales of a trained binding objective (``node``: its config entry), weights copied."""
         defaults = {k: p.default for k, p in inspect.signature(type(objective).__init__).parameters.items()}
         spec = {"objective": str(node["name"]), "modalities": list(objective.projections),
-                "pairs": list(objective.log_scales), "biases": hasattr(objective, "biases"),
+                "pairs": list(objective.log_scales), "biases": len(getattr(objective, "biases", {})) > 0,
                 "input_dims": {m: int(encoders[m].dim) for m in objective.projections}}
         spec |= {k: int(node.get(k, defaults.get(k))) for k in JOINT_KEYS}
         joint = cls(spec)
@@ -362,25 +362,35 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
                      int(state.get("step", 0)), {"model": model}).to(device)
 
 
+def check_output(path: str | Path) -> str:
+    """The output format of ``path`` (npy, parquet, safetensors), checked before any work is done."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".npy", ".parquet", ".safetensors"):
+        raise ConfigError(f"--out {path}: write .npy, .parquet or .safetensors")
+    if suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise ConfigError("writing .parquet needs pyarrow, which is not installed; `pip install pyarrow` or "
+                              "write .npy / .safetensors") from None
+    return suffix[1:]
+
+
 def write_embeddings(path: str | Path, embeddings: torch.Tensor, items: Sequence[str] | None = None) -> Path:
     """Write (N, D) embeddings to ``.npy`` (plus ``<file>.inputs.txt``), ``.parquet`` or ``.safetensors``."""
     path = Path(path)
     x = embeddings.detach().float().cpu().contiguous()
-    suffix = path.suffix.lower()
-    if suffix not in (".npy", ".parquet", ".safetensors"):
-        raise ConfigError(f"--out {path}: write .npy, .parquet or .safetensors")
+    fmt = check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".parquet":
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ConfigError("writing .parquet needs pyarrow, which is not installed; `pip install pyarrow` or "
-                              "write .npy / .safetensors") from None
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         table = pa.table({"input": list(items) if items is not None else [str(i) for i in range(len(x))],
                           "embedding": pa.array(list(x.numpy()), type=pa.list_(pa.float32()))})
         pq.write_table(table, path)
-    elif suffix == ".safetensors":
+    elif fmt == "safetensors":
         from safetensors.torch import save_file
 
         save_file({"embeddings": x}, str(path), metadata={"inputs": json.dumps(list(items) if items else [])})
@@ -391,7 +401,7 @@ def write_embeddings(path: str | Path, embeddings: torch.Tensor, items: Sequence
     return path
 
 
-def embed_main(argv: list[str]) -> Path:
+def main(argv: list[str]) -> Path:
     """``mmssl embed RUN INPUTS… --out FILE [--modality M] [--batch-size N] [--pooled]``."""
     import argparse
 
@@ -409,8 +419,7 @@ def embed_main(argv: list[str]) -> Path:
     parser.add_argument("--pooled", action="store_true", help="the encoder's pooled features, not the joint space")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    if Path(args.out).suffix.lower() not in (".npy", ".parquet", ".safetensors"):
-        raise ConfigError(f"--out {args.out}: write .npy, .parquet or .safetensors")
+    check_output(args.out)
     run = load_run(args.run, args.device)
     modality = args.modality or guess_modality(args.inputs)
     items = collect(modality, args.inputs)
