@@ -91,8 +91,8 @@ class JointSpace(nn.Module):
     def scale(self, a: str, b: str) -> float:
         key = f"{a}_{b}" if f"{a}_{b}" in self.log_scales else f"{b}_{a}"
         if key not in self.log_scales:  # an unbound pair (bind with an anchor): the mean learned scale
-            return float(torch.stack(list(self.log_scales.values())).clamp(max=np.log(100)).exp().mean())
-        return float(self.log_scales[key].clamp(max=np.log(100)).exp())
+            return float(torch.stack(list(self.log_scales.values())).detach().clamp(max=np.log(100)).exp().mean())
+        return float(self.log_scales[key].detach().clamp(max=np.log(100)).exp())
 
     @classmethod
     def from_objective(cls, objective: nn.Module, node: Mapping, encoders: Mapping[str, nn.Module]) -> JointSpace:
@@ -422,6 +422,7 @@ def main(argv: list[str]) -> Path:
     check_output(args.out)
     run = load_run(args.run, args.device)
     modality = args.modality or guess_modality(args.inputs)
+    run._encoder(modality)  # a modality the run cannot embed fails before any file is read
     items = collect(modality, args.inputs)
     z = run.embed(modality, items, args.batch_size, joint=False if args.pooled else None, progress=True)
     out = write_embeddings(args.out, z, items)
