@@ -57,7 +57,7 @@ def find_checkpoint(target: str | Path) -> tuple[Path, Path, dict]:
                               "pass a pretraining run folder, a step_*.pt file or an `mmssl export` folder")
         return path, found[0], found[1]
     if not path.exists():
-        raise ConfigError(f"{path} is neither a run folder nor a checkpoint; pass a pretraining run folder")
+        raise ConfigError(f"{path} does not exist; pass a pretraining run folder, a step_*.pt checkpoint or an `mmssl export` folder")
     state = checkpoint.load(path)
     return (path.parent.parent if path.parent.name == "checkpoints" else path.parent), path, state
 

@@ -20,6 +20,8 @@ from mmssl.registry import DATASETS
 from mmssl.types import AUDIO
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+#: the rate clips of mixed rates are resampled to when data.sample_rate is not given
+DEFAULT_SAMPLE_RATE = 16000
 
 
 def read_audio(path: str | Path, sample_rate: int | None = None) -> torch.Tensor:
@@ -119,7 +121,7 @@ def audio_folder(root: str, seed: int = 0, sample_rate: int | None = None, clip_
                  group_pattern: str | None = None, limit: int | None = None) -> DatasetSplits:
     """Labelled clips from a folder (``{label}_{speaker}_{index}.wav`` or one folder per class), resampled.
 
-    ``sample_rate`` None: the files' own rate when they all share one (else an error asking for one);
+    ``sample_rate`` None: the files' own rate when they all share one, else 16 kHz;
     ``test_groups``: hold out exactly these speakers/sessions (groups read by ``group_pattern``);
     ``limit``: a class-stratified random sample of that many clips, fixed by ``seed``.
     """
@@ -130,10 +132,8 @@ def audio_folder(root: str, seed: int = 0, sample_rate: int | None = None, clip_
     if limit:
         labels = torch.tensor([classes.index(label) for _, label, _ in items])
         items = [items[i] for i in stratified_limit(len(items), labels, int(limit), seed).tolist()]
-    if sample_rate is None:
-        sample_rate = native_sample_rate([p for p, _, _ in items])
-        if sample_rate is None:
-            raise DataError(f"the clips under {root} have different sample rates; set data.sample_rate=<Hz> to resample them to one")
+    if sample_rate is None:  # the files' own rate when they agree; mixed rates are resampled to 16 kHz
+        sample_rate = native_sample_rate([p for p, _, _ in items]) or DEFAULT_SAMPLE_RATE
     samples = int(round(clip_seconds * sample_rate))
     waves = torch.stack([fit_length(read_audio(path, sample_rate), samples) for path, _, _ in items])
     labels = torch.tensor([classes.index(label) for _, label, _ in items])

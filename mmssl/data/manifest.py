@@ -62,9 +62,9 @@ def manifest(path: str, seed: int = 0, test_fraction: float = 0.2, label_column:
 
     ``group_column`` names the column holding each row's group (speaker, writer, session) and
     ``test_groups`` the groups held out for testing; ``limit`` keeps a class-stratified random sample of
-    rows fixed by ``seed``; ``sample_rate`` None reads clips at their own rate when all files share one.
+    rows fixed by ``seed``; ``sample_rate`` None reads clips at their own rate when all files share one (else 16 kHz).
     """
-    from mmssl.data.audio import native_sample_rate, read_audio
+    from mmssl.data.audio import DEFAULT_SAMPLE_RATE, native_sample_rate, read_audio
     from mmssl.data.trimodal import fit_length
     from mmssl.encoders.text import tokenize
 
@@ -91,10 +91,8 @@ def manifest(path: str, seed: int = 0, test_fraction: float = 0.2, label_column:
     if IMAGE in mods:
         data[IMAGE] = torch.stack([_load_image(resolve(r[IMAGE]), image_size, channels) for r in rows])
     if AUDIO in mods:
-        if sample_rate is None:
-            sample_rate = native_sample_rate([resolve(r[AUDIO]) for r in rows])
-            if sample_rate is None:
-                raise DataError(f"the clips of manifest {p} have different sample rates; set data.sample_rate=<Hz>")
+        if sample_rate is None:  # the clips' own rate when they agree, else 16 kHz
+            sample_rate = native_sample_rate([resolve(r[AUDIO]) for r in rows]) or DEFAULT_SAMPLE_RATE
         samples = int(round(clip_seconds * sample_rate))
         data[AUDIO] = torch.stack([fit_length(read_audio(resolve(r[AUDIO]), sample_rate), samples) for r in rows])
     if TEXT in mods:
