@@ -3,8 +3,10 @@
 Two layouts: flat files named ``{label}_{speaker}_{index}.{wav,flac,ogg}`` (the Free Spoken Digit
 Dataset's convention, and what ``synth_speech`` writes), or one sub-folder per class (any file names;
 the speaker is the name's second ``_`` field when there is one). Clips are mixed to mono, resampled
-to ``sample_rate`` and centred/cropped to ``clip_seconds``. ``split_by_speaker`` holds out whole
-speakers for the test split (generalisation to unseen voices); otherwise the split is stratified by class.
+to ``sample_rate`` (default: the files' own rate when they agree) and centred/cropped to ``clip_seconds``.
+``test_groups`` names the speakers (or the groups ``group_pattern`` reads from paths) held out for the
+test split; ``split_by_speaker`` holds out a seeded random set of speakers; otherwise the split is
+stratified by class.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmssl.data.base import ArrayDataset, DatasetSplits, group_of, split_dataset, split_indices, stratified_limit
+from mmssl.data.base import (
+    ArrayDataset,
+    DatasetSplits,
+    group_of,
+    split_dataset,
+    split_indices,
+    stratified_limit,
+)
 from mmssl.errors import DataError
 from mmssl.registry import DATASETS
 from mmssl.types import AUDIO

@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmssl.data.base import ArrayDataset, DatasetSplits, group_of, split_dataset, split_indices, stratified_limit
+from mmssl.data.base import (
+    ArrayDataset,
+    DatasetSplits,
+    group_of,
+    split_dataset,
+    split_indices,
+    stratified_limit,
+)
 from mmssl.errors import DataError
 from mmssl.registry import DATASETS
 from mmssl.types import IMAGE
