@@ -287,9 +287,10 @@ class LoadedRun:
               progress: bool = False) -> torch.Tensor:
         """(N, D) embeddings of ``inputs`` (see the module docstring); joint-space by default where the run has one."""
         self.uses_joint(modality, joint)  # fail before reading anything
-        total = len(inputs) if isinstance(inputs, torch.Tensor | np.ndarray) else len(collect(modality, inputs))
+        if not isinstance(inputs, torch.Tensor | np.ndarray):
+            inputs = collect(modality, inputs)  # once: the files behind folders and manifests, in order
         chunks = []
-        bar = _progress(total, f"embed {modality}", progress)
+        bar = _progress(len(inputs), f"embed {modality}", progress)
         for _, x in self.batches(modality, inputs, batch_size):
             chunks.append(self.encode(modality, x, joint))
             bar.update(len(x))

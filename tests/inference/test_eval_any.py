@@ -280,6 +280,13 @@ def test_embed_cli_writes_npy_and_safetensors(bind_run, image_dir, audio_dir, tm
     assert np.load(tmp_path / "t.npy").shape == (2, 64)
 
 
+def test_embed_a_manifest_column(bind_run, paired_manifest, tmp_path):
+    assert main(["embed", str(bind_run), str(paired_manifest), "--modality", "audio", "--out", str(tmp_path / "a.npy")]) == 0
+    z = np.load(tmp_path / "a.npy")
+    assert z.shape == (60, 64)
+    assert np.allclose(z[:2], load_run(bind_run).embed("audio", paired_manifest).numpy()[:2], atol=1e-6)
+
+
 def test_embed_parquet_and_bad_input(bind_run, image_dir, tmp_path, capsys):
     try:
         import pyarrow.parquet as pq
