@@ -2,12 +2,14 @@
 
   mmssl pretrain [overrides…]        self-supervised pretraining + probes (Hydra overrides; --help, --cfg job, -m)
   mmssl eval RUN_DIR|CHECKPOINT      probes, diagnostics and plots of a saved run
+  mmssl eval RUN data=… [data.*=…]   its frozen encoders on other data → RUN/eval/<data name>/
   mmssl list KIND                    registered encoders | objectives | augmentations | datasets | intrinsic_rewards
   mmssl rl [overrides…]              PPO with registry encoders, auxiliary objectives, intrinsic rewards (same flags)
   mmssl sweep create|local SPEC …    wandb sweeps, online or without a server
   mmssl report RUNS…                 multi-seed tables (mean, IQM, bootstrap CIs) and plots
   mmssl finetune RUN [overrides…]    few-label fine-tuning / semi-supervised training of a pretrained encoder
-  mmssl export RUN --out DIR         encoders as safetensors + config, loadable without pickle
+  mmssl export RUN --out DIR         encoders (+ joint-space heads) as safetensors + config, loadable without pickle
+  mmssl embed RUN INPUTS… --out F    embeddings of files/folders/manifests → .npy | .parquet | .safetensors
 
 Every command answers ``--help``. ``mmssl pretrain`` and ``mmssl rl`` take Hydra's own flags (``--cfg job``,
 ``--info``, ``-m``/``--multirun``, ``--config-dir``, ``-sc install=bash``; see ``mmssl.cli_hydra``).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -32,6 +35,7 @@ PASS_THROUGH = {
     "report": "mmssl.report",
     "finetune": "mmssl.finetune",
     "export": "mmssl.export",
+    "embed": "mmssl.inference",
 }
 
 
@@ -49,23 +53,23 @@ def cmd_list(kind: str) -> None:
         print(f"{e.name:<{width}}  {','.join(e.modalities) or '-':<{mods}}  {'yes' if e.sequence else 'no ':<3}  {e.doc}")
 
 
-def cmd_eval(target: str) -> None:
+def cmd_eval(target: str, overrides: list[str] | None = None) -> None:
     from omegaconf import OmegaConf
 
     from mmssl.eval.report import evaluate, probe_table
+    from mmssl.inference import find_checkpoint
     from mmssl.train import checkpoint
     from mmssl.train.build import build_data, build_model
 
-    path = Path(target)
-    if path.is_dir():
-        found = checkpoint.latest(path / "checkpoints") or checkpoint.latest(path)
-        if found is None:
-            raise MMSSLError(f"no valid checkpoint in {path} (looked in {path / 'checkpoints'})")
-        ckpt_path, state = found
-        run_dir = path
-    else:
-        ckpt_path, state = path, checkpoint.load(path)
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if overrides:  # another dataset: RUN/eval/<data name>/, nothing else in the run folder changes
+        from mmssl.eval.transfer import results_table, run
+
+        results, out_dir = run(target, overrides)
+        task = json.loads((out_dir / "results.json").read_text())["eval"].get("task", "classification")
+        print(results_table(results, task))
+        print(f"results: {out_dir}")
+        return
+    run_dir, ckpt_path, state = find_checkpoint(Path(target))
     cfg = OmegaConf.create(state["config"])
     model = build_model(cfg)
     checkpoint.load_matching(model, state["model"])
@@ -85,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in PASS_THROUGH:
         sub.add_parser(name, add_help=False)
-    sub.add_parser("eval", help="evaluate a run folder or checkpoint").add_argument("target")
+    eval_parser = sub.add_parser("eval", help="evaluate a run folder or checkpoint (on its data, or data=… overrides)")
+    eval_parser.add_argument("target")
+    eval_parser.add_argument("overrides", nargs="*", help="data=<option> data.<key>=… eval.<key>=…")
     sub.add_parser("list", help="list registered entries").add_argument("kind")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             cmd_list(args.kind)
         elif args.command == "eval":
-            cmd_eval(args.target)
+            cmd_eval(args.target, args.overrides)
         return 0
     except MMSSLError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -165,13 +165,14 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfi
         if isinstance(default, bool | int | float) and value is not None and not _same_kind(default, value):
             raise ConfigError(f"bad override {override!r}: {key} must be {type(default).__name__} "
                               f"(default {default!r}), got {value!r}")
-    OmegaConf.resolve(cfg)
-    load_plugins(cfg.get("plugins") or [])
-    _apply_encoder_choices(cfg, encoder_choices)
+    # missing keys first: resolving an interpolation that reads a ??? key would fail less clearly
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"config key(s) {', '.join(missing)} must be set (??? in the defaults); "
                           f"pass {missing[0]}=<value>")
+    OmegaConf.resolve(cfg)
+    load_plugins(cfg.get("plugins") or [])
+    _apply_encoder_choices(cfg, encoder_choices)
     return cfg
 
 
@@ -218,6 +219,16 @@ def _apply_encoder_choices(cfg: DictConfig, chosen: dict[str, list[str]]) -> Non
                 raise ConfigError(f"cannot parse override {override!r}; write key=value (Hydra override syntax)") from None
             node[key] = value
         OmegaConf.update(cfg, f"encoder.{modality}", node, merge=False)
+
+
+def _native_sample_rate(path, fallback=16000) -> int:
+    from mmssl.data.audio import folder_sample_rate  # lazily: config sits below data
+
+    return folder_sample_rate(path, fallback)
+
+
+# `${native_sample_rate:${.root},16000}` in data configs: the audio files' own rate when they all agree
+OmegaConf.register_new_resolver("native_sample_rate", _native_sample_rate, replace=True)
 
 
 def _same_kind(default, value) -> bool:

@@ -1,14 +1,19 @@
 """`mmssl export RUN_DIR|CHECKPOINT --out DIR`: encoders as safetensors, loadable without pickle.
 
 The export folder holds one ``<modality>.safetensors`` per encoder (its ``state_dict``: plain tensors,
-no code) and ``config.json`` with each encoder's registry spec (``{"name": ..., **options}``), the
-step and the source checkpoint. ``load_encoders(dir)`` rebuilds every encoder from the registry and
-loads its weights, so a consumer needs mmssl and the folder, nothing else::
+no code) and ``config.json`` with each encoder's registry spec (``{"name": ..., **options}``), how
+each modality's files are read (``inputs``), the step and the source checkpoint. A run trained with a
+cross-modal objective (clip, siglip, bind) also gets ``joint.safetensors``: its joint-space projection
+heads and learned logit scales (``config.json["joint"]`` says how to rebuild them), so zero-shot and
+retrieval work from the export alone. An open_clip image tower is also written as
+``image.open_clip.safetensors``, keyed as open_clip's own ``VisionTransformer`` (``config.json["open_clip"]``
+holds its ``embed_dim`` and ``vision_cfg``; see ``open_clip_vision_tower``)::
 
     encoders = load_encoders("exports/simclr")        # {"image": ConvNet(...)}
     features = encoders["image"](images).pooled        # (B, dim)
+    run = mmssl.inference.load_run("exports/bind")    # + run.heads, run.embed, run.classify
 
-Objective heads (projectors, predictors, momentum copies) are training machinery and are not exported.
+Other objective heads (projectors, predictors, momentum copies) are training machinery and are not exported.
 """
 
 from __future__ import annotations
@@ -29,15 +34,15 @@ FORMAT = "mmssl-encoders/1"
 CONFIG = "config.json"
 
 
+JOINT = "joint.safetensors"
+
+
 def _find_checkpoint(target: Path) -> tuple[Path, dict]:
     """The newest valid checkpoint of a run folder (or its checkpoints/ folder), or the given file."""
-    if target.is_dir():
-        found = checkpoint.latest(target / "checkpoints") or checkpoint.latest(target)
-        if found is None:
-            raise MMSSLError(f"no valid checkpoint in {target} (looked in {target / 'checkpoints'}); "
-                             "pass a run folder of `mmssl pretrain` or a step_*.pt file")
-        return found
-    return target, checkpoint.load(target)
+    from mmssl.inference import find_checkpoint
+
+    _, path, state = find_checkpoint(target)
+    return path, state
 
 
 def encoder_weights(model_state: dict, modality: str) -> dict[str, torch.Tensor]:
@@ -68,15 +73,81 @@ def export(target: str | Path, out: str | Path, force: bool = False) -> Path:
         raise MMSSLError(f"{path} has no weights for encoder(s) {empty}; is it a checkpoint of this config?")
     # rebuild and load before writing anything, so a broken checkpoint leaves no half export behind
     plugins = list(config.get("plugins") or [])
-    load_plugins(plugins)
-    _build(specs, weights, str(path))
+    load_plugins(plugins)  # encoders or objectives registered by a plugin
+    encoders = _build(specs, weights, str(path))
+    joint = _joint_space(config, state["model"], encoders, str(path))
+    from mmssl.inference import input_spec
+
+    meta = {"format": FORMAT, "encoders": specs, "inputs": input_spec(config, encoders), "plugins": plugins,
+            "step": int(state.get("step", 0)), "source": str(path)}
     out.mkdir(parents=True, exist_ok=True)
     for modality, tensors in weights.items():
         save_file(tensors, str(out / f"{modality}.safetensors"), metadata={"format": FORMAT, "modality": modality})
-    meta = {"format": FORMAT, "encoders": specs, "plugins": plugins, "step": int(state.get("step", 0)),
-            "source": str(path)}
+    if joint is not None:
+        save_file({k: v.detach().clone().contiguous() for k, v in joint.state_dict().items()}, str(out / JOINT),
+                  metadata={"format": FORMAT, "objective": joint.spec["objective"]})
+        meta["joint"] = joint.spec
+    if specs.get("image", {}).get("name") == "open_clip_vision":
+        visual = {k.removeprefix("visual."): v for k, v in weights["image"].items() if k.startswith("visual.")}
+        save_file(visual, str(out / "image.open_clip.safetensors"), metadata={"format": "open_clip VisionTransformer"})
+        meta["open_clip"] = {"image": _open_clip_vision_config(specs["image"])}
+    if isinstance(config.get("data"), dict) and config["data"].get("name"):
+        meta["data"] = {"name": config["data"]["name"]}
     atomic_write(out / CONFIG, json.dumps(meta, indent=2) + "\n")
     return out
+
+
+def _joint_space(config: dict, model_state: dict, encoders: dict[str, Encoder], where: str):
+    """The run's cross-modal objective's heads and scales as a ``JointSpace``, or None when it has none."""
+    from mmssl.config import registry_kwargs
+    from mmssl.inference import JointSpace, joint_objective
+    from mmssl.registry import OBJECTIVES
+    from mmssl.train.build import OBJECTIVE_RUN_KEYS
+
+    modules = torch.nn.ModuleDict(encoders)
+    for slot, node in (config.get("objective") or {}).items():
+        if not isinstance(node, dict) or "name" not in node:
+            continue
+        objective = OBJECTIVES.build(node["name"], modules, **registry_kwargs(node, OBJECTIVE_RUN_KEYS))
+        holder = torch.nn.Module()
+        holder.objectives = torch.nn.ModuleDict({slot: objective})
+        if joint_objective(holder) is None:
+            continue
+        prefix = f"objectives.{slot}."
+        checkpoint.load_matching(objective, {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)},
+                                 what=f"{where}: objective {slot!r}")
+        return JointSpace.from_objective(objective, node, encoders)
+    return None
+
+
+def _open_clip_vision_config(spec: dict) -> dict:
+    """``{"embed_dim", "vision_cfg"}`` of an ``open_clip_vision`` encoder spec, as open_clip builds the tower."""
+    from mmssl.encoders.base import open_clip_config
+
+    if spec.get("arch"):
+        cfg = open_clip_config(spec["arch"])
+        return {"arch": spec["arch"], "embed_dim": cfg["embed_dim"], "vision_cfg": cfg["vision_cfg"]}
+    vision_cfg = dict(image_size=32, patch_size=4, width=128, layers=4, head_width=32) | dict(spec.get("config") or {})
+    return {"embed_dim": int(spec.get("embed_dim", 128)), "vision_cfg": vision_cfg}
+
+
+def open_clip_vision_tower(directory: str | Path) -> torch.nn.Module:
+    """The exported image tower as open_clip's own ``VisionTransformer`` (eval mode), weights loaded.
+
+    It reads images normalised as the mmssl encoder does (3 channels, CLIP mean/std by default).
+    """
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    meta = _read_meta(d)
+    if "open_clip" not in meta or "image" not in meta["open_clip"]:
+        raise MMSSLError(f"{d} holds no open_clip image tower (its image encoder is "
+                         f"{meta['encoders'].get('image', {}).get('name')!r}); export a run with encoder.image.name=open_clip_vision")
+    oc = meta["open_clip"]["image"]
+    tower = _build_vision_tower(int(oc["embed_dim"]), CLIPVisionCfg(**oc["vision_cfg"]))
+    checkpoint.load_matching(tower, load_file(str(d / "image.open_clip.safetensors")), what=f"{d}: open_clip tower")
+    return tower.eval()
 
 
 def _build(specs: dict, weights: dict[str, dict[str, torch.Tensor]], where: str) -> dict[str, Encoder]:
@@ -89,19 +160,57 @@ def _build(specs: dict, weights: dict[str, dict[str, torch.Tensor]], where: str)
     return dict(encoders.items())
 
 
+def _read_meta(d: Path) -> dict:
+    try:
+        meta = json.loads((d / CONFIG).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MMSSLError(f"{d / CONFIG} is missing or unreadable ({exc}); export with `mmssl export RUN --out DIR`") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("encoders"), dict):
+        raise MMSSLError(f"{d / CONFIG} is not an mmssl encoder export (format {meta.get('format')!r}, expected {FORMAT!r})")
+    load_plugins(meta.get("plugins") or [])  # encoders registered by a plugin need it imported again
+    return meta
+
+
+def is_export(directory: str | Path) -> bool:
+    """Whether ``directory`` holds an ``mmssl export`` (its config.json says so)."""
+    try:
+        return json.loads((Path(directory) / CONFIG).read_text()).get("format") == FORMAT
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def load_export(directory: str | Path):
+    """An export folder as ``mmssl.inference.LoadedRun``: encoders, the joint space when exported, input spec."""
+    from omegaconf import OmegaConf
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from mmssl.inference import JointSpace, LoadedRun, input_spec
+
+    d = Path(directory)
+    meta = _read_meta(d)
+    encoders = torch.nn.ModuleDict(load_encoders(d))
+    joint = None
+    if meta.get("joint"):
+        joint = JointSpace(meta["joint"])
+        try:
+            state = load_file(str(d / JOINT))
+        except (OSError, SafetensorError) as exc:
+            raise MMSSLError(f"cannot read {d / JOINT} ({str(exc).splitlines()[0][:160]}); re-export the run") from None
+        checkpoint.load_matching(joint, state, what=f"{d}: joint space")
+        joint.eval()
+    config = OmegaConf.create({"encoder": meta["encoders"], "data": meta.get("data") or {}, "joint": meta.get("joint")})
+    inputs = meta.get("inputs") or input_spec({}, encoders)
+    return LoadedRun(encoders, joint, config, inputs, d, None, int(meta.get("step", 0)))
+
+
 def load_encoders(directory: str | Path) -> dict[str, Encoder]:
     """Rebuild the exported encoders (eval mode) from ``directory``: ``{modality: Encoder}``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     d = Path(directory)
-    try:
-        meta = json.loads((d / CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MMSSLError(f"{d / CONFIG} is missing or unreadable ({exc}); export with `mmssl export RUN --out DIR`") from None
-    if meta.get("format") != FORMAT or not isinstance(meta.get("encoders"), dict):
-        raise MMSSLError(f"{d / CONFIG} is not an mmssl encoder export (format {meta.get('format')!r}, expected {FORMAT!r})")
-    load_plugins(meta.get("plugins") or [])  # encoders registered by a plugin need it imported again
+    meta = _read_meta(d)
     weights = {}
     for modality in meta["encoders"]:
         file = d / f"{modality}.safetensors"
@@ -125,5 +234,6 @@ def main(argv: list[str]) -> Path:
     args = parser.parse_args(argv)
     out = export(args.target, args.out, force=args.force)
     names = ", ".join(sorted(p.name for p in out.glob("*.safetensors")))
-    print(f"exported {names} and {CONFIG} to {out}")
+    print(f"exported {names} and {CONFIG} to {out}" + ("" if (out / JOINT).exists() else " (no joint-space heads: the "
+          "run has no cross-modal objective)"))
     return out

@@ -63,7 +63,7 @@ def plugin_module(tmp_path, monkeypatch, request):
 def test_plugin_objective_and_encoder_selected_by_name(plugin_module):
     name, prefix = plugin_module
     cfg = compose("pretrain", [f"plugins=[{name}]", f"objective={prefix}_mse", f"objective.{prefix}_mse.noise=0.2",
-                               f"encoder.image={prefix}_flat", f"encoder.image.dim=8"])
+                               f"encoder.image={prefix}_flat", "encoder.image.dim=8"])
     assert cfg.objective[f"{prefix}_mse"] == {"name": f"{prefix}_mse", "weight": 1.0, "modality": None, "noise": 0.2}
     assert dict(cfg.encoder.image) == {"name": f"{prefix}_flat", "in_dim": 64, "dim": 8}
     model = build_model(cfg)

@@ -3,8 +3,10 @@
 Two layouts: flat files named ``{label}_{speaker}_{index}.{wav,flac,ogg}`` (the Free Spoken Digit
 Dataset's convention, and what ``synth_speech`` writes), or one sub-folder per class (any file names;
 the speaker is the name's second ``_`` field when there is one). Clips are mixed to mono, resampled
-to ``sample_rate`` and centred/cropped to ``clip_seconds``. ``split_by_speaker`` holds out whole
-speakers for the test split (generalisation to unseen voices); otherwise the split is stratified by class.
+to ``sample_rate`` (default: the files' own rate when they agree) and centred/cropped to ``clip_seconds``.
+``test_groups`` names the speakers (or the groups ``group_pattern`` reads from paths) held out for the
+test split; ``split_by_speaker`` holds out a seeded random set of speakers; otherwise the split is
+stratified by class.
 """
 
 from __future__ import annotations
@@ -14,12 +16,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmssl.data.base import ArrayDataset, DatasetSplits, split_indices
+from mmssl.data.base import (
+    ArrayDataset,
+    DatasetSplits,
+    group_of,
+    split_dataset,
+    split_indices,
+    stratified_limit,
+)
 from mmssl.errors import DataError
 from mmssl.registry import DATASETS
 from mmssl.types import AUDIO
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+#: the rate clips of mixed rates are resampled to when data.sample_rate is not given
+DEFAULT_SAMPLE_RATE = 16000
 
 
 def read_audio(path: str | Path, sample_rate: int | None = None) -> torch.Tensor:
@@ -49,8 +60,50 @@ def _class_order(names: set[str]) -> list[str]:
     return sorted(names, key=lambda n: (0, int(n), "") if n.isdigit() else (1, 0, n))
 
 
-def scan_audio_folder(root: str | Path) -> list[tuple[Path, str, str]]:
-    """(path, label, speaker) for every audio file under ``root`` in either layout, sorted by path."""
+def native_sample_rate(paths: list[Path]) -> int | None:
+    """The sample rate every file in ``paths`` shares (read from the headers only), or None when they differ."""
+    import soundfile as sf
+
+    rates = set()
+    for path in paths:
+        try:
+            rates.add(int(sf.info(str(path)).samplerate))
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            raise DataError(f"cannot read audio file {path}: {exc}; remove or replace it") from None
+        if len(rates) > 1:
+            return None
+    return rates.pop() if rates else None
+
+
+def folder_sample_rate(root: str, fallback: int = 16000) -> int:
+    """Config resolver ``${native_sample_rate:${oc.select:data.root,null},16000}``: the files' common rate, else ``fallback``.
+
+    A folder or manifest that cannot be read yet falls back quietly; the loader reports the real problem.
+    """
+    if root is None:
+        return int(fallback)
+    p = Path(str(root))
+    try:
+        if p.is_dir():
+            paths = [q for q in p.rglob("*") if q.suffix.lower() in AUDIO_EXTENSIONS]
+        elif p.is_file():
+            from mmssl.data.manifest import read_rows
+
+            paths = [q if q.is_absolute() else p.parent / q for q in (Path(r["audio"]) for r in read_rows(p) if r.get("audio"))]
+        else:
+            return int(fallback)
+        rate = native_sample_rate(paths)
+    except (DataError, OSError, KeyError):
+        return int(fallback)
+    return int(rate) if rate else int(fallback)
+
+
+def scan_audio_folder(root: str | Path, group_pattern: str | None = None) -> list[tuple[Path, str, str]]:
+    """(path, label, group) for every audio file under ``root`` in either layout, sorted by path.
+
+    The group is the speaker field of the name, or what regex ``group_pattern`` reads from the path
+    relative to ``root`` (e.g. ``'^(?P<group>[^/]+)/'`` for one folder per session).
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"audio folder {root} does not exist; pass data.root=<folder of clips>")
@@ -64,23 +117,39 @@ def scan_audio_folder(root: str | Path) -> list[tuple[Path, str, str]]:
         else:
             raise DataError(f"cannot tell the label of {path}: name flat files {{label}}_{{speaker}}_{{index}}"
                             f"{path.suffix} or put them in one folder per class")
+        if group_pattern is not None:
+            items[-1] = items[-1][:2] + (group_of(path.relative_to(root).as_posix(), group_pattern, str(root)),)
     if not items:
         raise DataError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {root}")
     return items
 
 
 @DATASETS.register("audio_folder", modalities=(AUDIO,))
-def audio_folder(root: str, seed: int = 0, sample_rate: int = 16000, clip_seconds: float = 1.0,
-                 test_fraction: float = 0.2, split_by_speaker: bool = False) -> DatasetSplits:
-    """Labelled clips from a folder (``{label}_{speaker}_{index}.wav`` or one folder per class), resampled."""
+def audio_folder(root: str, seed: int = 0, sample_rate: int | None = None, clip_seconds: float = 1.0,
+                 test_fraction: float = 0.2, split_by_speaker: bool = False, test_groups: list[str] | None = None,
+                 group_pattern: str | None = None, limit: int | None = None) -> DatasetSplits:
+    """Labelled clips from a folder (``{label}_{speaker}_{index}.wav`` or one folder per class), resampled.
+
+    ``sample_rate`` None: the files' own rate when they all share one, else 16 kHz;
+    ``test_groups``: hold out exactly these speakers/sessions (groups read by ``group_pattern``);
+    ``limit``: a class-stratified random sample of that many clips, fixed by ``seed``.
+    """
     from mmssl.data.trimodal import fit_length
 
-    items = scan_audio_folder(root)
+    items = scan_audio_folder(root, group_pattern)
     classes = _class_order({label for _, label, _ in items})
+    if limit:
+        labels = torch.tensor([classes.index(label) for _, label, _ in items])
+        items = [items[i] for i in stratified_limit(len(items), labels, int(limit), seed).tolist()]
+    if sample_rate is None:  # the files' own rate when they agree; mixed rates are resampled to 16 kHz
+        sample_rate = native_sample_rate([p for p, _, _ in items]) or DEFAULT_SAMPLE_RATE
     samples = int(round(clip_seconds * sample_rate))
     waves = torch.stack([fit_length(read_audio(path, sample_rate), samples) for path, _, _ in items])
     labels = torch.tensor([classes.index(label) for _, label, _ in items])
-    full = ArrayDataset({AUDIO: waves}, labels, classes, f"audio_folder:{root}")
+    full = ArrayDataset({AUDIO: waves}, labels, classes, f"audio_folder:{root}", groups=[s for _, _, s in items])
+    if test_groups:
+        train_set, test_set = split_dataset(full, test_fraction, seed, test_groups)
+        return DatasetSplits(train_set, test_set, {"sample_rate": sample_rate})
     if split_by_speaker:
         speakers = sorted({s for _, _, s in items})
         if len(speakers) < 2:

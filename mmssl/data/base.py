@@ -23,12 +23,15 @@ class ArrayDataset:
     """
 
     def __init__(self, data: Mapping[str, torch.Tensor], labels: torch.Tensor | None = None,
-                 classes: list[str] | None = None, name: str = "dataset", extra: Mapping | None = None):
+                 classes: list[str] | None = None, name: str = "dataset", extra: Mapping | None = None,
+                 groups: list[str] | None = None):
         if not data:
             raise DataError(f"{name}: no modalities given")
         sizes = {k: len(v) for k, v in data.items()}
         if labels is not None:
             sizes["labels"] = len(labels)
+        if groups is not None:
+            sizes["groups"] = len(groups)
         if len(set(sizes.values())) != 1:
             raise DataError(f"{name}: modalities have different lengths {sizes}; every item needs all of them")
         if next(iter(sizes.values())) == 0:
@@ -38,6 +41,8 @@ class ArrayDataset:
         self.classes = classes
         self.name = name
         self.extra = dict(extra or {})
+        #: per-item group names (speaker, writer, session) where the loader knows them, else None
+        self.groups = None if groups is None else list(groups)
 
     def __len__(self) -> int:
         return len(next(iter(self.data.values())))
@@ -54,7 +59,7 @@ class ArrayDataset:
     def subset(self, idx: torch.Tensor, name: str | None = None) -> ArrayDataset:
         return ArrayDataset({k: v[idx] for k, v in self.data.items()},
                             None if self.labels is None else self.labels[idx], self.classes, name or self.name,
-                            self.extra)
+                            self.extra, None if self.groups is None else [self.groups[i] for i in idx.tolist()])
 
     def all(self) -> Batch:
         return self.batch(torch.arange(len(self)))
@@ -90,6 +95,79 @@ def split_indices(n: int, test_fraction: float, seed: int, labels: torch.Tensor 
         test.append(idx[:k])
         train.append(idx[k:])
     return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+def group_split(groups: list[str], test_groups: list[str], where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) indices holding out every item whose group (speaker, writer, session) is in ``test_groups``.
+
+    A group name that no item has raises a one-line ``DataError`` listing the groups there are.
+    """
+    known = sorted(set(groups))
+    unknown = [g for g in test_groups if g not in known]
+    if unknown:
+        shown = ", ".join(known[:30]) + (f", … ({len(known)} in all)" if len(known) > 30 else "")
+        raise DataError(f"{where}: test_groups {unknown} not found; the groups are: {shown} "
+                        "(check data.test_groups and data.group_pattern)")
+    held = set(test_groups)
+    if held == set(known):
+        raise DataError(f"{where}: test_groups holds out every group {known}; leave at least one for training")
+    is_test = torch.tensor([g in held for g in groups])
+    return torch.nonzero(~is_test).flatten(), torch.nonzero(is_test).flatten()
+
+
+def split_dataset(full: ArrayDataset, test_fraction: float, seed: int,
+                  test_groups: list[str] | None = None) -> tuple[ArrayDataset, ArrayDataset]:
+    """(train, test) of ``full``: the named ``test_groups`` held out when given, else stratified by label."""
+    if test_groups:
+        if full.groups is None:
+            raise DataError(f"{full.name} has no groups, so data.test_groups cannot be used; read them from file "
+                            "names with data.group_pattern (folders) or data.group_column (manifests)")
+        train, test = group_split(full.groups, [str(g) for g in test_groups], full.name)
+    else:
+        train, test = split_indices(len(full), test_fraction, seed, full.labels)
+    return full.subset(train, f"{full.name}/train"), full.subset(test, f"{full.name}/test")
+
+
+def group_of(path: str, pattern: str | None, where: str) -> str | None:
+    """The group of ``path`` read with regex ``pattern`` (named group ``group``, else group 1, else the match)."""
+    import re
+
+    if pattern is None:
+        return None
+    try:
+        m = re.search(pattern, path)
+    except re.error as exc:
+        raise DataError(f"data.group_pattern {pattern!r} is not a valid regular expression ({exc})") from None
+    if m is None:
+        raise DataError(f"{where}: data.group_pattern {pattern!r} does not match {path!r}; "
+                        r"write a regex that matches every file, e.g. '_(?P<group>[^_]+)_\d+\.'")
+    if "group" in m.re.groupindex:
+        return m.group("group")
+    return m.group(1) if m.re.groups else m.group(0)
+
+
+def stratified_limit(n: int, labels: torch.Tensor | None, limit: int, seed: int) -> torch.Tensor:
+    """Sorted indices of a random sample of ``limit`` items, class proportions kept (largest remainders), fixed by seed.
+
+    Replaces "the first ``limit`` items", which in a class-ordered folder is the first few classes only.
+    """
+    if limit < 1:
+        raise DataError(f"data.limit must be ≥ 1, got {limit}")
+    g = torch.Generator().manual_seed(int(seed))
+    if limit >= n:
+        return torch.arange(n)
+    if labels is None:
+        return torch.randperm(n, generator=g)[:limit].sort().values
+    classes, counts = torch.unique(labels, return_counts=True)
+    quota = counts.double() * limit / n
+    take = quota.floor().long()
+    order = torch.argsort(quota - take.double(), descending=True, stable=True)
+    take[order[:limit - int(take.sum())]] += 1
+    chosen = []
+    for c, k in zip(classes.tolist(), take.tolist()):
+        idx = torch.nonzero(labels == c).flatten()
+        chosen.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    return torch.cat(chosen).sort().values
 
 
 class BatchIterator:

@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmssl.data.base import ArrayDataset, DatasetSplits, split_indices
+from mmssl.data.base import (
+    ArrayDataset,
+    DatasetSplits,
+    group_of,
+    split_dataset,
+    split_indices,
+    stratified_limit,
+)
 from mmssl.errors import DataError
 from mmssl.registry import DATASETS
 from mmssl.types import IMAGE
@@ -42,7 +49,7 @@ def _splits(images: torch.Tensor, labels: torch.Tensor, classes: list[str], name
         raise DataError(f"{name}: images must be (N, C, H, W), got shape {tuple(images.shape)}")
     full = ArrayDataset({IMAGE: images}, labels, classes, name)
     if limit:
-        full = full.subset(torch.arange(min(limit, len(full))))
+        full = full.subset(stratified_limit(len(full), full.labels, int(limit), seed))
     train, test = split_indices(len(full), test_fraction, seed, full.labels)
     return DatasetSplits(full.subset(train, f"{name}/train"), full.subset(test, f"{name}/test"))
 
@@ -109,13 +116,24 @@ def fashion_mnist(seed: int = 0, root: str = FASHION_MNIST_DIR, limit: int | Non
                          ArrayDataset({IMAGE: x_te}, y_te, FASHION_CLASSES, "fashion_mnist/test"))
 
 
-def _stack_pil(items, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+ASPECTS = ("crop", "squash")
+
+
+def _stack_pil(items, size: int | None, channels: int = 3, aspect: str = "squash") -> tuple[torch.Tensor, torch.Tensor]:
+    """PIL images → uint8 (N, channels, size, size): grey ("L") or RGB, then ``aspect`` "squash" (resize both
+    sides to ``size``) or "crop" (resize the shorter side to ``size``, centre-crop the other: no distortion)."""
     from torchvision.transforms.v2 import functional as TF
 
+    if channels not in (1, 3):
+        raise DataError(f"data.channels must be 1 (grey) or 3 (RGB), got {channels}")
+    if aspect not in ASPECTS:
+        raise DataError(f"data.aspect must be one of {', '.join(ASPECTS)}, got {aspect!r}")
     images, labels = [], []
     for img, label in items:
-        t = TF.pil_to_tensor(img.convert("RGB")) if not torch.is_tensor(img) else img
-        if size:
+        t = TF.pil_to_tensor(img.convert("L" if channels == 1 else "RGB")) if not torch.is_tensor(img) else img
+        if size and aspect == "crop":
+            t = TF.center_crop(TF.resize(t, size, antialias=True), [size, size])
+        elif size:
             t = TF.resize(t, [size, size], antialias=True)
         images.append(t)
         labels.append(int(label))
@@ -146,8 +164,14 @@ def torchvision_dataset(seed: int = 0, name: str = "CIFAR10", root: str = "data"
 
 @DATASETS.register("image_folder", modalities=(IMAGE,))
 def image_folder(root: str, seed: int = 0, size: int = 32, test_fraction: float = 0.2,
-                 limit: int | None = None) -> DatasetSplits:
-    """Your own images: one sub-folder per class (torchvision ImageFolder layout), resized to ``size``×``size``."""
+                 limit: int | None = None, channels: int = 3, aspect: str = "squash",
+                 test_groups: list[str] | None = None, group_pattern: str | None = None) -> DatasetSplits:
+    """Your own images: one sub-folder per class (torchvision ImageFolder layout), resized to ``size``×``size``.
+
+    ``channels`` 1 (grey) or 3 (RGB; the config's null takes the encoder's ``in_channels``); ``aspect``
+    "squash" or "crop" (shorter side to ``size``, centre crop); ``limit`` a class-stratified random sample
+    fixed by ``seed``; ``test_groups`` holds out the writers/sessions that ``group_pattern`` reads from paths.
+    """
     from PIL import UnidentifiedImageError
     from torchvision.datasets import ImageFolder
 
@@ -155,14 +179,18 @@ def image_folder(root: str, seed: int = 0, size: int = 32, test_fraction: float 
         ds = ImageFolder(root)
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"image folder {root!r}: {exc}".splitlines()[0]) from None
-    n = min(limit, len(ds)) if limit else len(ds)
+    keep = (stratified_limit(len(ds), torch.tensor(ds.targets), int(limit), seed).tolist() if limit
+            else list(range(len(ds))))
+    groups = ([group_of(Path(ds.samples[i][0]).relative_to(root).as_posix(), group_pattern, root) for i in keep]
+              if group_pattern else None)
 
     def items():
-        for i in range(n):
+        for i in keep:
             try:
                 yield ds[i]
             except (UnidentifiedImageError, OSError) as exc:
                 raise DataError(f"corrupt image {ds.samples[i][0]}: {exc}; remove or replace the file") from None
 
-    images, labels = _stack_pil(items(), size)
-    return _splits(images, labels, ds.classes, f"image_folder:{root}", test_fraction, seed)
+    images, labels = _stack_pil(items(), size, channels, aspect)
+    full = ArrayDataset({IMAGE: images}, labels, ds.classes, f"image_folder:{root}", groups=groups)
+    return DatasetSplits(*split_dataset(full, test_fraction, seed, test_groups))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmssl.data.base import ArrayDataset, DatasetSplits, split_indices
+from mmssl.data.base import ArrayDataset, DatasetSplits, split_dataset, stratified_limit
 from mmssl.errors import DataError
 from mmssl.registry import DATASETS
 from mmssl.types import AUDIO, IMAGE, TEXT
@@ -55,10 +55,16 @@ def _load_image(path: Path, size: int, channels: int) -> torch.Tensor:
 
 @DATASETS.register("manifest", modalities=MANIFEST_MODALITIES)
 def manifest(path: str, seed: int = 0, test_fraction: float = 0.2, label_column: str = "label",
-             image_size: int = 32, channels: int = 1, sample_rate: int = 16000, clip_seconds: float = 1.0,
-             context_length: int = 32) -> DatasetSplits:
-    """Paired items from a CSV/JSONL manifest: columns ``image`` (path), ``audio`` (path), ``text``, ``label``."""
-    from mmssl.data.audio import read_audio
+             image_size: int = 32, channels: int = 1, sample_rate: int | None = None, clip_seconds: float = 1.0,
+             context_length: int = 32, group_column: str | None = None, test_groups: list[str] | None = None,
+             limit: int | None = None) -> DatasetSplits:
+    """Paired items from a CSV/JSONL manifest: columns ``image`` (path), ``audio`` (path), ``text``, ``label``.
+
+    ``group_column`` names the column holding each row's group (speaker, writer, session) and
+    ``test_groups`` the groups held out for testing; ``limit`` keeps a class-stratified random sample of
+    rows fixed by ``seed``; ``sample_rate`` None reads clips at their own rate when all files share one (else 16 kHz).
+    """
+    from mmssl.data.audio import DEFAULT_SAMPLE_RATE, native_sample_rate, read_audio
     from mmssl.data.trimodal import fit_length
     from mmssl.encoders.text import tokenize
 
@@ -73,11 +79,20 @@ def manifest(path: str, seed: int = 0, test_fraction: float = 0.2, label_column:
         absent = [m for m in mods if row.get(m) in (None, "")]
         if absent:
             raise DataError(f"manifest {p} row {number} has no {absent}; every row needs {mods} (or drop the column)")
+    if group_column is not None and any(row.get(group_column) in (None, "") for row in rows):
+        first = next(i for i, r in enumerate(rows, 1) if r.get(group_column) in (None, ""))
+        raise DataError(f"manifest {p} row {first} has no {group_column!r} (data.group_column); fill it in every row")
+    if limit:
+        names = [str(r.get(label_column, "")) for r in rows]
+        ids = {n: i for i, n in enumerate(sorted(set(names)))}
+        rows = [rows[i] for i in stratified_limit(len(rows), torch.tensor([ids[n] for n in names]), int(limit), seed).tolist()]
     resolve = lambda cell: Path(cell) if Path(cell).is_absolute() else p.parent / cell  # noqa: E731
     data = {}
     if IMAGE in mods:
         data[IMAGE] = torch.stack([_load_image(resolve(r[IMAGE]), image_size, channels) for r in rows])
     if AUDIO in mods:
+        if sample_rate is None:  # the clips' own rate when they agree, else 16 kHz
+            sample_rate = native_sample_rate([resolve(r[AUDIO]) for r in rows]) or DEFAULT_SAMPLE_RATE
         samples = int(round(clip_seconds * sample_rate))
         data[AUDIO] = torch.stack([fit_length(read_audio(resolve(r[AUDIO]), sample_rate), samples) for r in rows])
     if TEXT in mods:
@@ -90,6 +105,7 @@ def manifest(path: str, seed: int = 0, test_fraction: float = 0.2, label_column:
         names = [str(r[label_column]) for r in rows]
         classes = sorted(set(names), key=lambda n: (0, int(n), "") if n.isdigit() else (1, 0, n))
         labels = torch.tensor([classes.index(n) for n in names])
-    full = ArrayDataset(data, labels, classes, f"manifest:{p}")
-    train, test = split_indices(len(full), test_fraction, seed, labels)
-    return DatasetSplits(full.subset(train, f"manifest:{p}/train"), full.subset(test, f"manifest:{p}/test"))
+    groups = [str(r[group_column]) for r in rows] if group_column is not None else None
+    full = ArrayDataset(data, labels, classes, f"manifest:{p}", groups=groups)
+    meta = {"sample_rate": sample_rate} if AUDIO in mods else {}
+    return DatasetSplits(*split_dataset(full, test_fraction, seed, test_groups), meta)

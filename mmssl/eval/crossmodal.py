@@ -88,14 +88,16 @@ def class_text_embeddings(encoder: Encoder, classes: list[str], context_length: 
 
 
 def crossmodal_report(encoders: dict[str, Encoder], split: ArrayDataset, batch_size: int = 256,
-                      run_dir: Path | None = None, projections: dict | None = None) -> dict[str, float]:
+                      run_dir: Path | None = None, projections: dict | None = None,
+                      templates: list[str] | None = None) -> dict[str, float]:
     """Retrieval R@1/5/10 for every ordered modality pair, zero-shot accuracy from text prompts, and plots.
 
     Keys: ``retrieval/<a>_to_<b>/R@K`` (class-level, see the module docstring), ``retrieval_exact/...``
     when the pair is 1:1, ``retrieval/mean_R@1``, ``zeroshot/<m>_accuracy`` for every non-text modality
     when a text encoder and class names exist. Embeddings live in the objective's joint space when
     ``projections`` (its per-modality heads) are given, and then only the modalities it projects are
-    evaluated (an encoder the objective never bound has no place in that space). Plots go to ``run_dir/plots``.
+    evaluated (an encoder the objective never bound has no place in that space). ``templates``: zero-shot
+    prompt templates (None: the digits prompts). Plots go to ``run_dir/plots``.
     """
     mods = [m for m in encoders if m in split.modalities]
     if projections is not None:  # only modalities the objective bound live in its joint space
@@ -123,7 +125,7 @@ def crossmodal_report(encoders: dict[str, Encoder], split: ArrayDataset, batch_s
     class_text = None
     if TEXT in mods and split.classes:
         head = projections[TEXT] if projections is not None and TEXT in projections else None
-        class_text = class_text_embeddings(encoders[TEXT], split.classes, split.data[TEXT].shape[1], head)
+        class_text = class_text_embeddings(encoders[TEXT], split.classes, split.data[TEXT].shape[1], head, templates)
         for m in mods:
             if m != TEXT:
                 results[f"zeroshot/{m}_accuracy"] = zeroshot_accuracy(z[m], labels, class_text)

@@ -80,7 +80,8 @@ def _crossmodal(model: SSLModel, data: DatasetSplits, cfg: DictConfig, run_dir: 
     encoders = {m: e for m, e in model.encoders.items() if m in data.test.modalities}
     if len(encoders) < 2:
         return {}
-    return crossmodal_report(encoders, data.test, int(cfg.eval.batch_size), run_dir, projections)
+    return crossmodal_report(encoders, data.test, int(cfg.eval.batch_size), run_dir, projections,
+                             list(cfg.eval.get("templates") or []) or None)
 
 
 def probe_table(results: dict[str, float]) -> str:

@@ -8,7 +8,9 @@ modality, adapted to the encoder's input shape) → class-balanced labelled subs
 validation split carved from it → encoder (pretrained weights, or random with ``from_scratch=true``) and a
 classifier head → freeze per ``mode`` → AdamW with optional layer-wise LR decay → labelled cross-entropy
 (+ FixMatch pseudo-labels and the self-supervised objective on unlabelled data when ``semi=true``) → early
-stopping on validation accuracy → test accuracy, written to ``RUN_DIR/finetune/<name>/`` (config.yaml,
+stopping on validation accuracy (not with ≤ ``few_labels`` labels per class: a fixed budget then) → test
+accuracy; ``mode=frozen`` with a linear head instead fits the head with the linear probe's own solver
+(``solver=probe``), so it scores what the probe scores on the same features; written to ``RUN_DIR/finetune/<name>/`` (config.yaml,
 metrics.jsonl, summary.json, classifier.pt with keys ``encoders.<modality>.*`` and ``head.*``) and printed.
 """
 
@@ -41,12 +43,15 @@ from mmssl.finetune.parts import (  # noqa: F401  (re-exported: the public piece
     adapt_images,
     balanced_subset,
     carve_validation,
+    fit_probe_head,
     fixmatch_loss,
+    grouped_subset,
     layer_units,
     param_groups,
     pseudo_labels,
     trainable_units,
 )
+from mmssl.inference import find_checkpoint
 from mmssl.logging import RunLogger, console
 from mmssl.objectives.base import DEFAULT_AUGMENT
 from mmssl.registry import AUGMENTATIONS, OBJECTIVES
@@ -59,21 +64,6 @@ MODES = ("frozen", "partial", "full", "semi")
 
 
 # -- config ------------------------------------------------------------------------------------------
-def load_run(target: str | Path) -> tuple[Path, Path, dict]:
-    """(run folder, checkpoint path, checkpoint state) for a run folder or a checkpoint file."""
-    path = Path(target)
-    if path.is_dir():
-        found = checkpoint.latest(path / "checkpoints") or checkpoint.latest(path)
-        if found is None:
-            raise ConfigError(f"no valid checkpoint in {path} (looked in {path / 'checkpoints'}); "
-                              "pass a pretraining run folder or a step_*.pt file")
-        return path, found[0], found[1]
-    if not path.exists():
-        raise ConfigError(f"{path} is neither a run folder nor a checkpoint; pass a pretraining run folder")
-    state = checkpoint.load(path)
-    return (path.parent.parent if path.parent.name == "checkpoints" else path.parent), path, state
-
-
 #: data keys that say how audio is read; a transfer inherits them from the pretraining run
 AUDIO_READ_KEYS = ("sample_rate", "clip_seconds")
 
@@ -219,8 +209,24 @@ def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, ou
         data = DatasetSplits(adapt_dataset(data.train, modality, reference_shape[modality]),
                              adapt_dataset(data.test, modality, reference_shape[modality]))
     num_classes = len(data.train.classes) if data.train.classes else int(data.train.labels.max()) + 1
-    per_class = balanced_subset(data.train.labels, ft.labels, seed, data.train.classes)
-    train_idx, val_idx = carve_validation(per_class, float(ft.val_fraction))
+    if ft.per_group:
+        if data.train.groups is None:
+            raise ConfigError(f"per_group=true needs a dataset with groups (speakers, writers); {cfg.data.name!r} has "
+                              "none — set data.group_pattern (folders) or data.group_column (manifests)")
+        per_class = grouped_subset(data.train.labels, data.train.groups, ft.labels, seed, data.train.classes)
+    else:
+        per_class = balanced_subset(data.train.labels, ft.labels, seed, data.train.classes)
+    solver = str(ft.solver)
+    if solver not in ("auto", "probe", "sgd"):
+        raise ConfigError(f"solver must be auto, probe or sgd, got {solver!r}")
+    if solver == "probe" and (ft.mode != "frozen" or int(ft.head_hidden) > 0 or semi):
+        raise ConfigError("solver=probe fits a linear head on frozen features; use it with mode=frozen head_hidden=0")
+    use_probe = solver == "probe" or (solver == "auto" and ft.mode == "frozen" and int(ft.head_hidden) == 0 and not semi)
+    # a handful of validation items per class cannot rank checkpoints: train a fixed budget on every label,
+    # and the probe solver needs no validation at all (its regularisation is the probe's)
+    few_labels = max(len(i) for i in per_class) <= int(ft.few_labels)
+    val_fraction = 0.0 if use_probe or few_labels else float(ft.val_fraction)
+    train_idx, val_idx = carve_validation(per_class, val_fraction)
     labelled, val = data.train.subset(train_idx, "labelled"), data.train.subset(val_idx, "val") if len(val_idx) else None
     unlabelled_idx = torch.ones(len(data.train), dtype=torch.bool)
     unlabelled_idx[val_idx] = False  # validation items stay unseen, even without their labels
@@ -277,7 +283,11 @@ def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, ou
     evals_without_gain, step = 0, 0
     train_mode()
     try:
-        while step < steps:
+        if use_probe:  # the linear probe's own solver on the frozen features, so the head scores what the probe does
+            C = float(ft.probe_C if ft.probe_C is not None else (cfg.get("eval") or {}).get("linear_probe_C", 1.0))
+            fit_probe_head(model, labelled, num_classes, C, int(ft.eval_batch_size), device)
+            logger.log({"train/probe_C": C}, 0)
+        while step < steps and not use_probe:
             batch = next(labelled_batches).to(device)
             x = weak(batch[modality]) if ft.augment_labelled else batch[modality]
             ce = F.cross_entropy(model(x), batch.labels)
@@ -324,6 +334,7 @@ def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, ou
             "test/accuracy": test_acc, "test/loss": test_loss,
             "val/best_accuracy": best["val_accuracy"] if val is not None else None,
             "best_step": best["step"] if val is not None else step, "steps_run": step,
+            "solver": "probe" if use_probe else "sgd", "early_stopping": val is not None and int(ft.patience) > 0,
             "labelled/train_items": len(labelled), "labelled/val_items": 0 if val is None else len(val),
             "labelled/per_class_min": min(counts), "labelled/per_class_max": max(counts),
             "unlabelled_items": len(unlabelled) if semi else 0, "train_items": len(data.train),
@@ -343,7 +354,7 @@ def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, ou
 
 def run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """``mmssl finetune target overrides…`` as a function: returns the summary."""
-    run_dir, ckpt_path, state = load_run(target)
+    run_dir, ckpt_path, state = find_checkpoint(target)
     cfg = make_config(state["config"], list(overrides))
     reference = None
     if cfg.data != OmegaConf.create(state["config"]["data"]):  # transfer: fit the new data to the encoder's input

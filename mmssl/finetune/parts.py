@@ -48,6 +48,30 @@ def balanced_subset(labels: torch.Tensor, amount: float | int, seed: int,
     return chosen
 
 
+def grouped_subset(labels: torch.Tensor, groups: list[str], amount: float | int, seed: int,
+                   class_names: list[str] | None = None) -> list[torch.Tensor]:
+    """Per-class indices of a labelled subset drawn within every group (speaker, writer): ``amount`` items
+    of each class from each group that has it (a fraction: of that group's items of the class), so
+    every group is represented. Fixed by ``seed``; a class no group yields raises ``DataError``."""
+    per_class = _per_class_count(amount)
+    g = torch.Generator().manual_seed(int(seed))
+    num_classes = len(class_names) if class_names else int(labels.max()) + 1
+    chosen: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
+    for group in sorted(set(groups)):
+        in_group = torch.tensor([x == group for x in groups])
+        for c in range(num_classes):
+            idx = torch.nonzero(in_group & (labels == c)).flatten()
+            k = per_class if isinstance(per_class, int) else math.floor(per_class * len(idx) + 0.5)
+            if len(idx) and k:
+                chosen[c].append(idx[torch.randperm(len(idx), generator=g)[:min(k, len(idx))]])
+    for c, parts in enumerate(chosen):
+        if not parts:
+            name = class_names[c] if class_names else str(c)
+            raise DataError(f"labels={amount} per group leaves class {name!r} without labelled items; "
+                            "use a larger fraction or a per-class count such as labels=1")
+    return [torch.cat(parts) for parts in chosen]
+
+
 def _per_class_count(amount) -> float | int:
     if isinstance(amount, bool) or not isinstance(amount, int | float):
         raise ConfigError(f"labels must be a fraction in (0, 1] or a per-class count ≥ 1, got {amount!r}")
@@ -231,6 +255,41 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x).pooled)
+
+
+@torch.no_grad()
+def fit_probe_head(model: Classifier, labelled: ArrayDataset, num_classes: int, C: float, batch_size: int,
+                   device, max_iter: int = 2000) -> None:
+    """Set ``model.head`` (a Linear) to the linear probe fitted on the frozen encoder's features of ``labelled``.
+
+    The probe is ``mmssl.eval.probes``' own: StandardScaler + multinomial logistic regression (L-BFGS,
+    L2 strength 1/C). The scaler folds into the layer, ``W = coef / σ``, ``b = intercept − W μ``, so the
+    head's argmax equals the probe's prediction on every item.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from mmssl.eval.probes import extract_features
+
+    if not isinstance(model.head, nn.Linear):
+        raise ConfigError("the probe solver fits a linear head; set head_hidden=0 or solver=sgd")
+    x, y = extract_features(model.encoder, labelled, model.modality, batch_size, device)
+    if len(set(y.tolist())) < 2:
+        raise DataError("the labelled subset has a single class; a classifier needs at least two")
+    scaler = StandardScaler().fit(x)
+    probe = LogisticRegression(C=C, max_iter=max_iter).fit(scaler.transform(x), y)
+    coef, intercept = torch.as_tensor(probe.coef_, dtype=torch.float64), torch.as_tensor(probe.intercept_, dtype=torch.float64)
+    if coef.shape[0] == 1:  # binary: sklearn keeps one row, the logit of class 1 against class 0
+        coef, intercept = torch.cat([torch.zeros_like(coef), coef]), torch.cat([torch.zeros_like(intercept), intercept])
+    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64)
+    bias = torch.full((num_classes,), -1e4, dtype=torch.float64)  # a class absent from the labels is never predicted
+    rows = torch.as_tensor(probe.classes_, dtype=torch.long)
+    scale = torch.as_tensor(scaler.scale_, dtype=torch.float64)
+    mean = torch.as_tensor(scaler.mean_, dtype=torch.float64)
+    weight[rows] = coef / scale
+    bias[rows] = intercept - (coef / scale) @ mean
+    model.head.weight.copy_(weight.to(model.head.weight))
+    model.head.bias.copy_(bias.to(model.head.bias))
 
 
 @torch.no_grad()

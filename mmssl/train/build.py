@@ -78,8 +78,13 @@ def build_data(cfg: DictConfig) -> DatasetSplits:
     if "name" not in node:
         raise ConfigError("data needs a 'name' (`mmssl list datasets`)")
     kwargs = registry_kwargs(node, DATA_LOADER_KEYS)
-    if "seed" in _params(node["name"]):
+    params = _params(node["name"])
+    if "seed" in params:
         kwargs.setdefault("seed", int(cfg.seed))
+    image_encoder = (cfg.get("encoder") or {}).get("image") or {}
+    if "channels" in params and kwargs.get("channels") is None and "channels" in kwargs:
+        # channels: null reads images the way the image encoder expects them (grey for the default convnet)
+        kwargs["channels"] = int(image_encoder.get("in_channels") or 3)
     return DATASETS.build(node["name"], **kwargs)
 
 

@@ -26,15 +26,15 @@ def _encoder_state(state: dict, prefix: str) -> dict:
 
 
 def test_finetune_writes_results_into_the_run_folder(run_dir, capsys):
-    assert main(["finetune", str(run_dir), "labels=5", "name=full5", *FAST]) == 0
-    out = run_dir / "finetune" / "full5"
+    assert main(["finetune", str(run_dir), "labels=10", "name=full10", *FAST]) == 0
+    out = run_dir / "finetune" / "full10"
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["test/accuracy"] <= 1.0
-    assert summary["labelled/per_class_min"] == summary["labelled/per_class_max"] == 5
-    assert summary["labelled/train_items"] == 40 and summary["labelled/val_items"] == 10  # 4 + 1 per class
+    assert summary["labelled/per_class_min"] == summary["labelled/per_class_max"] == 10
+    assert summary["labelled/train_items"] == 80 and summary["labelled/val_items"] == 20  # 8 + 2 per class
     assert f"test accuracy {summary['test/accuracy']:.4f}" in capsys.readouterr().out
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["finetune"]["labels"] == 5 and config["encoder"]["image"]["width"] == 4  # merged with the run's
+    assert config["finetune"]["labels"] == 10 and config["encoder"]["image"]["width"] == 4  # merged with the run's
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val/accuracy" in r] == [2, 4]
     # full fine-tuning starts from the pretrained weights and moves them
@@ -130,3 +130,43 @@ def test_speech_transfers_to_a_folder_of_recordings_at_another_rate(tmp_path, ca
                  "data.sample_rate=16000", "labels=4", *FAST]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "(16000,) but the encoder was pretrained on (8000,)" in err and "leave data.sample_rate" in err, err
+
+
+def test_frozen_head_uses_the_probe_solver_and_scores_at_least_the_probe(run_dir):
+    from omegaconf import OmegaConf
+
+    from mmssl.eval.probes import extract_features, linear_probe_accuracy
+    from mmssl.inference import load_run
+    from mmssl.train.build import build_data
+
+    assert main(["finetune", str(run_dir), "labels=1.0", "mode=frozen", "name=frozen_all", *FAST]) == 0
+    summary = json.loads((run_dir / "finetune" / "frozen_all" / "summary.json").read_text())
+    assert summary["solver"] == "probe" and summary["labelled/val_items"] == 0 and summary["steps_run"] == 0
+    run = load_run(run_dir)
+    data = build_data(OmegaConf.create(run.config))
+    train = extract_features(run.encoders["image"], data.train, "image")
+    test = extract_features(run.encoders["image"], data.test, "image")
+    probe = linear_probe_accuracy(*train, *test, C=float(run.config.eval.linear_probe_C))
+    assert summary["test/accuracy"] >= probe - 1e-9  # same features, same solver: never below the probe
+    # the SGD head on the same frozen features, for contrast, is what the probe solver replaces
+    assert main(["finetune", str(run_dir), "labels=1.0", "mode=frozen", "solver=sgd", "name=frozen_sgd", *FAST]) == 0
+    sgd = json.loads((run_dir / "finetune" / "frozen_sgd" / "summary.json").read_text())
+    assert sgd["solver"] == "sgd" and sgd["steps_run"] > 0
+
+
+def test_few_labels_train_a_fixed_budget_without_validation(run_dir):
+    assert main(["finetune", str(run_dir), "labels=5", "name=few", *FAST]) == 0
+    summary = json.loads((run_dir / "finetune" / "few" / "summary.json").read_text())
+    assert summary["labelled/val_items"] == 0 and summary["labelled/train_items"] == 50
+    assert summary["early_stopping"] is False and summary["steps_run"] == 4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["per_group=true"], "per_group=true needs a dataset with groups"),
+    (["solver=probe", "mode=full"], "solver=probe fits a linear head on frozen features"),
+    (["solver=adam"], "solver must be auto, probe or sgd"),
+])
+def test_solver_and_group_errors(run_dir, capsys, args, message):
+    assert main(["finetune", str(run_dir), *args, *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err

@@ -135,3 +135,44 @@ def test_augment_specs_per_modality():
         _build_augment({"name": "simclr"}, "audio", None, "weak_augment")
     # no spec: the modality's default view augmentation with the data's (image) options
     assert _build_augment(None, "image", {"crop_scale": [0.5, 1.0]}, "strong_augment").crop_scale == (0.5, 1.0)
+
+
+def test_fit_probe_head_predicts_what_the_sklearn_probe_predicts():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from torch import nn
+
+    from mmssl.data.base import ArrayDataset
+    from mmssl.finetune.parts import Classifier, fit_probe_head
+    from mmssl.types import EncoderOutput
+
+    class Identity(nn.Module):
+        dim = 6
+
+        def forward(self, x):
+            return EncoderOutput(pooled=x, tokens=None)
+
+    g = torch.Generator().manual_seed(0)
+    for classes in (2, 4):
+        x = torch.randn(120, 6, generator=g) * torch.tensor([1.0, 5.0, 0.1, 2.0, 1.0, 3.0]) + 2.0
+        y = torch.randint(0, classes, (120,), generator=g)
+        x[:, 0] += y.float()  # some signal
+        model = Classifier(nn.ModuleDict({"vector": Identity()}), "vector", classes)
+        fit_probe_head(model, ArrayDataset({"vector": x}, y), classes, C=0.5, batch_size=64, device="cpu")
+        probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=2000)).fit(x.numpy(), y.numpy())
+        with torch.no_grad():
+            ours = model(x).argmax(1).numpy()
+        assert (ours == probe.predict(x.numpy())).all()
+
+
+def test_grouped_subset_draws_from_every_group():
+    from mmssl.finetune.parts import grouped_subset
+
+    labels = torch.tensor([0, 1] * 12)
+    groups = [f"g{i % 3}" for i in range(24)]
+    per_class = grouped_subset(labels, groups, 1, seed=0)
+    assert [len(i) for i in per_class] == [3, 3]  # one per class from each of the three groups
+    assert {groups[i] for idx in per_class for i in idx.tolist()} == {"g0", "g1", "g2"}
+    with pytest.raises(DataError, match="per group leaves class"):
+        grouped_subset(torch.tensor([0, 0, 0]), ["a", "b", "c"], 1, seed=0, class_names=["x", "y"])
