@@ -22,16 +22,18 @@ from mmssl.types import AUDIO
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 
 
-def read_audio(path: str | Path, sample_rate: int | None = None) -> torch.Tensor:
-    """One clip as a mono float32 (samples,) tensor, resampled to ``sample_rate`` when given.
+def read_audio(path, sample_rate: int | None = None, name: str | None = None) -> torch.Tensor:
+    """One clip (a path or a file object) as a mono float32 (samples,) tensor, resampled to ``sample_rate`` when given.
 
-    Unreadable, corrupt or empty files raise ``DataError`` naming the file.
+    Unreadable, corrupt or empty files raise ``DataError`` naming the file (``name`` for file objects).
     """
     import soundfile as sf
     import torchaudio.functional as AF
 
+    source = path if hasattr(path, "read") else str(path)
+    path = name or path
     try:
-        wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        wave, sr = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
         raise DataError(f"cannot read audio file {path}: {exc}; remove or replace it") from None
     if wave.shape[0] == 0:
@@ -71,14 +73,18 @@ def scan_audio_folder(root: str | Path) -> list[tuple[Path, str, str]]:
 
 @DATASETS.register("audio_folder", modalities=(AUDIO,))
 def audio_folder(root: str, seed: int = 0, sample_rate: int = 16000, clip_seconds: float = 1.0,
-                 test_fraction: float = 0.2, split_by_speaker: bool = False) -> DatasetSplits:
-    """Labelled clips from a folder (``{label}_{speaker}_{index}.wav`` or one folder per class), resampled."""
-    from mmssl.data.trimodal import fit_length
+                 test_fraction: float = 0.2, split_by_speaker: bool = False, cache: str = "memory",
+                 on_error: str = "stop") -> DatasetSplits:
+    """Labelled clips from a folder (``{label}_{speaker}_{index}.wav`` or one folder per class), resampled.
+
+    ``cache="memory"`` reads every clip now; ``"none"`` keeps only the file index and reads each
+    batch's clips when it is drawn (in ``data.num_workers`` DataLoader workers).
+    """
+    from mmssl.data.lazy import AudioFiles
 
     items = scan_audio_folder(root)
     classes = _class_order({label for _, label, _ in items})
-    samples = int(round(clip_seconds * sample_rate))
-    waves = torch.stack([fit_length(read_audio(path, sample_rate), samples) for path, _, _ in items])
+    waves = AudioFiles([path for path, _, _ in items], sample_rate, int(round(clip_seconds * sample_rate)))
     labels = torch.tensor([classes.index(label) for _, label, _ in items])
     full = ArrayDataset({AUDIO: waves}, labels, classes, f"audio_folder:{root}")
     if split_by_speaker:
@@ -93,4 +99,4 @@ def audio_folder(root: str, seed: int = 0, sample_rate: int = 16000, clip_second
     else:
         train, test = split_indices(len(full), test_fraction, seed, labels)
     return DatasetSplits(full.subset(train, f"audio_folder:{root}/train"), full.subset(test, f"audio_folder:{root}/test"),
-                         {"sample_rate": sample_rate})
+                         {"sample_rate": sample_rate}).cached(cache, on_error)

@@ -38,7 +38,7 @@ def _splits(images: torch.Tensor, labels: torch.Tensor, classes: list[str], name
             seed: int, limit: int | None = None) -> DatasetSplits:
     if len(images) == 0:
         raise DataError(f"{name} is empty: no images found; check the path")
-    if images.ndim != 4:
+    if len(images.shape) != 4:
         raise DataError(f"{name}: images must be (N, C, H, W), got shape {tuple(images.shape)}")
     full = ArrayDataset({IMAGE: images}, labels, classes, name)
     if limit:
@@ -146,23 +146,21 @@ def torchvision_dataset(seed: int = 0, name: str = "CIFAR10", root: str = "data"
 
 @DATASETS.register("image_folder", modalities=(IMAGE,))
 def image_folder(root: str, seed: int = 0, size: int = 32, test_fraction: float = 0.2,
-                 limit: int | None = None) -> DatasetSplits:
-    """Your own images: one sub-folder per class (torchvision ImageFolder layout), resized to ``size``×``size``."""
-    from PIL import UnidentifiedImageError
+                 limit: int | None = None, cache: str = "memory", on_error: str = "stop") -> DatasetSplits:
+    """Your own images: one sub-folder per class (torchvision ImageFolder layout), resized to ``size``×``size``.
+
+    ``cache="memory"`` decodes every file now; ``"none"`` keeps only the file index and decodes each
+    batch's files when it is drawn (in ``data.num_workers`` DataLoader workers).
+    """
     from torchvision.datasets import ImageFolder
 
+    from mmssl.data.lazy import ImageFiles
+
     try:
-        ds = ImageFolder(root)
+        ds = ImageFolder(root, loader=lambda path: path)  # the index only: (path, class) pairs
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"image folder {root!r}: {exc}".splitlines()[0]) from None
     n = min(limit, len(ds)) if limit else len(ds)
-
-    def items():
-        for i in range(n):
-            try:
-                yield ds[i]
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"corrupt image {ds.samples[i][0]}: {exc}; remove or replace the file") from None
-
-    images, labels = _stack_pil(items(), size)
-    return _splits(images, labels, ds.classes, f"image_folder:{root}", test_fraction, seed)
+    images = ImageFiles([path for path, _ in ds.samples[:n]], size)
+    labels = torch.tensor([label for _, label in ds.samples[:n]])
+    return _splits(images, labels, ds.classes, f"image_folder:{root}", test_fraction, seed).cached(cache, on_error)
