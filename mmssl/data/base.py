@@ -9,6 +9,7 @@ when it is drawn, in DataLoader workers (``mmssl.data.loader``). Batch order dep
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ class ArrayDataset:
         self.classes = classes
         self.name = name
         self.extra = dict(extra or {})
+        self.on_error = "stop"  # what batch() does with an unreadable file of a lazy column
 
     def __len__(self) -> int:
         return len(next(iter(self.data.values())))
@@ -57,10 +59,24 @@ class ArrayDataset:
         return any(isinstance(v, LazyColumn) for v in self.data.values())
 
     def batch(self, idx: torch.Tensor) -> Batch:
-        """Items ``idx`` as a Batch (floats in [0, 1] for uint8 columns); an unreadable file raises ``DataError``."""
-        data = {k: _as_float(v[idx]) for k, v in self.data.items()}
+        """Items ``idx`` as a Batch (floats in [0, 1] for uint8 columns).
+
+        An unreadable file raises ``DataError``, or with ``on_error="skip"`` (set by ``DatasetSplits.cached``)
+        becomes an all-zero item, so evaluation keeps every label aligned with its features.
+        """
+        data = {k: _as_float(self._column(v, idx)) for k, v in self.data.items()}
         labels = None if self.labels is None else self.labels[idx]
         return Batch(data, labels)
+
+    def _column(self, v, idx) -> torch.Tensor:
+        if not isinstance(v, LazyColumn) or self.on_error == "stop":
+            return v[idx]
+        items, good, errors = v.read(idx)
+        for message in errors:
+            warnings.warn(f"{message} (evaluated as an all-zero item)", stacklevel=3)
+        full = torch.zeros((len(good), *v.item_shape), dtype=v.dtype)
+        full[good] = items
+        return full
 
     def fetch(self, idx: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, list[str]]:
         """Like ``batch`` but unreadable items are dropped and reported: (data, labels, error messages).
@@ -89,9 +105,11 @@ class ArrayDataset:
         return data, labels, errors
 
     def subset(self, idx: torch.Tensor, name: str | None = None) -> ArrayDataset:
-        return ArrayDataset({k: v.take(idx) if isinstance(v, LazyColumn) else v[idx] for k, v in self.data.items()},
+        part = ArrayDataset({k: v.take(idx) if isinstance(v, LazyColumn) else v[idx] for k, v in self.data.items()},
                             None if self.labels is None else self.labels[idx], self.classes, name or self.name,
                             self.extra)
+        part.on_error = self.on_error
+        return part
 
     def materialize(self, on_error: str = "stop", chunk: int = 256) -> tuple[ArrayDataset, list[str]]:
         """Every lazy column read into memory (raw dtype kept): (in-memory dataset, errors of skipped items).
@@ -153,6 +171,7 @@ class DatasetSplits:
             raise DataError(f"data.cache must be memory or none, got {cache!r}")
         check_on_error(on_error)
         if cache == "none":
+            self.train.on_error = self.test.on_error = on_error
             return self
         train, bad_train = self.train.materialize(on_error)
         test, bad_test = self.test.materialize(on_error)
