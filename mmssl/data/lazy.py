@@ -123,7 +123,8 @@ def decode_image(source, size: int, channels: int = 3, name: str | None = None) 
             img.draft("L" if channels == 1 else "RGB", (size, size))  # JPEG: decode at a reduced scale when it can
             t = TF.pil_to_tensor(img.convert("L" if channels == 1 else "RGB"))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"corrupt image {name or source}: {exc}; remove or replace the file") from None
+        reason = str(exc).replace(repr(source), "").replace(str(source), "").strip() if name else exc
+        raise DataError(f"corrupt image {name or source}: {reason}; remove or replace the file") from None
     if tuple(t.shape[-2:]) != (size, size):
         t = TF.resize(t, [size, size], antialias=True)
     return t
