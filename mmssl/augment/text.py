@@ -45,19 +45,21 @@ def delete_tokens(ids: torch.Tensor, p: float = 0.1, generator=None) -> torch.Te
 
 
 def swap_tokens(ids: torch.Tensor, p: float = 0.1, generator=None) -> torch.Tensor:
-    """With probability ``p`` per text, swap one random pair of adjacent content tokens."""
+    """With probability ``p`` per text, swap one random pair of adjacent content tokens.
+
+    One gather with per-row source positions and no data-dependent branch, so it never waits on the
+    device (no host sync) and runs the same on any device.
+    """
+    b, n = ids.shape
     content = content_mask(ids)
     can = content[:, :-1] & content[:, 1:]  # (B, L-1): position i and i+1 are both content
-    rows = coin(ids.shape[0], p, generator, ids.device) & can.any(dim=1)
-    if not rows.any():
-        return ids
-    weights = can.float() + (~can.any(dim=1, keepdim=True)).float()  # rows with no pair get dummy weights
-    i = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (B,)
-    out = ids.clone()
-    r = torch.nonzero(rows).squeeze(1)
-    a, b = ids[r, i[r]], ids[r, i[r] + 1]
-    out[r, i[r]], out[r, i[r] + 1] = b, a
-    return out
+    has_pair = can.any(dim=1, keepdim=True)
+    rows = coin(b, p, generator, ids.device).unsqueeze(1) & has_pair  # (B, 1)
+    weights = can.float() + (~has_pair).float()  # rows with no pair get dummy weights
+    i = torch.multinomial(weights, 1, generator=generator)  # (B, 1): swap i and i+1
+    pos = torch.arange(n, device=ids.device).expand(b, n)
+    src = torch.where(rows & (pos == i), pos + 1, torch.where(rows & (pos == i + 1), pos - 1, pos))
+    return ids.gather(1, src)
 
 
 @AUGMENTATIONS.register("text_default", modalities=(TEXT,))

@@ -33,16 +33,18 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 DEFAULT_SAMPLE_RATE = 16000
 
 
-def read_audio(path: str | Path, sample_rate: int | None = None) -> torch.Tensor:
-    """One clip as a mono float32 (samples,) tensor, resampled to ``sample_rate`` when given.
+def read_audio(path, sample_rate: int | None = None, name: str | None = None) -> torch.Tensor:
+    """One clip (a path or a file object) as a mono float32 (samples,) tensor, resampled to ``sample_rate`` when given.
 
-    Unreadable, corrupt or empty files raise ``DataError`` naming the file.
+    Unreadable, corrupt or empty files raise ``DataError`` naming the file (``name`` for file objects).
     """
     import soundfile as sf
     import torchaudio.functional as AF
 
+    source = path if hasattr(path, "read") else str(path)
+    path = name or path
     try:
-        wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        wave, sr = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as exc:
         raise DataError(f"cannot read audio file {path}: {exc}; remove or replace it") from None
     if wave.shape[0] == 0:
@@ -127,14 +129,17 @@ def scan_audio_folder(root: str | Path, group_pattern: str | None = None) -> lis
 @DATASETS.register("audio_folder", modalities=(AUDIO,))
 def audio_folder(root: str, seed: int = 0, sample_rate: int | None = None, clip_seconds: float = 1.0,
                  test_fraction: float = 0.2, split_by_speaker: bool = False, test_groups: list[str] | None = None,
-                 group_pattern: str | None = None, limit: int | None = None) -> DatasetSplits:
+                 group_pattern: str | None = None, limit: int | None = None, cache: str = "memory",
+                 on_error: str = "stop") -> DatasetSplits:
     """Labelled clips from a folder (``{label}_{speaker}_{index}.wav`` or one folder per class), resampled.
 
     ``sample_rate`` None: the files' own rate when they all share one, else 16 kHz;
     ``test_groups``: hold out exactly these speakers/sessions (groups read by ``group_pattern``);
     ``limit``: a class-stratified random sample of that many clips, fixed by ``seed``.
+    ``cache="memory"`` reads every clip now; ``"none"`` keeps only the file index and reads each
+    batch's clips when it is drawn (in ``data.num_workers`` DataLoader workers).
     """
-    from mmssl.data.trimodal import fit_length
+    from mmssl.data.lazy import AudioFiles
 
     items = scan_audio_folder(root, group_pattern)
     classes = _class_order({label for _, label, _ in items})
@@ -143,13 +148,12 @@ def audio_folder(root: str, seed: int = 0, sample_rate: int | None = None, clip_
         items = [items[i] for i in stratified_limit(len(items), labels, int(limit), seed).tolist()]
     if sample_rate is None:  # the files' own rate when they agree; mixed rates are resampled to 16 kHz
         sample_rate = native_sample_rate([p for p, _, _ in items]) or DEFAULT_SAMPLE_RATE
-    samples = int(round(clip_seconds * sample_rate))
-    waves = torch.stack([fit_length(read_audio(path, sample_rate), samples) for path, _, _ in items])
+    waves = AudioFiles([path for path, _, _ in items], sample_rate, int(round(clip_seconds * sample_rate)))
     labels = torch.tensor([classes.index(label) for _, label, _ in items])
     full = ArrayDataset({AUDIO: waves}, labels, classes, f"audio_folder:{root}", groups=[s for _, _, s in items])
     if test_groups:
         train_set, test_set = split_dataset(full, test_fraction, seed, test_groups)
-        return DatasetSplits(train_set, test_set, {"sample_rate": sample_rate})
+        return DatasetSplits(train_set, test_set, {"sample_rate": sample_rate}).cached(cache, on_error)
     if split_by_speaker:
         speakers = sorted({s for _, _, s in items})
         if len(speakers) < 2:
@@ -162,4 +166,4 @@ def audio_folder(root: str, seed: int = 0, sample_rate: int | None = None, clip_
     else:
         train, test = split_indices(len(full), test_fraction, seed, labels)
     return DatasetSplits(full.subset(train, f"audio_folder:{root}/train"), full.subset(test, f"audio_folder:{root}/test"),
-                         {"sample_rate": sample_rate})
+                         {"sample_rate": sample_rate}).cached(cache, on_error)

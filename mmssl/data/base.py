@@ -1,17 +1,21 @@
-"""In-memory datasets of raw tensors and a seeded, resumable batch iterator.
+"""Datasets of raw tensors — in memory or read lazily from files — and a seeded, resumable batch iterator.
 
-Every built-in dataset is small enough to hold as tensors (images as uint8), so batches are made by
-indexing — no per-sample Python or PIL work in the training hot path. Batch order depends only on
+Built-in datasets are small enough to hold as tensors (images as uint8), so their batches are made by
+indexing — no per-sample Python or PIL work in the training hot path. File datasets (folders,
+manifests, corpora) can instead hold lazy columns (``mmssl.data.lazy``) that decode a batch's files
+when it is drawn, in DataLoader workers (``mmssl.data.loader``). Batch order depends only on
 ``(seed, epoch)``, so a resumed run sees exactly the batches an uninterrupted one would.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
 
+from mmssl.data.lazy import LazyColumn, check_on_error
 from mmssl.errors import DataError
 from mmssl.types import Batch
 
@@ -19,7 +23,9 @@ from mmssl.types import Batch
 class ArrayDataset:
     """Tensors keyed by modality, all with the same first dimension, plus optional integer labels.
 
-    Images are stored as (N, C, H, W) uint8 or float; ``batch(idx)`` returns floats in [0, 1].
+    Images are stored as (N, C, H, W) uint8 or float; ``batch(idx)`` returns floats in [0, 1]. A column
+    may be a ``LazyColumn`` instead of a tensor: then only the index is in memory and ``batch(idx)``
+    reads those files (``materialize()`` reads them all once: ``data.cache=memory``).
     """
 
     def __init__(self, data: Mapping[str, torch.Tensor], labels: torch.Tensor | None = None,
@@ -43,6 +49,7 @@ class ArrayDataset:
         self.extra = dict(extra or {})
         #: per-item group names (speaker, writer, session) where the loader knows them, else None
         self.groups = None if groups is None else list(groups)
+        self.on_error = "stop"  # what batch() does with an unreadable file of a lazy column
 
     def __len__(self) -> int:
         return len(next(iter(self.data.values())))
@@ -51,15 +58,96 @@ class ArrayDataset:
     def modalities(self) -> list[str]:
         return list(self.data)
 
+    @property
+    def is_lazy(self) -> bool:
+        """True when some column is read from files on demand."""
+        return any(isinstance(v, LazyColumn) for v in self.data.values())
+
     def batch(self, idx: torch.Tensor) -> Batch:
-        data = {k: _as_float(v[idx]) for k, v in self.data.items()}
+        """Items ``idx`` as a Batch (floats in [0, 1] for uint8 columns).
+
+        An unreadable file raises ``DataError``, or with ``on_error="skip"`` (set by ``DatasetSplits.cached``)
+        becomes an all-zero item, so evaluation keeps every label aligned with its features.
+        """
+        data = {k: _as_float(self._column(v, idx)) for k, v in self.data.items()}
         labels = None if self.labels is None else self.labels[idx]
         return Batch(data, labels)
 
+    def _column(self, v, idx) -> torch.Tensor:
+        if not isinstance(v, LazyColumn) or self.on_error == "stop":
+            return v[idx]
+        items, good, errors = v.read(idx)
+        for message in errors:
+            warnings.warn(f"{message} (evaluated as an all-zero item)", stacklevel=3)
+        full = torch.zeros((len(good), *v.item_shape), dtype=v.dtype)
+        full[good] = items
+        return full
+
+    def fetch(self, idx: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, list[str], torch.Tensor]:
+        """Like ``batch`` but unreadable items are dropped and reported: (data, labels, error messages, kept indices).
+
+        Runs in DataLoader workers; returns plain tensors and lists so they pickle and pin cheaply.
+        """
+        idx = torch.as_tensor(idx)
+        if not self.is_lazy:
+            batch = self.batch(idx)
+            return batch.data, batch.labels, [], idx
+        ok = torch.ones(len(idx), dtype=torch.bool)
+        raw, errors = {}, []
+        for k, v in self.data.items():
+            if isinstance(v, LazyColumn):
+                items, good, bad = v.read(idx)
+                raw[k], errors = (items, good), errors + bad
+                ok &= good
+            else:
+                raw[k] = (v[idx], None)
+        data = {}
+        for k, (items, good) in raw.items():
+            if not ok.all():  # a lazy column's items hold only its own good rows
+                items = items[ok[good]] if good is not None else items[ok]
+            data[k] = _as_float(items)
+        labels = None if self.labels is None else self.labels[idx][ok]
+        return data, labels, errors, idx[ok]
+
     def subset(self, idx: torch.Tensor, name: str | None = None) -> ArrayDataset:
-        return ArrayDataset({k: v[idx] for k, v in self.data.items()},
+        part = ArrayDataset({k: v.take(idx) if isinstance(v, LazyColumn) else v[idx] for k, v in self.data.items()},
                             None if self.labels is None else self.labels[idx], self.classes, name or self.name,
                             self.extra, None if self.groups is None else [self.groups[i] for i in idx.tolist()])
+        part.on_error = self.on_error
+        return part
+
+    def materialize(self, on_error: str = "stop", chunk: int = 256) -> tuple[ArrayDataset, list[str]]:
+        """Every lazy column read into memory (raw dtype kept): (in-memory dataset, errors of skipped items).
+
+        ``on_error="stop"`` raises ``DataError`` naming the first unreadable file; ``"skip"`` drops it.
+        """
+        if not self.is_lazy:
+            return self, []
+        check_on_error(on_error)
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in self.data}
+        keep, errors = [], []
+        for start in range(0, len(self), chunk):
+            idx = torch.arange(start, min(start + chunk, len(self)))
+            ok = torch.ones(len(idx), dtype=torch.bool)
+            read = {}
+            for k, v in self.data.items():
+                if isinstance(v, LazyColumn):
+                    items, good, bad = v.read(idx)
+                    if bad and on_error == "stop":
+                        raise DataError(bad[0])
+                    full = torch.zeros((len(idx), *v.item_shape), dtype=v.dtype)
+                    full[good] = items
+                    read[k], errors, ok = full, errors + bad, ok & good
+                else:
+                    read[k] = v[idx]
+            for k in self.data:
+                parts[k].append(read[k][ok])
+            keep.append(idx[ok])
+        kept = torch.cat(keep)
+        data = {k: torch.cat(v) for k, v in parts.items()}
+        labels = None if self.labels is None else self.labels[kept]
+        groups = None if self.groups is None else [self.groups[i] for i in kept.tolist()]
+        return ArrayDataset(data, labels, self.classes, self.name, self.extra, groups), errors
 
     def all(self) -> Batch:
         return self.batch(torch.arange(len(self)))
@@ -71,11 +159,30 @@ def _as_float(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class DatasetSplits:
-    """``train`` for self-supervised training and probe fitting, ``test`` for reporting."""
+    """``train`` for self-supervised training and probe fitting, ``test`` for reporting.
+
+    ``stream``, when set, is what pretraining reads instead of ``train`` (an iterable over tar shards,
+    ``mmssl.data.shards``); ``train`` then holds a bounded in-memory sample of it for the probes.
+    ``meta["skipped_files"]`` lists files dropped while caching (``data.on_error=skip``).
+    """
 
     train: ArrayDataset
     test: ArrayDataset
     meta: dict = field(default_factory=dict)
+    stream: object | None = None
+
+    def cached(self, cache: str, on_error: str = "stop") -> DatasetSplits:
+        """``cache="memory"``: both splits read into memory now; ``"none"``: left lazy (read per batch)."""
+        if cache not in ("memory", "none"):
+            raise DataError(f"data.cache must be memory or none, got {cache!r}")
+        check_on_error(on_error)
+        if cache == "none":
+            self.train.on_error = self.test.on_error = on_error
+            return self
+        train, bad_train = self.train.materialize(on_error)
+        test, bad_test = self.test.materialize(on_error)
+        skipped = list(self.meta.get("skipped_files", [])) + bad_train + bad_test
+        return DatasetSplits(train, test, self.meta | ({"skipped_files": skipped} if skipped else {}), self.stream)
 
 
 def split_indices(n: int, test_fraction: float, seed: int, labels: torch.Tensor | None = None):
@@ -186,17 +293,21 @@ class BatchIterator:
         self.seed = seed
         self.per_epoch = max(1, len(dataset) // self.batch_size)
 
-    def batches_from(self, step: int = 0) -> Iterator[Batch]:
+    def indices_from(self, step: int = 0) -> Iterator[torch.Tensor]:
+        """The (batch_size,) index tensors of steps ``step, step + 1, …``."""
         epoch, i = divmod(step, self.per_epoch)
         while True:
             perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
             for j in range(i, self.per_epoch):
-                idx = perm[j * self.batch_size:(j + 1) * self.batch_size]
-                batch = self.dataset.batch(idx)
-                # dataset indices and the epoch, for objectives with per-sample memory (DeepCluster-v2)
-                batch.extra.update(index=idx, epoch=torch.full_like(idx, epoch))
-                yield batch
+                yield perm[j * self.batch_size:(j + 1) * self.batch_size]
             epoch, i = epoch + 1, 0
+
+    def batches_from(self, step: int = 0) -> Iterator[Batch]:
+        for s, idx in enumerate(self.indices_from(step), step):
+            batch = self.dataset.batch(idx)
+            # dataset indices and the epoch, for objectives with per-sample memory (DeepCluster-v2)
+            batch.extra.update(index=idx, epoch=torch.full_like(idx, s // self.per_epoch))
+            yield batch
 
 
 def iterate(dataset: ArrayDataset, batch_size: int) -> Iterator[Batch]:

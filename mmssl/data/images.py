@@ -45,7 +45,7 @@ def _splits(images: torch.Tensor, labels: torch.Tensor, classes: list[str], name
             seed: int, limit: int | None = None) -> DatasetSplits:
     if len(images) == 0:
         raise DataError(f"{name} is empty: no images found; check the path")
-    if images.ndim != 4:
+    if len(images.shape) != 4:
         raise DataError(f"{name}: images must be (N, C, H, W), got shape {tuple(images.shape)}")
     full = ArrayDataset({IMAGE: images}, labels, classes, name)
     if limit:
@@ -165,32 +165,31 @@ def torchvision_dataset(seed: int = 0, name: str = "CIFAR10", root: str = "data"
 @DATASETS.register("image_folder", modalities=(IMAGE,))
 def image_folder(root: str, seed: int = 0, size: int = 32, test_fraction: float = 0.2,
                  limit: int | None = None, channels: int = 3, aspect: str = "squash",
-                 test_groups: list[str] | None = None, group_pattern: str | None = None) -> DatasetSplits:
+                 test_groups: list[str] | None = None, group_pattern: str | None = None,
+                 cache: str = "memory", on_error: str = "stop") -> DatasetSplits:
     """Your own images: one sub-folder per class (torchvision ImageFolder layout), resized to ``size``×``size``.
 
     ``channels`` 1 (grey) or 3 (RGB; the config's null takes the encoder's ``in_channels``); ``aspect``
     "squash" or "crop" (shorter side to ``size``, centre crop); ``limit`` a class-stratified random sample
     fixed by ``seed``; ``test_groups`` holds out the writers/sessions that ``group_pattern`` reads from paths.
+    ``cache="memory"`` decodes every file now; ``"none"`` keeps only the file index and decodes each
+    batch's files when it is drawn (in ``data.num_workers`` DataLoader workers).
     """
-    from PIL import UnidentifiedImageError
     from torchvision.datasets import ImageFolder
 
+    from mmssl.data.lazy import ImageFiles
+
     try:
-        ds = ImageFolder(root)
+        ds = ImageFolder(root, loader=lambda path: path)  # the index only: (path, class) pairs
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"image folder {root!r}: {exc}".splitlines()[0]) from None
+    if not ds.samples:
+        raise DataError(f"image_folder:{root} is empty: no images found; check the path")
     keep = (stratified_limit(len(ds), torch.tensor(ds.targets), int(limit), seed).tolist() if limit
             else list(range(len(ds))))
     groups = ([group_of(Path(ds.samples[i][0]).relative_to(root).as_posix(), group_pattern, root) for i in keep]
               if group_pattern else None)
-
-    def items():
-        for i in keep:
-            try:
-                yield ds[i]
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"corrupt image {ds.samples[i][0]}: {exc}; remove or replace the file") from None
-
-    images, labels = _stack_pil(items(), size, channels, aspect)
+    images = ImageFiles([ds.samples[i][0] for i in keep], size, channels, aspect)
+    labels = torch.tensor([ds.samples[i][1] for i in keep])
     full = ArrayDataset({IMAGE: images}, labels, ds.classes, f"image_folder:{root}", groups=groups)
-    return DatasetSplits(*split_dataset(full, test_fraction, seed, test_groups))
+    return DatasetSplits(*split_dataset(full, test_fraction, seed, test_groups)).cached(cache, on_error)

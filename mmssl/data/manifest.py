@@ -12,7 +12,6 @@ import csv
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mmssl.data.base import ArrayDataset, DatasetSplits, split_dataset, stratified_limit
@@ -41,32 +40,21 @@ def read_rows(path: Path) -> list[dict]:
         raise DataError(f"cannot read manifest {path}: {exc}") from None
 
 
-def _load_image(path: Path, size: int, channels: int) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}; remove or replace it") from None
-    return torch.from_numpy(arr.copy()).reshape(size, size, channels).permute(2, 0, 1)
-
-
 @DATASETS.register("manifest", modalities=MANIFEST_MODALITIES)
 def manifest(path: str, seed: int = 0, test_fraction: float = 0.2, label_column: str = "label",
              image_size: int = 32, channels: int = 1, sample_rate: int | None = None, clip_seconds: float = 1.0,
              context_length: int = 32, group_column: str | None = None, test_groups: list[str] | None = None,
-             limit: int | None = None) -> DatasetSplits:
+             limit: int | None = None, cache: str = "memory", on_error: str = "stop") -> DatasetSplits:
     """Paired items from a CSV/JSONL manifest: columns ``image`` (path), ``audio`` (path), ``text``, ``label``.
 
     ``group_column`` names the column holding each row's group (speaker, writer, session) and
     ``test_groups`` the groups held out for testing; ``limit`` keeps a class-stratified random sample of
     rows fixed by ``seed``; ``sample_rate`` None reads clips at their own rate when all files share one (else 16 kHz).
+    ``cache="memory"`` reads every file now; ``"none"`` keeps the rows as an index and reads each batch's
+    files when it is drawn (in ``data.num_workers`` DataLoader workers).
     """
-    from mmssl.data.audio import DEFAULT_SAMPLE_RATE, native_sample_rate, read_audio
-    from mmssl.data.trimodal import fit_length
-    from mmssl.encoders.text import tokenize
+    from mmssl.data.audio import DEFAULT_SAMPLE_RATE, native_sample_rate
+    from mmssl.data.lazy import AudioFiles, ImageFiles, TextStrings
 
     p = Path(path)
     rows = read_rows(p)
@@ -89,14 +77,13 @@ def manifest(path: str, seed: int = 0, test_fraction: float = 0.2, label_column:
     resolve = lambda cell: Path(cell) if Path(cell).is_absolute() else p.parent / cell  # noqa: E731
     data = {}
     if IMAGE in mods:
-        data[IMAGE] = torch.stack([_load_image(resolve(r[IMAGE]), image_size, channels) for r in rows])
+        data[IMAGE] = ImageFiles([resolve(r[IMAGE]) for r in rows], image_size, channels)
     if AUDIO in mods:
         if sample_rate is None:  # the clips' own rate when they agree, else 16 kHz
             sample_rate = native_sample_rate([resolve(r[AUDIO]) for r in rows]) or DEFAULT_SAMPLE_RATE
-        samples = int(round(clip_seconds * sample_rate))
-        data[AUDIO] = torch.stack([fit_length(read_audio(resolve(r[AUDIO]), sample_rate), samples) for r in rows])
+        data[AUDIO] = AudioFiles([resolve(r[AUDIO]) for r in rows], sample_rate, int(round(clip_seconds * sample_rate)))
     if TEXT in mods:
-        data[TEXT] = tokenize([str(r[TEXT]) for r in rows], context_length)
+        data[TEXT] = TextStrings([str(r[TEXT]) for r in rows], context_length)
     labels = classes = None
     if any(r.get(label_column) not in (None, "") for r in rows):
         missing = [i for i, r in enumerate(rows, 1) if r.get(label_column) in (None, "")]
@@ -108,4 +95,4 @@ def manifest(path: str, seed: int = 0, test_fraction: float = 0.2, label_column:
     groups = [str(r[group_column]) for r in rows] if group_column is not None else None
     full = ArrayDataset(data, labels, classes, f"manifest:{p}", groups=groups)
     meta = {"sample_rate": sample_rate} if AUDIO in mods else {}
-    return DatasetSplits(*split_dataset(full, test_fraction, seed, test_groups), meta)
+    return DatasetSplits(*split_dataset(full, test_fraction, seed, test_groups), meta).cached(cache, on_error)

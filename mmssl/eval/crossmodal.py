@@ -117,7 +117,7 @@ def crossmodal_report(encoders: dict[str, Encoder], split: ArrayDataset, batch_s
         sim = z[a] @ z[b].T
         for k, v in recall_at_k(sim, labels, labels).items():
             results[f"retrieval/{a}_to_{b}/R@{k}"] = v
-        if _unique_rows(split.data[a]) and _unique_rows(split.data[b]):
+        if not split.is_lazy and _unique_rows(split.data[a]) and _unique_rows(split.data[b]):  # lazy: files not in memory
             for k, v in exact_recall_at_k(sim).items():
                 results[f"retrieval_exact/{a}_to_{b}/R@{k}"] = v
     results["retrieval/mean_R@1"] = float(np.mean([v for k, v in results.items()

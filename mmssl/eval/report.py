@@ -42,15 +42,19 @@ def evaluate(model: SSLModel, data: DatasetSplits, cfg: DictConfig, baselines: b
         augment = _view_augment(model, modality)
         if augment is not None:
             encoder.eval()
-            x = data.test.all()[modality].to(device)
+            # a lazy (file-backed) split may not fit in memory: the diagnostic then reads its first eval.batch_size items
+            views = data.test.batch(torch.arange(min(len(data.test), int(ecfg.batch_size)))) if data.test.is_lazy \
+                else data.test.all()
+            x = views[modality].to(device)
             g = torch.Generator(device=device).manual_seed(0)
             results[f"{modality}/ssl/alignment"] = diagnostics.alignment(
                 encoder(augment(x, generator=g)).pooled, encoder(augment(x, generator=g)).pooled)
             encoder.train()
-        if baselines:
+        if baselines and not data.train.is_lazy:  # the raw-input probe holds the whole split in memory
             raw_train, raw_test = raw_features(data.train, modality), raw_features(data.test, modality)
             for k, v in probe_all(raw_train, raw_test, float(ecfg.linear_probe_C), int(ecfg.knn_k)).items():
                 results[f"{modality}/raw/{k}"] = v
+        if baselines:
             torch.manual_seed(int(cfg.seed))  # the same initial weights the trained encoder started from
             random_encoder = build_encoders({modality: cfg.encoder[modality]})[modality].to(device)
             r_train = extract_features(random_encoder, data.train, modality, int(ecfg.batch_size), device)

@@ -15,8 +15,8 @@ from mmssl.plugins import load_plugins
 from mmssl.registry import DATASETS, ENCODERS, OBJECTIVES
 from mmssl.types import MODALITIES, Batch, ObjectiveOutput
 
-#: keys of a data config that are not dataset-builder options
-DATA_LOADER_KEYS = ("name", "batch_size", "augment")
+#: keys of a data config that are not dataset-builder options (``cache``/``on_error`` reach builders that take them)
+DATA_LOADER_KEYS = ("name", "batch_size", "augment", "num_workers", "cache", "on_error")
 #: keys of an objective config that the trainer, not the objective, reads
 OBJECTIVE_RUN_KEYS = ("name", "weight")
 
@@ -77,6 +77,10 @@ def build_data(cfg: DictConfig) -> DatasetSplits:
     node = cfg.data
     if "name" not in node:
         raise ConfigError("data needs a 'name' (`mmssl list datasets`)")
+    if node.get("cache") not in (None, "memory", "none"):
+        raise ConfigError(f"data.cache must be memory or none, got {node.get('cache')!r}")
+    if node.get("on_error") not in (None, "skip", "stop"):
+        raise ConfigError(f"data.on_error must be skip or stop, got {node.get('on_error')!r}")
     kwargs = registry_kwargs(node, DATA_LOADER_KEYS)
     params = _params(node["name"])
     if "seed" in params:
@@ -85,6 +89,10 @@ def build_data(cfg: DictConfig) -> DatasetSplits:
     if "channels" in params and kwargs.get("channels") is None and "channels" in kwargs:
         # channels: null reads images the way the image encoder expects them (grey for the default convnet)
         kwargs["channels"] = int(image_encoder.get("in_channels") or 3)
+    # file datasets choose memory or lazy reading; built-in sets are in memory whatever data.cache says
+    for key in ("cache", "on_error"):
+        if node.get(key) is not None and key in params:
+            kwargs[key] = node[key]
     return DATASETS.build(node["name"], **kwargs)
 
 

@@ -68,6 +68,7 @@ def _train(cfg: DictConfig, trainer, run_dir: Path, resume_from: tuple[Path, dic
         results = evaluate(trainer.model, trainer.data, cfg, baselines=bool(cfg.eval.baselines), run_dir=run_dir)
         summary = {f"eval/{k}": v for k, v in results.items()} | {
             "train/steps": trainer.step, "train/skipped_steps": trainer.skipped_steps,
+            "data/decode_errors": trainer.decode_errors,
             "time/train_seconds": round(train_seconds, 2),
             "time/total_seconds": round(time.perf_counter() - started, 2)}
         logger.log({k: v for k, v in summary.items() if k.startswith("eval/")}, trainer.step)

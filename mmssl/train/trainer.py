@@ -1,11 +1,13 @@
 """The pretraining loop: seeded, checkpointed atomically, exactly resumable on CPU.
 
-One step: batch (indexed from in-memory tensors) → device → objectives (each makes its own views) →
+One step: batch (indexed from in-memory tensors, or decoded from files in DataLoader workers:
+``mmssl.data.loader``) → device → objectives (each makes its own views on the device) →
 weighted sum → backward → non-finite check → grad clip → optimiser and LR schedule → EMA hooks →
 metrics. Every ``checkpoint_every`` steps the model, optimiser, scheduler, RNG states, step and config
 go into one atomic file; ``resume=true`` continues from the newest valid one and reproduces the
-uninterrupted run bit for bit on CPU (batch order is a function of (seed, epoch), augmentation draws
-come from the restored torch RNG, EMA momenta are functions of progress).
+uninterrupted run bit for bit on CPU (batch order is a function of (seed, epoch) — for tar shards the
+loader's position is checkpointed —, augmentation draws come from the restored torch RNG, EMA momenta
+are functions of progress).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from mmssl.config import to_container
-from mmssl.data.base import BatchIterator, DatasetSplits
-from mmssl.errors import ConfigError, NonFiniteError  # noqa: F401  (NonFiniteError: re-exported)
+from mmssl.data.base import DatasetSplits
+from mmssl.data.loader import Loader
+from mmssl.errors import ConfigError, MMSSLError, NonFiniteError  # noqa: F401  (NonFiniteError: re-exported)
 from mmssl.logging import RunLogger, console
 from mmssl.train import checkpoint, distributed
 from mmssl.train.build import SSLModel, build_data, build_model
@@ -117,6 +120,8 @@ class Trainer:
         self.consecutive_skips = 0
         self.resumed = False
         self.saved_step = -1  # the step of the newest checkpoint written or resumed from
+        self.loader: Loader | None = None
+        self.loader_state: dict | None = None  # restored from a checkpoint, read when the loader starts
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -128,6 +133,8 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "rng": checkpoint.capture_rng(),
             "rng_per_rank": distributed.gather_objects(checkpoint.capture_rng()) if self.world > 1 else [],
+            "loader_per_rank": (distributed.gather_objects(self._loader_state()) if self.world > 1
+                                else [self._loader_state()]),
             "config": to_container(self.cfg),
         }
 
@@ -159,17 +166,35 @@ class Trainer:
         per_rank = state.get("rng_per_rank") or []
         checkpoint.restore_rng(per_rank[self.rank] if len(per_rank) == self.world else state["rng"])
         self.saved_step = self.step
+        loaders = state.get("loader_per_rank") or []
+        self.loader_state = loaders[self.rank] if len(loaders) == self.world else None
         console(f"resumed from {path} at step {self.step}")
         self.resumed = True
         return True
 
     # -- training ---------------------------------------------------------------------------------
+    @property
+    def decode_errors(self) -> int:
+        """Unreadable files skipped so far (``data.on_error=skip``): while caching plus while training."""
+        cached = len(self.data.meta.get("skipped_files", []))
+        return cached + (self.loader.decode_errors if self.loader else int((self.loader_state or {}).get("decode_errors", 0)))
+
+    def _loader_state(self) -> dict:
+        return self.loader.state_dict() if self.loader else dict(self.loader_state or {})
+
     def batches(self) -> Iterator[Batch]:
-        """This rank's batches from the current step on, on the device, in the configured memory format."""
+        """This rank's batches from the current step on, on the device, in the configured memory format.
+
+        Only this rank's slice of each global batch is read (and decoded, in ``data.num_workers`` workers).
+        """
         cfg = self.cfg
-        source = BatchIterator(self.data.train, int(cfg.data.batch_size), seed=int(cfg.seed)).batches_from(self.step)
-        for batch in source:
-            batch = distributed.shard(batch, self.rank, self.world).to(self.device, non_blocking=True)
+        self.loader = Loader(self.data.stream or self.data.train, int(cfg.data.batch_size), int(cfg.seed),
+                             start_step=self.step, rank=self.rank, world=self.world,
+                             num_workers=int(cfg.data.get("num_workers") or 0),
+                             on_error=str(cfg.data.get("on_error") or "stop"),
+                             pin_memory=self.device.type == "cuda", state=self.loader_state)
+        for batch in self.loader:
+            batch = batch.to(self.device, non_blocking=True)
             if cfg.trainer.channels_last:
                 batch.data = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
                               for k, v in batch.data.items()}
@@ -216,7 +241,8 @@ class Trainer:
             if self.step % int(tcfg.log_every) == 0 or self.step == total:
                 metrics = {"train/loss": loss.item(), "train/lr": self.scheduler.get_last_lr()[0],
                            "train/grad_norm": float(grad_norm),
-                           "train/steps_per_second": (self.step - start_step) / (time.perf_counter() - start)}
+                           "train/steps_per_second": (self.step - start_step) / (time.perf_counter() - start),
+                           "data/decode_errors": self.decode_errors}
                 for slot, out in outputs.items():
                     metrics[f"train/{slot}/loss"] = out.loss.item()
                     metrics |= {f"train/{slot}/{k}": v for k, v in out.metrics.items()}
