@@ -102,7 +102,7 @@ class ImageFiles(LazyColumn):
         if channels not in (1, 3):
             raise DataError(f"image channels must be 1 (grey) or 3 (RGB), got {channels}")
         if aspect not in ("squash", "crop"):
-            raise DataError(f"data.aspect must be squash or crop, got {aspect!r}")
+            raise DataError(f"data.aspect must be one of crop, squash, got {aspect!r}")
         self.paths = paths if isinstance(paths, np.ndarray) else path_array(paths)
         self.size, self.channels, self.aspect = int(size), int(channels), aspect
         self.item_shape = (self.channels, self.size, self.size)

@@ -85,13 +85,14 @@ def test_corrupt_file_is_named_and_skipped_or_stops(tmp_path):
 def test_sampler_is_the_global_batch_sliced_per_rank():
     it = [iter(StepSampler(12, 4, seed=3, start=0, rank=r, world=2)) for r in range(2)]
     ref = iter(StepSampler(12, 4, seed=3, start=0))
-    for _ in range(7):
-        assert torch.equal(torch.cat([next(it[0]), next(it[1])]), next(ref))
+    for step in range(7):
+        (a, epoch_a), (b, epoch_b), (whole, epoch) = next(it[0]), next(it[1]), next(ref)
+        assert torch.equal(torch.cat([a, b]), whole) and epoch_a == epoch_b == epoch == step // 3
     later = iter(StepSampler(12, 4, seed=3, start=4))
     ref = iter(StepSampler(12, 4, seed=3, start=0))
     for _ in range(4):
         next(ref)
-    assert torch.equal(next(later), next(ref))
+    assert torch.equal(next(later)[0], next(ref)[0])
     with pytest.raises(ConfigError, match="divisible"):
         next(iter(StepSampler(12, 3, seed=0, world=2)))
 
