@@ -172,6 +172,7 @@ def check(cfg: Mapping, overrides: Sequence[str] = (), defaults: Mapping | None 
     A null is accepted where ``defaults`` (the config with the same group choices, no value overrides)
     has one too: such nulls mean "off" or "filled in from the env/data at build time".
     """
+    problems = []
     for path, value in leaves(cfg):
         if value is None and (defaults is None or _get(defaults, path) is None):
             continue
@@ -186,7 +187,11 @@ def check(cfg: Mapping, overrides: Sequence[str] = (), defaults: Mapping | None 
         for v in values:
             problem = rule.problem(v)
             if problem:
-                raise ConfigError(f"{_where(path, overrides)}{path} {problem}, got {v!r}")
+                where, rank = _where(path, overrides)
+                problems.append((rank, f"{where}{path} {problem}, got {v!r}"))
+                break
+    if problems:  # a value an override set beats its interpolated copies (encoder.audio.sample_rate ← data's)
+        raise ConfigError(min(problems, key=lambda p: p[0])[1])
 
 
 def _get(node, path: str):
@@ -197,10 +202,14 @@ def _get(node, path: str):
     return node
 
 
-def _where(path: str, overrides: Sequence[str]) -> str:
-    """``bad override 'k=v': `` for the last override that set ``path`` (or a node above it), else ``""``."""
+def _where(path: str, overrides: Sequence[str]) -> tuple[str, int]:
+    """(``"bad override 'k=v': "``, 0) for the last override of ``path``; rank 1 for one of a node above it."""
     for override in reversed(overrides):
         key = override.split("=", 1)[0].lstrip("+~")
-        if "=" in override and (path == key or path.startswith(key + ".")):
-            return f"bad override {override!r}: "
-    return "config key "
+        if "=" in override and path == key:
+            return f"bad override {override!r}: ", 0
+    for override in reversed(overrides):
+        key = override.split("=", 1)[0].lstrip("+~")
+        if "=" in override and path.startswith(key + "."):
+            return f"bad override {override!r}: ", 1
+    return "config key ", 2
