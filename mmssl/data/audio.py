@@ -30,6 +30,11 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> torch.Tensor
     import soundfile as sf
     import torchaudio.functional as AF
 
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"audio file {p} {'is a folder, not a file' if p.is_dir() else 'does not exist'}; fix the path")
+    if p.stat().st_size == 0:
+        raise DataError(f"audio file {p} is empty (0 bytes); remove or replace it")
     try:
         wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as exc:

@@ -20,6 +20,43 @@ from mmssl.types import IMAGE
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+#: default ``max_pixels``: larger images (or decompression bombs claiming to be) are refused before decoding
+MAX_PIXELS = 50_000_000
+
+
+def open_image(path: str | Path, max_pixels: int | None = MAX_PIXELS, mode: str = "RGB"):
+    """A decoded PIL image of ``path`` in ``mode``; missing, corrupt or too large files raise ``DataError`` naming it.
+
+    The pixel count is read from the header (PIL opens lazily) and checked against ``max_pixels`` before
+    any decoding, so a small file that claims 100k × 100k pixels costs nothing. ``None``: no limit.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"image {p} {'is a folder, not a file' if p.is_dir() else 'does not exist'}; fix the path")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below says it better
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(p) as img:
+                    width, height = img.size
+                    if max_pixels is not None and width * height > max_pixels:
+                        raise DataError(f"image {p} is {width}×{height} = {width * height:,} pixels, over the limit of "
+                                        f"{max_pixels:,} (a decompression bomb or an enormous image); shrink it or "
+                                        "raise data.max_pixels")
+                    return img.convert(mode)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # PIL reports broken files as OSError, ValueError or even SyntaxError (bad PNG chunks)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot read image {p}: {first}; remove or replace it") from None
 
 
 def _resize(images: torch.Tensor, size: int | None, channels: int) -> torch.Tensor:
@@ -146,23 +183,28 @@ def torchvision_dataset(seed: int = 0, name: str = "CIFAR10", root: str = "data"
 
 @DATASETS.register("image_folder", modalities=(IMAGE,))
 def image_folder(root: str, seed: int = 0, size: int = 32, test_fraction: float = 0.2,
-                 limit: int | None = None) -> DatasetSplits:
-    """Your own images: one sub-folder per class (torchvision ImageFolder layout), resized to ``size``×``size``."""
-    from PIL import UnidentifiedImageError
+                 limit: int | None = None, max_pixels: int | None = MAX_PIXELS) -> DatasetSplits:
+    """Your own images: one sub-folder per class (torchvision ImageFolder layout), resized to ``size``×``size``.
+
+    Images over ``max_pixels`` pixels are refused before decoding (decompression bombs).
+    """
     from torchvision.datasets import ImageFolder
 
+    def loader(path):
+        try:
+            return open_image(path, max_pixels)
+        except DataError as exc:
+            raise DataError(str(exc).replace("cannot read image", "corrupt image", 1)) from None
+
     try:
-        ds = ImageFolder(root)
-    except (FileNotFoundError, RuntimeError) as exc:
+        ds = ImageFolder(root, loader=loader)
+    except (FileNotFoundError, NotADirectoryError, RuntimeError) as exc:
         raise DataError(f"image folder {root!r}: {exc}".splitlines()[0]) from None
     n = min(limit, len(ds)) if limit else len(ds)
 
     def items():
         for i in range(n):
-            try:
-                yield ds[i]
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"corrupt image {ds.samples[i][0]}: {exc}; remove or replace the file") from None
+            yield ds[i]
 
     images, labels = _stack_pil(items(), size)
     return _splits(images, labels, ds.classes, f"image_folder:{root}", test_fraction, seed)
