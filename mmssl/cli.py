@@ -48,8 +48,7 @@ def cmd_list(kind: str) -> None:
 
 
 def cmd_eval(target: str) -> None:
-    from omegaconf import OmegaConf
-
+    from mmssl.config import stored_config
     from mmssl.eval.report import evaluate, probe_table
     from mmssl.train import checkpoint
     from mmssl.train.build import build_data, build_model
@@ -64,7 +63,7 @@ def cmd_eval(target: str) -> None:
     else:
         ckpt_path, state = path, checkpoint.load(path)
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    cfg = OmegaConf.create(state["config"])
+    cfg = stored_config(state.get("config"), ckpt_path)  # inert data: no resolvers, downloads or init weights
     model = build_model(cfg)
     checkpoint.load_matching(model, state["model"])
     results = evaluate(model, build_data(cfg), cfg, baselines=bool(cfg.eval.baselines), run_dir=run_dir)

@@ -183,3 +183,34 @@ def registry_kwargs(node: DictConfig | dict, drop: tuple[str, ...] = ("name",)) 
     """A config node as keyword arguments for ``Registry.build`` (without ``name`` and listed keys)."""
     data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     return {k: v for k, v in data.items() if k not in drop}
+
+
+#: options that make a builder fetch or read something beyond the model: never followed from a stored config
+#: (its checkpoint holds the weights; a download or an init-weights path there is not the user's request)
+NOT_FROM_STORED = {"download": False, "weights": None, "pretrained": None}
+
+
+def stored_config(config, source: str | Path) -> DictConfig:
+    """A config read back from a run folder or checkpoint, as inert data for rebuilding models.
+
+    Stored configs are written fully resolved (``to_container``), so an interpolation (``${oc.env:…}``,
+    ``${now:…}`` or any resolver) can only be there because someone edited the folder: it is refused,
+    never resolved, so a crafted folder cannot copy environment variables into new files or to wandb.
+    ``download`` flags and init-weight paths (``weights``, ``pretrained``) are switched off.
+    """
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source} holds no config mapping; is it a run folder of `mmssl pretrain`?")
+
+    def inert(node, path):
+        if isinstance(node, dict):
+            return {str(k): (NOT_FROM_STORED[k] if k in NOT_FROM_STORED and v not in (None, False) else inert(v, f"{path}{k}."))
+                    for k, v in node.items()}
+        if isinstance(node, list | tuple):
+            return [inert(v, path) for v in node]
+        if isinstance(node, str) and "${" in node:
+            raise ConfigError(f"the config stored in {source} holds an interpolation at {path[:-1] or 'top level'} "
+                              f"({node[:60]!r}); mmssl stores resolved configs, so the folder was edited: refusing to "
+                              "resolve it (restore the run's own config)")
+        return node
+
+    return OmegaConf.create(inert(config, ""))
