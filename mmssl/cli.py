@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd_eval(args.target)
         return 0
     except MMSSLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message holds
         return 2
     except KeyboardInterrupt:
         print("interrupted; resume with resume=true run_dir=<the run folder>", file=sys.stderr)

@@ -82,8 +82,13 @@ def _check_syntax(override: str) -> None:
     except HydraException:
         key, _, value = override.partition("=")
         quote = '"' if "'" in value else "'"
-        hint = (f"; quote the value: {key}={quote}{value}{quote} (in a shell, wrap the whole argument in the "
-                "other kind of quotes)") if value else "; write key=value (Hydra override syntax)"
+        if not value:
+            hint = "; write key=value (Hydra override syntax)"
+        elif not value.isprintable():
+            hint = "; the value holds control characters (a pasted newline or tab?): remove them"
+        else:
+            hint = (f"; quote the value: {key}={quote}{value}{quote} (in a shell, wrap the whole argument in the "
+                    "other kind of quotes)")
         raise ConfigError(f"cannot parse override {override!r}: {value!r} is not Hydra override syntax{hint}") from None
 
 
