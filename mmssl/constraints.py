@@ -92,6 +92,8 @@ RULES: list[tuple[str, Range]] = [
     ("weight_decay", NONNEG),
     ("layer_decay", Range(float, gt=0, le=1, none=True)),
     ("max_grad_norm", POSITIVE),
+    ("betas *_betas", Range(float, ge=0, lt=1)),  # Adam's (β₁, β₂), element-wise
+    ("trust_coefficient", POSITIVE),
     # top level of pretrain / rl / finetune
     ("threads", Range(int, ge=1, none=True)),
     ("seed data_seed", Range(int, ge=0, none=True)),
@@ -120,17 +122,21 @@ RULES: list[tuple[str, Range]] = [
     ("sample_rate", COUNT),
     ("clip_seconds", POSITIVE),
     ("*_p", PROBABILITY),
-    ("crop_scale", Range(float, gt=0, le=1)),
+    ("crop_scale *_crop_scale", Range(float, gt=0, le=1)),
+    ("local_crops", NONNEG_INT),
+    ("fill", PROBABILITY),  # a pixel value in [0, 1]
     ("degrees jitter noise_std shift", NONNEG),
     ("hue", Range(float, ge=0, le=0.5)),
     ("data.size size", Range(int, ge=1, none=True)),
-    # encoders (widths and shapes), objectives (heads, temperatures, masks)
+    # encoders (widths and shapes), objectives (heads, temperatures, masks, queues, clusters)
+    ("queue_length *_start_step", NONNEG_INT),  # 0: no queue / from the start
+    ("*_iterations n_prototypes", COUNT),
     ("*batch_size *_dim dim *_size *_length *_layers layers depth heads width *_width channels in_channels "
      "n_mels *_hidden capacity hash_bits k max_entries exact_max_elements *_steps patch_frames num_tiles "
      "vocab_size max_offset", COUNT),
     ("*_mask *_masks *_mask_width pad pad_id special_ids mission_tokens", NONNEG_INT),
-    ("temperature", POSITIVE),
-    ("momentum", PROBABILITY),
+    ("temperature *_temp epsilon", POSITIVE),
+    ("momentum *_momentum", PROBABILITY),
     ("mask_ratio mask_prob", OPEN_UNIT),
     ("bias", FINITE),
     ("weight *_weight margin beta lambda_offdiag latent_penalty", NONNEG),

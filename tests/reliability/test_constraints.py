@@ -22,8 +22,10 @@ def numeric_keys() -> list[tuple[str, str, object]]:
         rel = path.relative_to(root)
         if rel.parts[0] == "sweep":  # wandb sweep specs, not mmssl configs
             continue
-        prefix = ".".join(rel.parts[:-1])
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+        # a `# @package _global_` file (a recipe) sets keys from the top of the config, not under its group
+        prefix = "" if "@package _global_" in text.split("\n", 3)[0] else ".".join(rel.parts[:-1])
+        data = yaml.safe_load(text) or {}
         data.pop("defaults", None)
         for key, value in constraints.leaves(data, f"{prefix}." if prefix else ""):
             values = value if isinstance(value, list) else [value]
