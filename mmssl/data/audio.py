@@ -58,7 +58,8 @@ def scan_audio_folder(root: str | Path) -> list[tuple[Path, str, str]]:
     """(path, label, speaker) for every audio file under ``root`` in either layout, sorted by path."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"audio folder {root} does not exist; pass data.root=<folder of clips>")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"audio folder {root} {what}; pass data.root=<folder of clips>")
     items = []
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS):
         parts = path.stem.split("_")
