@@ -180,7 +180,7 @@ def test_manifest_is_a_folder_or_missing(tmp_path):
 
 def test_text_corpus_bom_and_latin1(tmp_path):
     good = tmp_path / "bom.txt"
-    good.write_bytes(b"\xef\xbb\xbf" + "a\tfirst line\nb\tsecond\na\tthird\nb\tfourth\n".encode())
+    good.write_bytes(b"\xef\xbb\xbf" + b"a\tfirst line\nb\tsecond\na\tthird\nb\tfourth\n")
     splits = DATASETS.build("text_corpus", path=str(good), label_separator="\t", test_fraction=0.5)
     assert splits.train.classes == ["a", "b"]  # before: the BOM made the first label "\ufeffa", a third class
     bad = tmp_path / "latin.txt"
