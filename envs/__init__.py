@@ -141,6 +141,32 @@ def register() -> None:
 register()
 
 
+def imported_module(env_id) -> str | None:
+    """The module gymnasium would import for ``module:Env`` (or ``module:Env-v0``) ids, else None."""
+    if not isinstance(env_id, str) or ":" not in env_id:
+        return None
+    return env_id.split(":", 1)[0]
+
+
+def check_import(env_cfgs: list[Mapping], plugins: list[str] | tuple[str, ...] = ()) -> None:
+    """Refuse env ids (``id`` or a wrapper's ``kwargs.env_id``) that import a module not listed in ``plugins``.
+
+    gymnasium's ``gym.make("package.module:Env")`` imports ``package.module``, i.e. runs its code: a config
+    (or a sweep spec, or a run folder) must not be able to do that unless the user listed the module
+    (top-level ``plugins: [package.module]``) or said ``env.allow_import=true``.
+    """
+    from mmssl.errors import ConfigError
+
+    for env_cfg in env_cfgs:
+        if env_cfg.get("allow_import"):
+            continue
+        for key, env_id in (("env.id", env_cfg.get("id")), ("env.kwargs.env_id", (env_cfg.get("kwargs") or {}).get("env_id"))):
+            module = imported_module(env_id)
+            if module is not None and module not in set(plugins or ()):
+                raise ConfigError(f"{key}={env_id!r} would import module {module!r}; list it in plugins=[{module}] "
+                                  "or pass env.allow_import=true if you trust it")
+
+
 def make_env(env_cfg: Mapping, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
     """One env from a config node ``{id, kwargs, success, max_episode_steps}`` with the mmssl wrappers."""
     kwargs = dict(env_cfg.get("kwargs") or {})

@@ -54,8 +54,7 @@ def cmd_list(kind: str) -> None:
 
 
 def cmd_eval(target: str, overrides: list[str] | None = None) -> None:
-    from omegaconf import OmegaConf
-
+    from mmssl.config import stored_config
     from mmssl.eval.report import evaluate, probe_table
     from mmssl.inference import find_checkpoint
     from mmssl.train import checkpoint
@@ -70,7 +69,7 @@ def cmd_eval(target: str, overrides: list[str] | None = None) -> None:
         print(f"results: {out_dir}")
         return
     run_dir, ckpt_path, state = find_checkpoint(Path(target))
-    cfg = OmegaConf.create(state["config"])
+    cfg = stored_config(state.get("config"), ckpt_path)  # inert data: no resolvers, downloads or init weights
     model = build_model(cfg)
     checkpoint.load_matching(model, state["model"])
     results = evaluate(model, build_data(cfg), cfg, baselines=bool(cfg.eval.baselines), run_dir=run_dir)
@@ -121,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd_eval(args.target, args.overrides)
         return 0
     except MMSSLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message holds
         return 2
     except KeyboardInterrupt:
         print("interrupted; resume with resume=true run_dir=<the run folder>", file=sys.stderr)

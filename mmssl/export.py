@@ -23,7 +23,9 @@ import json
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
+from mmssl.config import stored_config
 from mmssl.encoders.base import Encoder
 from mmssl.errors import MMSSLError
 from mmssl.io import atomic_write
@@ -63,6 +65,8 @@ def export(target: str | Path, out: str | Path, force: bool = False) -> Path:
         raise MMSSLError(f"--out {out} is not empty; pass --force to overwrite or choose another folder")
     path, state = _find_checkpoint(Path(target))
     config = state.get("config") if isinstance(state, dict) else None
+    if isinstance(config, dict):  # inert data: no resolvers, downloads or init weights
+        config = OmegaConf.to_container(stored_config(config, path))
     if not isinstance(config, dict) or not isinstance(config.get("encoder"), dict) or "model" not in state:
         raise MMSSLError(f"{path} is not an mmssl pretraining checkpoint (no model/config.encoder); "
                          "export a run folder of `mmssl pretrain`")

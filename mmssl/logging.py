@@ -54,7 +54,12 @@ class RunLogger:
 
     @staticmethod
     def _resolve_mode(mode: str) -> str:
-        mode = os.environ.get("WANDB_MODE", mode) if mode == "auto" else mode
+        env = os.environ.get("WANDB_MODE", "").strip()  # an empty WANDB_MODE means unset
+        if mode == "auto" and env:
+            if env not in ("online", "offline", "disabled", "dryrun", "run"):
+                raise ConfigError(f"environment variable WANDB_MODE={env!r} is not a wandb mode; set it to online, "
+                                  "offline or disabled, or unset it")
+            return {"dryrun": "offline", "run": "online"}.get(env, env)  # wandb's older spellings
         if mode == "auto":
             return "online" if os.environ.get("WANDB_API_KEY") else "offline"
         if mode not in ("online", "offline", "disabled"):

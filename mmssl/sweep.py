@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -58,9 +59,33 @@ def load_spec(path: str | Path) -> dict:
     return spec
 
 
-def program_of(spec: dict) -> str:
-    """The mmssl subcommand the spec's command runs (``pretrain`` or ``rl``)."""
-    tokens = [str(t) for t in spec.get("command") or DEFAULT_COMMAND]
+#: the only command forms a spec may give (no shell, no interpreter, no path in front of mmssl)
+COMMAND_FORMS = "[${env}, mmssl, pretrain|rl, ${args_no_hyphens}] or [mmssl, pretrain|rl, ${args_no_hyphens}, key=value…]"
+_OVERRIDE_TOKEN = re.compile(r"[+~]{0,2}[A-Za-z_][\w.\-]*=.*", re.S)
+
+
+def program_of(spec: dict, allow_any_command: bool = False) -> str:
+    """The mmssl subcommand the spec's command runs (``pretrain`` or ``rl``).
+
+    The command must be one of ``COMMAND_FORMS``: optional ``${env}``, then ``mmssl`` itself (not a path to
+    some other executable called mmssl), the subcommand, then only ``${args_no_hyphens}`` and literal
+    ``key=value`` overrides. Anything else (``bash -c``, ``python evil.py``, ``${interpreter}``) is refused
+    unless ``allow_any_command`` (``--allow-any-command``): a spec file is data, not a script.
+    """
+    raw = spec.get("command") or DEFAULT_COMMAND
+    if not allow_any_command:
+        tokens = raw if isinstance(raw, list) else [raw]
+        if not all(isinstance(t, str) for t in tokens):
+            raise ConfigError(f"sweep command must be a list of strings, got {raw!r}; use {COMMAND_FORMS}")
+        body = tokens[1:] if tokens[:1] == ["${env}"] else tokens
+        ok = (len(body) >= 2 and body[0] == "mmssl" and body[1] in PROGRAMS
+              and all(t in ("${args_no_hyphens}",) or _OVERRIDE_TOKEN.fullmatch(t) for t in body[2:]))
+        if not ok:
+            shown = " ".join(tokens) if spec.get("command") else "(none: wandb's default runs ${interpreter} ${program})"
+            raise ConfigError(f"sweep command {shown} is not an mmssl command; a sweep spec may only run "
+                              f"{COMMAND_FORMS} (pass --allow-any-command to run it anyway)")
+        return body[1]
+    tokens = [str(t) for t in raw]
     tokens = [spec.get("program", "") if t == "${program}" else t for t in tokens]
     words = [w for t in tokens for w in str(t).split()]
     for i, word in enumerate(words[:-1]):
@@ -90,7 +115,7 @@ def _culprit(program: str, extra: list[str], probes: dict, exc: ConfigError) -> 
     return next(iter(firsts.items()))
 
 
-def validate(spec: dict, extra: list[str] = ()) -> str:
+def validate(spec: dict, extra: list[str] = (), allow_any_command: bool = False) -> str:
     """Check the spec against wandb's schema and every parameter value against the config; returns the program."""
     method = spec.get("method")
     if method not in METHODS:
@@ -103,12 +128,12 @@ def validate(spec: dict, extra: list[str] = ()) -> str:
             raise ConfigError(f"sweep parameter {name!r} must be a mapping like {{values: [...]}} or {{min: , max: }}")
         if "parameters" in cfg:
             raise ConfigError(f"sweep parameter {name!r}: write nested config keys as dotted names (trainer.lr)")
+    program = program_of(spec, allow_any_command)  # before anything else runs or is imported
     violations = search.violations(params)
     if violations:
         raise ConfigError(f"invalid sweep spec: {'; '.join(' '.join(v.split()) for v in violations)[:300]}")
     if method == "bayes" and not (spec.get("metric") or {}).get("name"):
         raise ConfigError("a bayes sweep needs `metric: {name: ..., goal: maximize|minimize}` to optimise")
-    program = program_of(spec)
     probes = {}
     for name, cfg in params.items():
         try:
@@ -228,7 +253,8 @@ class LocalSweep:
 
 
 def run_local(spec: dict, out: Path, seeds: int = 1, workers: int = 1, count: int | None = None,
-              extra: list[str] = (), dry_run: bool = False, sampler_seed: int = 0, resamples: int = 2000) -> dict:
+              extra: list[str] = (), dry_run: bool = False, sampler_seed: int = 0, resamples: int = 2000,
+              allow_any_command: bool = False) -> dict:
     """Validate, expand, run and report a spec locally; returns the report (``mmssl.report.report``)."""
     from mmssl import report as rep
 
@@ -237,7 +263,7 @@ def run_local(spec: dict, out: Path, seeds: int = 1, workers: int = 1, count: in
         raise ConfigError(f"--seeds and --workers must be at least 1, got {seeds} and {workers}")
     if "seed" in spec["parameters"] and seeds > 1:
         raise ConfigError("the spec sweeps `seed` itself; drop --seeds or the seed parameter")
-    validate(spec, extra)
+    validate(spec, extra, allow_any_command)
     if spec.get("early_terminate"):
         console("note: early_terminate is applied by wandb agents only; local runs go to completion")
     sweep = LocalSweep(spec, out, seeds, workers, extra)
@@ -301,9 +327,9 @@ def _run_bayes(sweep: LocalSweep, spec: dict, n_configs: int, total: int, seed: 
         engine.tell(params, float(np.mean(values)) if values else None)
 
 
-def create(spec: dict, project: str | None, entity: str | None) -> str:
+def create(spec: dict, project: str | None, entity: str | None, allow_any_command: bool = False) -> str:
     """Register the spec with wandb; returns the sweep path ``entity/project/id``."""
-    validate(spec)
+    validate(spec, allow_any_command=allow_any_command)
     import wandb
 
     if not wandb.login(prompt=False, verify=False):
@@ -325,6 +351,7 @@ def main(argv: list[str]) -> None:
     c.add_argument("spec")
     c.add_argument("--project")
     c.add_argument("--entity")
+    c.add_argument("--allow-any-command", action="store_true", help="run a spec command that is not `mmssl pretrain|rl`")
     loc = sub.add_parser("local", help="run SPEC here, no server: N seeds per configuration, K parallel workers")
     loc.add_argument("spec")
     loc.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides for every run (trainer.steps=50)")
@@ -335,14 +362,15 @@ def main(argv: list[str]) -> None:
     loc.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     loc.add_argument("--sampler-seed", type=int, default=0, help="seed of the random/bayes search")
     loc.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the final report")
+    loc.add_argument("--allow-any-command", action="store_true", help="run a spec command that is not `mmssl pretrain|rl`")
     # Hydra overrides may come anywhere on the line (argparse would only take them right after SPEC)
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
     args = parser.parse_args([a for a in argv if a not in overrides])
     spec = load_spec(args.spec)
     if args.action == "create":
-        path = create(spec, args.project, args.entity)
+        path = create(spec, args.project, args.entity, args.allow_any_command)
         print(f"created sweep {path}\nrun agents with:  wandb agent {path}")
         return
     out = Path(args.out or f"sweeps/{spec['name']}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_local(spec, out, args.seeds, args.workers, args.count, overrides, args.dry_run, args.sampler_seed,
-              args.resamples)
+              args.resamples, args.allow_any_command)

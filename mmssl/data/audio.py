@@ -42,6 +42,12 @@ def read_audio(path, sample_rate: int | None = None, name: str | None = None) ->
     import torchaudio.functional as AF
 
     source = path if hasattr(path, "read") else str(path)
+    if not hasattr(path, "read"):
+        p = Path(path)
+        if not p.is_file():
+            raise DataError(f"audio file {p} {'is a folder, not a file' if p.is_dir() else 'does not exist'}; fix the path")
+        if p.stat().st_size == 0:
+            raise DataError(f"audio file {p} is empty (0 bytes); remove or replace it")
     path = name or path
     try:
         wave, sr = sf.read(source, dtype="float32", always_2d=True)
@@ -108,7 +114,8 @@ def scan_audio_folder(root: str | Path, group_pattern: str | None = None) -> lis
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"audio folder {root} does not exist; pass data.root=<folder of clips>")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"audio folder {root} {what}; pass data.root=<folder of clips>")
     items = []
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS):
         parts = path.stem.split("_")

@@ -27,6 +27,43 @@ from mmssl.types import IMAGE
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+#: default ``max_pixels``: larger images (or decompression bombs claiming to be) are refused before decoding
+MAX_PIXELS = 50_000_000
+
+
+def open_image(path: str | Path, max_pixels: int | None = MAX_PIXELS, mode: str = "RGB"):
+    """A decoded PIL image of ``path`` in ``mode``; missing, corrupt or too large files raise ``DataError`` naming it.
+
+    The pixel count is read from the header (PIL opens lazily) and checked against ``max_pixels`` before
+    any decoding, so a small file that claims 100k × 100k pixels costs nothing. ``None``: no limit.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"image {p} {'is a folder, not a file' if p.is_dir() else 'does not exist'}; fix the path")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below says it better
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(p) as img:
+                    width, height = img.size
+                    if max_pixels is not None and width * height > max_pixels:
+                        raise DataError(f"image {p} is {width}×{height} = {width * height:,} pixels, over the limit of "
+                                        f"{max_pixels:,} (a decompression bomb or an enormous image); shrink it or "
+                                        "raise data.max_pixels")
+                    return img.convert(mode)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # PIL reports broken files as OSError, ValueError or even SyntaxError (bad PNG chunks)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot read image {p}: {first}; remove or replace it") from None
 
 
 def _resize(images: torch.Tensor, size: int | None, channels: int) -> torch.Tensor:
@@ -166,14 +203,15 @@ def torchvision_dataset(seed: int = 0, name: str = "CIFAR10", root: str = "data"
 def image_folder(root: str, seed: int = 0, size: int = 32, test_fraction: float = 0.2,
                  limit: int | None = None, channels: int = 3, aspect: str = "squash",
                  test_groups: list[str] | None = None, group_pattern: str | None = None,
-                 cache: str = "memory", on_error: str = "stop") -> DatasetSplits:
+                 cache: str = "memory", on_error: str = "stop", max_pixels: int | None = MAX_PIXELS) -> DatasetSplits:
     """Your own images: one sub-folder per class (torchvision ImageFolder layout), resized to ``size``×``size``.
 
     ``channels`` 1 (grey) or 3 (RGB; the config's null takes the encoder's ``in_channels``); ``aspect``
     "squash" or "crop" (shorter side to ``size``, centre crop); ``limit`` a class-stratified random sample
     fixed by ``seed``; ``test_groups`` holds out the writers/sessions that ``group_pattern`` reads from paths.
     ``cache="memory"`` decodes every file now; ``"none"`` keeps only the file index and decodes each
-    batch's files when it is drawn (in ``data.num_workers`` DataLoader workers).
+    batch's files when it is drawn (in ``data.num_workers`` DataLoader workers). Images over ``max_pixels``
+    pixels are refused before decoding (decompression bombs).
     """
     from torchvision.datasets import ImageFolder
 
@@ -181,7 +219,7 @@ def image_folder(root: str, seed: int = 0, size: int = 32, test_fraction: float 
 
     try:
         ds = ImageFolder(root, loader=lambda path: path)  # the index only: (path, class) pairs
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (FileNotFoundError, NotADirectoryError, RuntimeError) as exc:
         raise DataError(f"image folder {root!r}: {exc}".splitlines()[0]) from None
     if not ds.samples:
         raise DataError(f"image_folder:{root} is empty: no images found; check the path")
@@ -189,7 +227,7 @@ def image_folder(root: str, seed: int = 0, size: int = 32, test_fraction: float 
             else list(range(len(ds))))
     groups = ([group_of(Path(ds.samples[i][0]).relative_to(root).as_posix(), group_pattern, root) for i in keep]
               if group_pattern else None)
-    images = ImageFiles([ds.samples[i][0] for i in keep], size, channels, aspect)
+    images = ImageFiles([ds.samples[i][0] for i in keep], size, channels, aspect, max_pixels)
     labels = torch.tensor([ds.samples[i][1] for i in keep])
     full = ArrayDataset({IMAGE: images}, labels, ds.classes, f"image_folder:{root}", groups=groups)
     return DatasetSplits(*split_dataset(full, test_fraction, seed, test_groups)).cached(cache, on_error)

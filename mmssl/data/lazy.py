@@ -98,13 +98,14 @@ class ImageFiles(LazyColumn):
 
     dtype = torch.uint8
 
-    def __init__(self, paths: Sequence[str | Path] | np.ndarray, size: int, channels: int = 3, aspect: str = "squash"):
+    def __init__(self, paths: Sequence[str | Path] | np.ndarray, size: int, channels: int = 3, aspect: str = "squash",
+                 max_pixels: int | None = None):
         if channels not in (1, 3):
             raise DataError(f"image channels must be 1 (grey) or 3 (RGB), got {channels}")
         if aspect not in ("squash", "crop"):
             raise DataError(f"data.aspect must be one of crop, squash, got {aspect!r}")
         self.paths = paths if isinstance(paths, np.ndarray) else path_array(paths)
-        self.size, self.channels, self.aspect = int(size), int(channels), aspect
+        self.size, self.channels, self.aspect, self.max_pixels = int(size), int(channels), aspect, max_pixels
         self.item_shape = (self.channels, self.size, self.size)
         super().__init__()
 
@@ -112,24 +113,36 @@ class ImageFiles(LazyColumn):
         return len(self.paths)
 
     def decode(self, row: int) -> torch.Tensor:
-        return decode_image(self.paths[row].decode(), self.size, self.channels, aspect=self.aspect)
+        return decode_image(self.paths[row].decode(), self.size, self.channels, aspect=self.aspect,
+                            max_pixels=self.max_pixels)
 
 
-def decode_image(source, size: int, channels: int = 3, name: str | None = None, aspect: str = "squash") -> torch.Tensor:
+def decode_image(source, size: int, channels: int = 3, name: str | None = None, aspect: str = "squash",
+                 max_pixels: int | None = None) -> torch.Tensor:
     """A path or file object → uint8 (channels, size, size); ``DataError`` naming the file when it is corrupt.
 
     ``aspect`` "squash" resizes both sides to ``size``; "crop" resizes the shorter side and centre-crops.
+    Paths go through :func:`mmssl.data.images.open_image` (missing files, corrupt files and images over
+    ``max_pixels`` pixels are one-line errors, checked from the header before decoding).
     """
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as TF
 
-    try:
-        with Image.open(source) as img:
-            img.draft("L" if channels == 1 else "RGB", (size, size))  # JPEG: decode at a reduced scale when it can
-            t = TF.pil_to_tensor(img.convert("L" if channels == 1 else "RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        reason = str(exc).replace(repr(source), "").replace(str(source), "").strip() if name else exc
-        raise DataError(f"corrupt image {name or source}: {reason}; remove or replace the file") from None
+    mode = "L" if channels == 1 else "RGB"
+    if isinstance(source, str | Path):
+        from mmssl.data.images import MAX_PIXELS, open_image
+
+        try:
+            t = TF.pil_to_tensor(open_image(source, MAX_PIXELS if max_pixels is None else max_pixels, mode))
+        except DataError as exc:
+            raise DataError(str(exc).replace("cannot read image", "corrupt image", 1)) from None
+    else:
+        try:
+            with Image.open(source) as img:
+                img.draft(mode, (size, size))  # JPEG: decode at a reduced scale when it can
+                t = TF.pil_to_tensor(img.convert(mode))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise DataError(f"corrupt image {name or 'in a shard'}: {exc}; remove or replace the file") from None
     if aspect == "crop" and tuple(t.shape[-2:]) != (size, size):
         t = TF.center_crop(TF.resize(t, size, antialias=True), [size, size])
     elif tuple(t.shape[-2:]) != (size, size):

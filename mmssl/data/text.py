@@ -18,12 +18,15 @@ from mmssl.types import TEXT
 
 
 def read_lines(path: str | Path, label_separator: str | None = None) -> tuple[list[str], list[str] | None]:
-    """Non-blank lines of ``path`` (UTF-8) and, with ``label_separator``, the label before it on each line."""
+    """Non-blank lines of ``path`` (UTF-8, BOM allowed) and, with ``label_separator``, the label before it on each line."""
     p = Path(path)
     try:
-        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read text corpus {p}: {exc}") from None
+        lines = [ln.strip() for ln in p.read_bytes().decode("utf-8-sig").splitlines() if ln.strip()]
+    except OSError as exc:
+        raise DataError(f"cannot read text corpus {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"text corpus {p} is not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}, "
+                        "e.g. Latin-1); save it as UTF-8") from None
     if not lines:
         raise DataError(f"text corpus {p} has no non-blank lines")
     if label_separator is None:

@@ -12,7 +12,6 @@ split, so an item is a (weakly) paired triple, as in ImageBind's image-anchored 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +53,18 @@ def load_spoken_digits(root: str | Path = SPOKEN_DIGITS_DIR, sample_rate: int = 
     manifest = root / "manifest.csv"
     if not manifest.is_file():
         raise DataError(f"{manifest} not found; run `python -m mmssl.data.synth_speech --out {root}`")
-    with open(manifest, newline="") as f:
-        rows = list(csv.DictReader(f))
+    from mmssl.data.manifest import confined, read_rows
+
+    rows = read_rows(manifest)
     if not rows:
         raise DataError(f"{manifest} lists no clips; regenerate it with `python -m mmssl.data.synth_speech`")
+    for number, r in enumerate(rows, 1):
+        if any(r.get(k) in (None, "") for k in ("file", "label", "speaker")) or not str(r["label"]).isdigit():
+            raise DataError(f"{manifest} row {number} needs file, label (a digit) and speaker, got {dict(r)}; "
+                            "regenerate it with `python -m mmssl.data.synth_speech`")
     samples = int(round(clip_seconds * sample_rate))
-    waves = torch.stack([fit_length(read_audio(root / r["file"], sample_rate), samples) for r in rows])
+    files = [confined(manifest, r["file"], n, "file") for n, r in enumerate(rows, 1)]
+    waves = torch.stack([fit_length(read_audio(f, sample_rate), samples) for f in files])
     return waves, torch.tensor([int(r["label"]) for r in rows]), [r["speaker"] for r in rows]
 
 

@@ -184,8 +184,19 @@ def _load_local_weights(path: str) -> dict:
     if not p.is_file():
         raise ConfigError(f"weights file {path!r} does not exist; pass a local path (hub downloads are not used)")
     if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(p))
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+        try:
+            return load_file(str(p))
+        except (SafetensorError, OSError) as exc:
+            raise ConfigError(f"weights file {path} is not a readable safetensors file ({exc})") from None
+    from mmssl import safe_load
+
+    # the same safe path as checkpoints: weights_only, one line, never torch's "set weights_only=False" advice
+    state = safe_load.load(p.read_bytes(), f"weights file {path}", ConfigError)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ConfigError(f"weights file {path} holds no state dict of tensors ({type(state).__name__}); "
+                          "pass a state dict, an open_clip/torchvision checkpoint or a .safetensors file")
+    return state

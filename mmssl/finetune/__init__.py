@@ -29,7 +29,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mmssl.config import compose, registry_kwargs, to_container
+from mmssl.config import compose, registry_kwargs, stored_config, to_container
 from mmssl.data.base import BatchIterator, DatasetSplits
 from mmssl.errors import ConfigError, DataError
 from mmssl.finetune.parts import (  # noqa: F401  (re-exported: the public pieces live in parts.py)
@@ -68,7 +68,7 @@ MODES = ("frozen", "partial", "full", "semi")
 AUDIO_READ_KEYS = ("sample_rate", "clip_seconds")
 
 
-def make_config(run_config: Mapping, overrides: list[str]) -> DictConfig:
+def make_config(run_config: Mapping, overrides: list[str], source: str | Path = "the run") -> DictConfig:
     """The run's config with ``finetune`` = configs/finetune.yaml composed with the overrides that belong to it.
 
     ``data=<name>`` (and ``data.*`` alongside it) replaces the run's data, read at the run's audio
@@ -82,7 +82,9 @@ def make_config(run_config: Mapping, overrides: list[str]) -> DictConfig:
         top = o.split("=", 1)[0].lstrip("+~").split(".")[0]
         (mine if top in ft_keys and (top != "data" or swap_data) else theirs).append(o)
     ft = compose("finetune", mine)
-    cfg = OmegaConf.create(dict(run_config))
+    cfg = stored_config(run_config, source)  # inert data: no resolvers, downloads or init weights
+    # the run folder's logger settings are not acted on (no upload because a folder says so): defaults + overrides
+    cfg.logger = compose("pretrain").logger
     for o in theirs:
         _apply_override(cfg, o)
     if swap_data:
@@ -355,10 +357,11 @@ def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, ou
 def run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """``mmssl finetune target overrides…`` as a function: returns the summary."""
     run_dir, ckpt_path, state = find_checkpoint(target)
-    cfg = make_config(state["config"], list(overrides))
+    cfg = make_config(state.get("config"), list(overrides), ckpt_path)
+    stored = stored_config(state["config"], ckpt_path)
     reference = None
-    if cfg.data != OmegaConf.create(state["config"]["data"]):  # transfer: fit the new data to the encoder's input
-        pretrain_data = build_data(OmegaConf.create(state["config"]))
+    if cfg.data != stored.data:  # transfer: fit the new data to the encoder's input
+        pretrain_data = build_data(stored)
         reference = {m: tuple(pretrain_data.train.data[m].shape[1:]) for m in pretrain_data.train.modalities}
     model_state = None if cfg.finetune.from_scratch else state["model"]
     return finetune(cfg, model_state, run_dir / "finetune", reference, source=str(ckpt_path))

@@ -32,6 +32,7 @@ def main(overrides: list[str]) -> None:
 
 def run(cfg: DictConfig) -> dict:
     """Train (or resume) the run described by ``cfg``; returns the summary dict."""
+    mmssl_envs.check_import([cfg.env, eval_env_config(cfg)], cfg.get("plugins") or [])  # before anything is written
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     ppo = PPO(cfg)  # builds (and validates) everything before the run folder is touched

@@ -70,12 +70,9 @@ def load(path: str | Path, verify: bool = True) -> dict:
     digest_file = path.with_name(path.name + ".sha256")
     if verify and digest_file.exists() and hashlib.sha256(data).hexdigest() != digest_file.read_text().strip():
         raise CheckpointError(f"checkpoint {path} fails its checksum (truncated or modified); use an earlier one")
-    try:
-        buffer = io.BytesIO(data)
-        return torch.load(buffer, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types; all mean "unusable"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({first[:200]})") from None
+    from mmssl import safe_load
+
+    return safe_load.load(data, f"checkpoint {path}", CheckpointError)  # weights_only, one-line refusal
 
 
 _STEP = re.compile(r"step_(\d+)\.pt$")

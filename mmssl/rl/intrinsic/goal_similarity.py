@@ -9,9 +9,10 @@ import gymnasium as gym
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from omegaconf import OmegaConf
 from torch import nn
 
-from mmssl.config import registry_kwargs
+from mmssl.config import registry_kwargs, stored_config
 from mmssl.encoders.heads import mlp
 from mmssl.encoders.memo import RowMemo
 from mmssl.errors import ConfigError, ShapeError
@@ -38,7 +39,8 @@ def load_encoders(path: str, modalities: tuple[str, ...]) -> tuple[dict[str, nn.
     if found is None:
         raise ConfigError(f"no pretraining checkpoint in {path}; pass a run folder or a step_*.pt file")
     state = found[1]
-    spec = (state.get("config") or {}).get("encoder") or {}
+    stored = stored_config(state["config"], found[0]) if isinstance(state.get("config"), dict) else {}
+    spec = OmegaConf.to_container(stored.encoder) if "encoder" in stored else {}  # inert: no resolvers, no init weights
     encoders, projections = {}, {}
     for m in modalities:
         if m not in spec:
