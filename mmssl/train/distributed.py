@@ -27,7 +27,7 @@ from mmssl.objectives.distributed import rank, world_size
 from mmssl.types import Batch
 
 __all__ = ["init_from_env", "shard", "wrap", "full_state_dict", "load_full_state_dict", "all_finite", "mean_over_ranks",
-           "broadcast_parameters", "gather_objects", "rank", "world_size", "STRATEGIES"]
+           "average_parameters", "broadcast_parameters", "gather_objects", "rank", "world_size", "STRATEGIES"]
 
 #: values of ``trainer.distributed``
 STRATEGIES = ("ddp", "fsdp")
@@ -138,6 +138,15 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     out = value.detach().clone().float().reshape(1)
     dist.all_reduce(out)
     return out[0] / world_size()
+
+
+def average_parameters(module: nn.Module) -> None:
+    """Replace every parameter by its mean over ranks (modules trained apart on each rank's own data)."""
+    if world_size() == 1:
+        return
+    for p in module.parameters():
+        dist.all_reduce(p.data)
+        p.data /= world_size()
 
 
 def broadcast_parameters(module: torch.nn.Module) -> None:
