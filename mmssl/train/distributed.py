@@ -63,9 +63,9 @@ def wrap(model: nn.Module, device: torch.device, strategy: str = "ddp", sync_bat
     """The module to run forward/backward through at world size > 1 (``model`` itself at world size 1).
 
     ``ddp``: ``DistributedDataParallel`` (bucketed all-reduce overlapped with backward; it broadcasts rank
-    0's parameters and buffers at construction). ``broadcast_buffers=False`` keeps per-rank buffers
-    (BatchNorm statistics are per rank unless ``sync_batchnorm``; momentum encoders and queues are updated
-    identically on every rank anyway). ``fsdp``: FSDP2 ``fully_shard`` on each of ``shard_units`` (the
+    0's parameters and buffers at construction). ``forward_sync_buffers=False`` keeps per-rank buffers
+    afterwards (BatchNorm statistics are per rank unless ``sync_batchnorm``; momentum encoders and queues
+    are updated identically on every rank anyway). ``fsdp``: FSDP2 ``fully_shard`` on each of ``shard_units`` (the
     encoder towers) and then on ``model``, in place — ``model`` itself is returned, its parameters now
     sharded DTensors, so the optimiser must be built afterwards. ``sync_batchnorm`` converts BatchNorm
     layers to ``torch.nn.SyncBatchNorm`` (batch statistics over the global batch; torch supports it on
@@ -81,8 +81,10 @@ def wrap(model: nn.Module, device: torch.device, strategy: str = "ddp", sync_bat
                               "use device=cuda or trainer.sync_batchnorm=false")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if strategy == "ddp":
+        # "cuda" without an index is the rank's LOCAL_RANK device (init_from_env set it current)
+        index = (device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+            model, device_ids=None if index is None else [index], forward_sync_buffers=False,
             find_unused_parameters=find_unused_parameters)
     from torch.distributed.fsdp import fully_shard
 
