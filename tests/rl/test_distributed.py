@@ -105,3 +105,39 @@ def test_rl_device_option_is_validated():
         pytest.skip("CUDA is available here")
     with pytest.raises(ConfigError, match="CUDA is not available"):
         PPO(_cfg(2, "device=cuda"))
+
+
+def _run_worker(rank, world, port, run_dir, extra):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from mmssl.rl.run import run
+
+    try:
+        run(compose("rl", ["env=cartpole", "agent.num_envs=2", "agent.num_steps=16", "agent.num_minibatches=2",
+                           "agent.update_epochs=1", "agent.total_timesteps=192", "logger.mode=disabled",
+                           "progress=false", "eval.episodes=0", "checkpoint_every=1", f"run_dir={run_dir}", *extra]))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _two_rank_run(run_dir, *extra):
+    mp.start_processes(_run_worker, args=(2, free_port(), str(run_dir), extra), nprocs=2, join=True,
+                       start_method="fork")
+    from mmssl.train import checkpoint
+
+    return checkpoint.load(checkpoint.checkpoints(run_dir / "checkpoints")[-1])
+
+
+def test_two_rank_ppo_resumes_bit_identically(tmp_path):
+    straight = _two_rank_run(tmp_path / "straight")
+    assert straight["ppo"]["global_step"] == 192 and straight["ppo"]["update_index"] == 3  # 2 ranks × 2 envs × 16 steps
+    assert len(straight["ppo_per_rank"]) == 2
+    # each rank its own envs: different env snapshots, RNG streams
+    assert not torch.equal(straight["ppo_per_rank"][0]["rng"]["torch"], straight["ppo_per_rank"][1]["rng"]["torch"])
+    _two_rank_run(tmp_path / "stopped", "stop_after_updates=1")
+    resumed = _two_rank_run(tmp_path / "stopped", "resume=true")
+    for name, value in straight["ppo"]["agent"].items():
+        assert torch.equal(resumed["ppo"]["agent"][name], value), name
+    for r in range(2):
+        assert torch.equal(resumed["ppo_per_rank"][r]["rng"]["torch"], straight["ppo_per_rank"][r]["rng"]["torch"])
