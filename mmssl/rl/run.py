@@ -7,7 +7,7 @@ final training statistics, evaluation returns/success, the linear state probe an
 Multi-GPU PPO (DD-PPO) runs under torchrun: every rank its own envs, gradients averaged by
 DistributedDataParallel; rank 0 logs, evaluates and writes checkpoints holding every rank's state.
 
-    torchrun --standalone --nproc_per_node=4 $(which mmssl) rl device=cuda run_dir=runs/ddppo
+    torchrun --standalone --nproc_per_node=4 -m mmssl.cli rl device=cuda run_dir=runs/ddppo
 """
 
 from __future__ import annotations

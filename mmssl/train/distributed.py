@@ -105,7 +105,11 @@ def full_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer | None = 
     """(model, optimiser) state dicts with whole tensors — collective under FSDP (every rank must call it)."""
     if not is_sharded(model):
         return model.state_dict(), None if optimizer is None else optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
 
     options = StateDictOptions(full_state_dict=True)
     return (get_model_state_dict(model, options=options),
@@ -115,7 +119,11 @@ def full_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer | None = 
 def load_full_state_dict(model: nn.Module, state: dict, optimizer: torch.optim.Optimizer | None = None,
                          optimizer_state: dict | None = None) -> None:
     """Load whole-tensor state dicts (as ``full_state_dict`` returns) into a sharded model and its optimiser."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, state, options=options)
