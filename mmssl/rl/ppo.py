@@ -273,7 +273,6 @@ class PPO:
                 metrics["episodic_cells"] = float(np.mean(cells))
         return metrics
 
-    @torch.no_grad()
     def collect(self) -> dict:
         """Steps 1-3: a (T, N) rollout of this rank's envs with intrinsic bonus, advantages and returns.
 
@@ -289,42 +288,43 @@ class PPO:
         next_feature_fixups: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         episodes: list[tuple[float, float, float, float | None]] = []
         self.agent.eval()
-        for t in range(T):
-            obs = self.next_obs
-            step = self.agent.act(obs)
-            raw_next, reward, terminated, truncated, infos = self.envs.step(
-                scale_action(step.action.cpu().numpy(), self.action_space))
-            self.global_step += N * self.world
-            done = np.logical_or(terminated, truncated)
-            done_t = torch.from_numpy(done.astype(np.float32)).to(device)
-            next_obs = self.prepare(self.to_device(to_tensor(raw_next)))  # the one host → device copy of the step
-            real_next = next_obs if not isinstance(next_obs, dict) else dict(next_obs)
-            reward = self.reward_scaler(torch.from_numpy(np.asarray(reward, dtype=np.float32)).to(device),
-                                        torch.from_numpy(done).to(device))
-            if done.any():
-                idx = np.flatnonzero(done)
-                final = self.prepare(self.to_device(to_tensor(_stack_final(infos["final_obs"], idx))), update_stats=False)
-                idx_t = torch.from_numpy(idx).to(device)
-                if isinstance(real_next, dict):
-                    real_next = {k: v.clone() for k, v in real_next.items()}
-                    for k in real_next:
-                        real_next[k][idx_t] = final[k]
-                else:
-                    real_next = real_next.clone()
-                    real_next[idx_t] = final
-                final_features = self.agent.features(final)
-                final_value, _ = self.agent.values(final, final_features)
-                trunc = torch.as_tensor(truncated[idx] & ~terminated[idx], dtype=torch.float32, device=device)
-                reward[idx_t] += gamma * final_value * trunc  # bootstrap time-limit truncations
-                episodes += _finished_episodes(infos["final_info"], idx)
-                next_feature_fixups.append((t, idx_t, final_features))
-            for reward_fn in self.intrinsic.values():
-                reward_fn.watch(obs, step.action, real_next, done_t)
-            buffer.put(t, obs=obs, next_obs=real_next, actions=step.action, logprobs=step.logprob, values=step.value,
-                       values_int=step.value_int, rewards=reward, dones=done_t, features=step.features)
-            self.next_obs = next_obs
-        last_features = self.agent.features(self.next_obs)
-        last_value, last_value_int = self.agent.values(self.next_obs, last_features)
+        with torch.no_grad():
+            for t in range(T):
+                obs = self.next_obs
+                step = self.agent.act(obs)
+                raw_next, reward, terminated, truncated, infos = self.envs.step(
+                    scale_action(step.action.cpu().numpy(), self.action_space))
+                self.global_step += N * self.world
+                done = np.logical_or(terminated, truncated)
+                done_t = torch.from_numpy(done.astype(np.float32)).to(device)
+                next_obs = self.prepare(self.to_device(to_tensor(raw_next)))  # the one host → device copy of the step
+                real_next = next_obs if not isinstance(next_obs, dict) else dict(next_obs)
+                reward = self.reward_scaler(torch.from_numpy(np.asarray(reward, dtype=np.float32)).to(device),
+                                            torch.from_numpy(done).to(device))
+                if done.any():
+                    idx = np.flatnonzero(done)
+                    final = self.prepare(self.to_device(to_tensor(_stack_final(infos["final_obs"], idx))), update_stats=False)
+                    idx_t = torch.from_numpy(idx).to(device)
+                    if isinstance(real_next, dict):
+                        real_next = {k: v.clone() for k, v in real_next.items()}
+                        for k in real_next:
+                            real_next[k][idx_t] = final[k]
+                    else:
+                        real_next = real_next.clone()
+                        real_next[idx_t] = final
+                    final_features = self.agent.features(final)
+                    final_value, _ = self.agent.values(final, final_features)
+                    trunc = torch.as_tensor(truncated[idx] & ~terminated[idx], dtype=torch.float32, device=device)
+                    reward[idx_t] += gamma * final_value * trunc  # bootstrap time-limit truncations
+                    episodes += _finished_episodes(infos["final_info"], idx)
+                    next_feature_fixups.append((t, idx_t, final_features))
+                for reward_fn in self.intrinsic.values():
+                    reward_fn.watch(obs, step.action, real_next, done_t)
+                buffer.put(t, obs=obs, next_obs=real_next, actions=step.action, logprobs=step.logprob, values=step.value,
+                           values_int=step.value_int, rewards=reward, dones=done_t, features=step.features)
+                self.next_obs = next_obs
+            last_features = self.agent.features(self.next_obs)
+            last_value, last_value_int = self.agent.values(self.next_obs, last_features)
 
         features = buffer["features"]  # (T, N, D)
         next_features = torch.cat([features[1:], last_features[None]])
