@@ -55,7 +55,7 @@ from mmssl.inference import find_checkpoint
 from mmssl.logging import RunLogger, console
 from mmssl.objectives.base import DEFAULT_AUGMENT
 from mmssl.registry import AUGMENTATIONS, OBJECTIVES
-from mmssl.train import checkpoint, run_folder
+from mmssl.train import checkpoint, distributed, run_folder
 from mmssl.train.build import OBJECTIVE_RUN_KEYS, build_data, build_encoders
 from mmssl.train.trainer import resolve_device, warmup_cosine
 from mmssl.types import IMAGE, Batch
@@ -179,6 +179,35 @@ def _ssl_objective(cfg: DictConfig, encoders: nn.ModuleDict, modality: str, mode
     return OBJECTIVES.build(str(ft.ssl_objective), encoders, **kwargs)
 
 
+class _Learner(nn.Module):
+    """Classifier plus (semi-supervised) objective: one forward for DistributedDataParallel to wrap.
+
+    ``forward(x, u)`` → (logits of the labelled views x, and for unlabelled items u: the objective's
+    output, the weak-view logits without gradient, the strong-view logits), in the order the
+    single-process loop always drew its augmentations.
+    """
+
+    def __init__(self, model: nn.Module, objective: nn.Module | None, weak: nn.Module | None, strong: nn.Module | None):
+        super().__init__()
+        self.model, self.objective, self.weak, self.strong = model, objective, weak, strong
+
+    def forward(self, x: torch.Tensor, u: torch.Tensor | None = None):
+        logits = self.model(x)
+        if u is None:
+            return logits, None, None, None
+        ssl = self.objective(Batch({self.model.modality: u}), self.model.encoders)
+        with torch.no_grad():
+            weak_logits = self.model(self.weak(u))
+        return logits, ssl, weak_logits, self.model(self.strong(u))
+
+
+def _shard(batch: Batch, rank: int, world: int, key: str) -> Batch:
+    if batch.size % world:
+        raise ConfigError(f"{key}={batch.size} (capped at the number of items) is not divisible by the world size "
+                          f"{world}; pick a multiple")
+    return distributed.shard(batch, rank, world)
+
+
 def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, out_dir: str | Path,
              reference_shape: Mapping[str, tuple[int, ...]] | None = None, data: DatasetSplits | None = None,
              source: str | None = None) -> dict:
@@ -186,13 +215,16 @@ def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, ou
 
     ``model_state``: the pretraining SSLModel state dict (None with ``from_scratch``); ``reference_shape``:
     per-item input shapes the encoder was pretrained on (transfer data is adapted to them); ``source``: the
-    checkpoint path, recorded in the summary.
+    checkpoint path, recorded in the summary. Under torchrun the labelled and unlabelled batches are split
+    over the ranks and the step runs through DistributedDataParallel (every rank validates alike, so
+    early stopping agrees; rank 0 logs and writes the results).
     """
     ft = cfg.finetune
     started = time.perf_counter()
     if ft.threads:
         torch.set_num_threads(int(ft.threads))
     device = resolve_device(str(ft.device))
+    rank, world = distributed.init_from_env(device)
     if ft.seed is None:
         ft.seed = int(cfg.seed)
     seed = int(ft.seed)
@@ -266,20 +298,26 @@ def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, ou
     # a dataset's `augment` options are its image view options (configs/data), so other modalities ignore them
     data_augment = cfg.data.get("augment") if modality == IMAGE else None
     strong = _build_augment(ft.strong_augment, modality, data_augment, "strong_augment").to(device) if semi else None
+    learner = distributed.wrap(_Learner(model, objective, weak, strong), device, "ddp")
+    if world > 1:
+        torch.manual_seed(seed + 100_003 * rank)  # each rank its own augmentation stream
 
     labelled_batches = BatchIterator(labelled, int(ft.batch_size), seed=seed).batches_from(0)
     unlabelled_batches = BatchIterator(unlabelled, int(ft.unlabelled_batch_size), seed=seed + 1).batches_from(0) if semi else None
     target = Path(out_dir) / (ft.name or default_name(cfg))
     # an explicit name must be a free folder; a derived one moves on to <name>-2, -3… instead of overwriting
-    folder = run_folder.claim(target if ft.name else None, "finetune", default=lambda: target, what="name")
-    out_dir, name = folder.path, folder.path.name
+    # (rank 0 owns the folder; the other ranks write nothing)
+    folder = run_folder.claim(target if ft.name else None, "finetune", default=lambda: target, what="name") \
+        if rank == 0 else None
+    out_dir, name = (folder.path, folder.path.name) if folder is not None else (target, target.name)
     lcfg = cfg.get("logger") or {}
     try:
         logger = RunLogger(out_dir, to_container(cfg), mode=lcfg.get("mode", "auto"),
                            project=lcfg.get("project", "mmssl"), name=name, group=lcfg.get("group"),
-                           tags=list(lcfg.get("tags") or []) + ["finetune"])
+                           tags=list(lcfg.get("tags") or []) + ["finetune"], enabled=rank == 0)
     except BaseException:
-        folder.release()
+        if folder is not None:
+            folder.release()
         raise
     best = {"val_accuracy": -1.0, "val_loss": math.inf, "step": 0, "state": None}
     evals_without_gain, step = 0, 0
@@ -290,16 +328,15 @@ def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, ou
             fit_probe_head(model, labelled, num_classes, C, int(ft.eval_batch_size), device)
             logger.log({"train/probe_C": C}, 0)
         while step < steps and not use_probe:
-            batch = next(labelled_batches).to(device)
+            batch = _shard(next(labelled_batches), rank, world, "batch_size").to(device)
             x = weak(batch[modality]) if ft.augment_labelled else batch[modality]
-            ce = F.cross_entropy(model(x), batch.labels)
+            u = _shard(next(unlabelled_batches), rank, world, "unlabelled_batch_size").to(device) if semi else None
+            logits, ssl, weak_logits, strong_logits = learner(x, None if u is None else u[modality])
+            ce = F.cross_entropy(logits, batch.labels)
             loss, metrics = ce, {"train/labelled_ce": ce.item()}
             if semi:
-                u = next(unlabelled_batches).to(device)
-                ssl = objective(Batch({modality: u[modality]}), encoders)
-                with torch.no_grad():
-                    targets, mask = pseudo_labels(model(weak(u[modality])), float(ft.pseudo_threshold))
-                pseudo = fixmatch_loss(model(strong(u[modality])), targets, mask)
+                targets, mask = pseudo_labels(weak_logits, float(ft.pseudo_threshold))
+                pseudo = fixmatch_loss(strong_logits, targets, mask)
                 loss = loss + float(ft.ssl_weight) * ssl.loss + float(ft.pseudo_weight) * pseudo
                 metrics |= {"train/ssl_loss": ssl.loss.item(), "train/pseudo_loss": pseudo.item(),
                             "train/pseudo_mask_rate": mask.float().mean().item(),
@@ -329,8 +366,9 @@ def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, ou
         if best["state"] is not None:
             model.load_state_dict(best["state"])
         test_acc, test_loss = accuracy_and_loss(model, data.test, int(ft.eval_batch_size), device)
-        checkpoint.save({"model": model.state_dict(), "config": to_container(cfg), "step": step},
-                        out_dir / "classifier.pt")
+        if rank == 0:
+            checkpoint.save({"model": model.state_dict(), "config": to_container(cfg), "step": step},
+                            out_dir / "classifier.pt")
         counts = [len(i) for i in per_class]
         summary = {
             "test/accuracy": test_acc, "test/loss": test_loss,
@@ -350,7 +388,8 @@ def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, ou
         logger.summary(summary)
     finally:
         logger.close()
-        folder.release()
+        if folder is not None:
+            folder.release()
     return summary
 
 

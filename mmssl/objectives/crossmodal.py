@@ -2,10 +2,12 @@
 
 Each objective owns one projection head per modality (``projections``, an ``nn.ModuleDict`` keyed by
 modality) mapping that encoder's pooled output into a joint space, and a learnable logit scale per
-bound pair. The pair losses are open_clip's ``ClipLoss`` and ``SigLipLoss``; under torch.distributed
-the embeddings are gathered first (``mmssl.objectives.distributed.gather``, with gradients) and the
-loss is the full global-batch loss on every rank, so with the trainer's gradient averaging the
-update equals the single-process one on the global batch.
+bound pair. The pair losses are open_clip's ``ClipLoss`` and ``SigLipLoss``. Under torch.distributed
+they use open_clip's ``ClipLoss(local_loss=True, gather_with_grad=True)`` arithmetic: the embeddings
+are gathered with gradients (``mmssl.objectives.distributed.gather``) and each rank computes only its
+own rows (its B items against all W·B gathered ones, targets offset by rank·B), so the loss costs
+O(B·W·B) per rank instead of O((W·B)²); DDP's gradient averaging of the per-rank losses gives exactly
+the single-process update on the global batch.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from mmssl.encoders.base import Encoder
 from mmssl.encoders.heads import mlp
 from mmssl.errors import ConfigError
 from mmssl.objectives.base import DEFAULT_AUGMENT, Objective
-from mmssl.objectives.distributed import gather
+from mmssl.objectives.distributed import gather, rank
 from mmssl.registry import AUGMENTATIONS, OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput
 
@@ -49,6 +51,35 @@ def siglip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, log
     from open_clip.loss import SigLipLoss
 
     return SigLipLoss()(a, b, logit_scale, logit_bias)
+
+
+
+def clip_loss_local(a: torch.Tensor, b: torch.Tensor, all_a: torch.Tensor, all_b: torch.Tensor,
+                    logit_scale: torch.Tensor, offset: int) -> torch.Tensor:
+    """``clip_loss`` of this rank's rows: local a, b (B, D) against gathered all_a, all_b (W·B, D).
+
+    ``½ [CE(s·a all_bᵀ, offset + i) + CE(s·b all_aᵀ, offset + i)]`` averaged over the B local rows —
+    open_clip's ``ClipLoss(local_loss=True, gather_with_grad=True)``; the mean over ranks is the
+    global-batch ``clip_loss``, and at world size 1 (offset 0, all_a = a) it is ``clip_loss`` itself.
+    """
+    target = torch.arange(len(a), device=a.device) + offset
+    return 0.5 * (F.cross_entropy(logit_scale * a @ all_b.T, target)
+                  + F.cross_entropy(logit_scale * b @ all_a.T, target))
+
+
+def siglip_loss_local(a: torch.Tensor, all_b: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor,
+                      offset: int) -> torch.Tensor:
+    """``siglip_loss`` of this rank's rows: local a (B, D) against every gathered b (W·B, D).
+
+    ``-(1/B) Σ_{i local, j} log σ(z_ij (s·a_i·b_j + t))`` with ``z_ij = +1`` for j = offset + i — the
+    ``gather`` variant of open_clip's distributed ``SigLipLoss``; every (i, j) pair of the global batch
+    is on exactly one rank, so the mean over ranks is the global-batch ``siglip_loss``.
+    """
+    logits = logit_scale * a @ all_b.T + logit_bias
+    labels = -torch.ones_like(logits)
+    rows = torch.arange(len(a), device=a.device)
+    labels[rows, rows + offset] = 1.0
+    return -F.logsigmoid(labels * logits).sum() / len(a)
 
 
 class _Binding(Objective):
@@ -97,7 +128,7 @@ class _Binding(Objective):
         return list(itertools.combinations(mods, 2))
 
     def embed(self, batch: Batch, encoders: Mapping[str, Encoder]) -> dict[str, torch.Tensor]:
-        """Unit-norm joint-space embeddings (B, projection_dim) per bound modality, gathered over ranks."""
+        """Unit-norm joint-space embeddings (B, projection_dim) of this rank's items, per bound modality."""
         absent = [m for m in self.bound if m not in batch]
         if absent:
             raise ConfigError(f"objective {type(self).registry_name!r} binds {self.bound} but the batch has no "
@@ -107,29 +138,34 @@ class _Binding(Objective):
             x = batch[m]
             if m in self.augments:
                 x = self.augments[m](x)
-            out[m] = gather(F.normalize(self.projections[m](encoders[m](x).pooled).float(), dim=-1))
+            out[m] = F.normalize(self.projections[m](encoders[m](x).pooled).float(), dim=-1)
         return out
 
-    def pair_value(self, a: torch.Tensor, b: torch.Tensor, key: str) -> torch.Tensor:
-        return clip_loss(a, b, self.log_scales[key].clamp(max=math.log(100)).exp())
+    def pair_value(self, a: torch.Tensor, b: torch.Tensor, all_a: torch.Tensor, all_b: torch.Tensor, key: str,
+                   offset: int) -> torch.Tensor:
+        """This rank's share of the pair loss: local a, b (B, D) against gathered all_a, all_b (W·B, D)."""
+        return clip_loss_local(a, b, all_a, all_b, self.log_scales[key].clamp(max=math.log(100)).exp(), offset)
 
     def forward(self, batch: Batch, encoders: Mapping[str, Encoder]) -> ObjectiveOutput:
         z = self.embed(batch, encoders)
+        gathered = {m: gather(v) for m, v in z.items()}  # (W·B, D) with gradients, once per modality
         losses, metrics = [], {}
-        target = torch.arange(len(next(iter(z.values()))), device=batch[self.bound[0]].device)
+        local = len(next(iter(z.values())))
+        offset = rank() * local
+        target = torch.arange(local, device=batch[self.bound[0]].device) + offset
         for a, b in self.pairs:
             key = _key(a, b)
-            loss = self.pair_value(z[a], z[b], key)
+            loss = self.pair_value(z[a], z[b], gathered[a], gathered[b], key, offset)
             losses.append(loss)
-            with torch.no_grad():
-                sim = z[a] @ z[b].T
+            with torch.no_grad():  # retrieval of this rank's rows among the whole (gathered) batch
+                a_to_b, b_to_a = (z[a] @ gathered[b].T).argmax(1), (z[b] @ gathered[a].T).argmax(1)
                 metrics[f"{key}/loss"] = loss.item()
-                metrics[f"{key}/top1"] = 0.5 * ((sim.argmax(1) == target).float().mean()
-                                                + (sim.argmax(0) == target).float().mean()).item()
-                if batch.labels is not None and len(batch.labels) == len(sim):  # class-paired data: a twin counts
-                    y = batch.labels
-                    metrics[f"{key}/class_top1"] = 0.5 * ((y[sim.argmax(1)] == y).float().mean()
-                                                          + (y[sim.argmax(0)] == y).float().mean()).item()
+                metrics[f"{key}/top1"] = 0.5 * ((a_to_b == target).float().mean()
+                                                + (b_to_a == target).float().mean()).item()
+                if batch.labels is not None and len(batch.labels) == local:  # class-paired data: a twin counts
+                    y, all_y = batch.labels, gather(batch.labels.double()).long()
+                    metrics[f"{key}/class_top1"] = 0.5 * ((all_y[a_to_b] == y).float().mean()
+                                                          + (all_y[b_to_a] == y).float().mean()).item()
                 metrics[f"{key}/temperature"] = math.exp(-min(self.log_scales[key].item(), math.log(100)))
         return ObjectiveOutput(torch.stack(losses).mean(), metrics)
 
@@ -175,8 +211,9 @@ class SigLIP(CLIP):
                          learn_temperature, augment, augment_kwargs)
         self.biases = nn.ParameterDict({_key(a, b): nn.Parameter(torch.tensor(float(bias))) for a, b in self.pairs})
 
-    def pair_value(self, a: torch.Tensor, b: torch.Tensor, key: str) -> torch.Tensor:
-        return siglip_loss(a, b, self.log_scales[key].clamp(max=math.log(100)).exp(), self.biases[key])
+    def pair_value(self, a: torch.Tensor, b: torch.Tensor, all_a: torch.Tensor, all_b: torch.Tensor, key: str,
+                   offset: int) -> torch.Tensor:
+        return siglip_loss_local(a, all_b, self.log_scales[key].clamp(max=math.log(100)).exp(), self.biases[key], offset)
 
 
 @OBJECTIVES.register("bind", modalities=("image", "audio", "text", "obs"))
@@ -208,6 +245,9 @@ class Bind(_Binding):
             raise ConfigError(f"objective 'bind' anchor {anchor!r} is not one of the bound modalities {mods}")
         return [(anchor, m) for m in mods if m != anchor]
 
-    def pair_value(self, a: torch.Tensor, b: torch.Tensor, key: str) -> torch.Tensor:
+    def pair_value(self, a: torch.Tensor, b: torch.Tensor, all_a: torch.Tensor, all_b: torch.Tensor, key: str,
+                   offset: int) -> torch.Tensor:
         scale = self.log_scales[key].clamp(max=math.log(100)).exp()
-        return siglip_loss(a, b, scale, self.biases[key]) if self.pair_loss == "siglip" else clip_loss(a, b, scale)
+        if self.pair_loss == "siglip":
+            return siglip_loss_local(a, all_b, scale, self.biases[key], offset)
+        return clip_loss_local(a, b, all_a, all_b, scale, offset)

@@ -24,6 +24,7 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     """(B, ...) on each rank → (W·B, ...) in rank order, differentiable."""
     if world_size() == 1:
         return x
-    from torch.distributed._functional_collectives import all_gather_tensor_autograd, wait_tensor
+    from torch.distributed import _functional_collectives as fc
 
-    return wait_tensor(all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD))
+    gather_ = getattr(fc, "all_gather_single_autograd", None) or fc.all_gather_tensor_autograd  # renamed in torch 2.14
+    return fc.wait_tensor(gather_(x.contiguous(), gather_dim=0, group=dist.group.WORLD))

@@ -23,6 +23,7 @@ from mmssl.config import registry_kwargs
 from mmssl.encoders.base import Encoder
 from mmssl.errors import ConfigError
 from mmssl.objectives.base import Objective, ema_update
+from mmssl.objectives.distributed import gather, rank
 from mmssl.registry import OBJECTIVES
 from mmssl.types import OBS, Batch, ObjectiveOutput
 
@@ -35,11 +36,14 @@ def rollout_batch(obs, next_obs, actions: torch.Tensor, dones: torch.Tensor) -> 
 def bilinear_info_nce(anchors: torch.Tensor, positives: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """CURL's bilinear InfoNCE: logits ``a W pᵀ`` (B, B), row-max subtracted, CE against the diagonal.
 
-    anchors, positives: (B, D); W: (D, D). Returns (loss, top-1 accuracy of the positive).
+    anchors, positives: (B, D); W: (D, D). Returns (loss, top-1 accuracy of the positive). Under
+    torch.distributed (multi-rank PPO) the positives are gathered with gradients and each rank's anchors
+    are scored against all W·B of them (local loss, targets offset by rank·B), as in the pretraining losses.
     """
-    logits = anchors @ W @ positives.T
+    keys = gather(positives)
+    logits = anchors @ W @ keys.T
     logits = logits - logits.max(dim=1, keepdim=True).values.detach()
-    target = torch.arange(len(anchors), device=anchors.device)
+    target = torch.arange(len(anchors), device=anchors.device) + rank() * len(anchors)
     return F.cross_entropy(logits, target), (logits.argmax(1) == target).float().mean()
 
 

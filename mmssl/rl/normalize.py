@@ -12,10 +12,15 @@ from torch import nn
 
 
 class RunningMeanStd(nn.Module):
-    """Running mean/variance over the leading dimension (Chan et al.'s parallel update), float64."""
+    """Running mean/variance over the leading dimension (Chan et al.'s parallel update), float64.
 
-    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4):
+    With ``sync_ranks`` (multi-rank PPO) the batch moments are all-reduced over torch.distributed ranks
+    first, so every rank keeps the statistics of the union of all ranks' batches.
+    """
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4, sync_ranks: bool = False):
         super().__init__()
+        self.sync_ranks = sync_ranks
         self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
         self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
         self.register_buffer("count", torch.tensor(epsilon, dtype=torch.float64))
@@ -23,7 +28,10 @@ class RunningMeanStd(nn.Module):
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         x = x.detach().to(torch.float64).reshape(-1, *self.mean.shape)
-        n, batch_mean, batch_var = x.shape[0], x.mean(0), x.var(0, unbiased=False)
+        if self.sync_ranks:
+            n, batch_mean, batch_var = _global_moments(x)
+        else:
+            n, batch_mean, batch_var = x.shape[0], x.mean(0), x.var(0, unbiased=False)
         delta, total = batch_mean - self.mean, self.count + n
         m2 = self.var * self.count + batch_var * n + delta.square() * self.count * n / total
         self.mean.add_(delta * n / total)
@@ -33,6 +41,19 @@ class RunningMeanStd(nn.Module):
     @property
     def std(self) -> torch.Tensor:
         return self.var.sqrt()
+
+
+def _global_moments(x: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """(count, mean, biased variance) of the rows of ``x`` (n, ...) over every rank's rows."""
+    import torch.distributed as dist
+
+    packed = torch.cat([torch.tensor([float(x.shape[0])], dtype=torch.float64, device=x.device),
+                        x.sum(0).flatten(), x.square().sum(0).flatten()])
+    dist.all_reduce(packed)
+    n, d = packed[0], x[0].numel()
+    mean = packed[1:1 + d] / n
+    var = (packed[1 + d:] / n - mean.square()).clamp_min(0)
+    return int(n.item()), mean.reshape(x.shape[1:]), var.reshape(x.shape[1:])
 
 
 class ObsNormalizer(nn.Module):

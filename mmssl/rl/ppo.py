@@ -34,7 +34,8 @@ from mmssl.registry import INTRINSIC_REWARDS
 from mmssl.rl.agent import Agent, scale_action
 from mmssl.rl.aux import build_aux_objectives, rollout_batch
 from mmssl.rl.normalize import ObsNormalizer, RewardScaler
-from mmssl.rl.storage import Rollout, flatten_obs
+from mmssl.rl.storage import Rollout, RolloutBuffer, flatten_obs
+from mmssl.train import distributed
 from mmssl.train.checkpoint import capture_rng, restore_rng
 
 INTEGRATIONS = ("add", "value_head")
@@ -89,7 +90,20 @@ def value_loss(new_value: torch.Tensor, old_value: torch.Tensor, returns: torch.
 
 
 def normalise_advantages(advantages: torch.Tensor) -> torch.Tensor:
-    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    """``(A - mean) / (std + 1e-8)`` over the minibatch (B,); under torch.distributed over every rank's share."""
+    from mmssl.objectives.distributed import world_size
+
+    if world_size() == 1:
+        return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    import torch.distributed as dist
+
+    x = advantages.double()
+    packed = torch.stack([x.new_tensor(float(len(x))), x.sum(), x.square().sum()])
+    dist.all_reduce(packed)
+    n, total, squares = packed
+    mean = total / n
+    std = ((squares - n * mean.square()) / (n - 1)).clamp_min(0).sqrt()  # unbiased, as torch.std
+    return ((x - mean) / (std + 1e-8)).to(advantages.dtype)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
@@ -144,8 +158,33 @@ def intrinsic_specs(node) -> list[dict]:
     return specs
 
 
+class Learner(nn.Module):
+    """Agent plus auxiliary objectives as one module: what DistributedDataParallel wraps for multi-rank PPO.
+
+    ``forward(obs, actions, aux_batch)`` → (``Agent.evaluate`` of the minibatch, {slot: ObjectiveOutput}
+    of the auxiliary objectives on ``aux_batch``, empty when None); the losses are assembled by ``PPO``.
+    """
+
+    def __init__(self, agent: Agent, aux: nn.ModuleDict):
+        super().__init__()
+        self.agent, self.aux = agent, aux
+
+    def forward(self, obs, actions: torch.Tensor, aux_batch=None):
+        evaluation = self.agent.evaluate(obs, actions)
+        outputs = {slot: objective(aux_batch, self.agent.encoders) for slot, objective in self.aux.items()} \
+            if aux_batch is not None else {}
+        return evaluation, outputs
+
+
 class PPO:
-    """Owns envs, agent, auxiliary objectives, intrinsic rewards and the optimiser of one PPO run."""
+    """Owns envs, agent, auxiliary objectives, intrinsic rewards and the optimiser of one PPO run.
+
+    ``device`` (auto | cpu | cuda[:N]) holds the agent, auxiliary objectives, intrinsic rewards, the
+    normalisers and the rollout buffers; only env observations (in) and actions (out) cross to the host.
+    Under torchrun (DD-PPO, Wijmans et al. 2020) each rank steps its own ``agent.num_envs`` envs, seeded
+    ``seed + rank·num_envs + i``, and the gradients are averaged through DistributedDataParallel; a run
+    of W ranks sees W·num_envs envs.
+    """
 
     def __init__(self, cfg: DictConfig):
         self.cfg, a = cfg, cfg.agent
@@ -163,10 +202,15 @@ class PPO:
             raise ConfigError(f"agent.num_minibatches={a.num_minibatches} gives minibatches of {self.minibatch_size} from "
                               f"a batch of {self.batch_size} (agent.num_envs={self.num_envs} × agent.num_steps="
                               f"{self.num_steps}); use at most {self.batch_size // 2} minibatches")
-        self.num_updates = max(1, int(a.total_timesteps) // self.batch_size)
+        from mmssl.train.trainer import resolve_device
+
+        self.device = resolve_device(str(cfg.get("device", "cpu")))
+        self.rank, self.world = distributed.init_from_env(self.device)
+        self.num_updates = max(1, int(a.total_timesteps) // (self.batch_size * self.world))
         torch.manual_seed(int(cfg.seed))
         np.random.seed(int(cfg.seed))
-        self.envs = mmssl_envs.make_vector(cfg.env, self.num_envs, int(cfg.seed), bool(cfg.env.get("asynchronous", False)))
+        env_seed = int(cfg.seed) + self.rank * self.num_envs  # distinct envs per rank
+        self.envs = mmssl_envs.make_vector(cfg.env, self.num_envs, env_seed, bool(cfg.env.get("asynchronous", False)))
         self.obs_space, self.action_space = self.envs.single_observation_space, self.envs.single_action_space
         self.integration = str(cfg.get("intrinsic_integration", "add"))
         if self.integration not in INTEGRATIONS:
@@ -189,14 +233,21 @@ class PPO:
             raise ConfigError(f"agent.normalize_obs applies to vector observations, not {self.obs_space}; set it false")
         self.obs_norm = ObsNormalizer(tuple(self.obs_space.shape or ()), bool(a.normalize_obs))
         self.reward_scaler = RewardScaler(self.num_envs, float(a.gamma), bool(a.normalize_reward))
+        for stats in (self.obs_norm.stats, self.reward_scaler.stats):
+            stats.sync_ranks = self.world > 1  # one set of statistics over every rank's envs
+        for module in (self.agent, self.aux, self.intrinsic, self.obs_norm, self.reward_scaler):
+            module.to(self.device)  # in place: optimisers built on these parameters stay valid
+        self.learner = distributed.wrap(Learner(self.agent, self.aux), self.device, "ddp")
+        if self.rank:
+            torch.manual_seed(int(cfg.seed) + 100_003 * self.rank)  # each rank its own action-sampling stream
         params = [p for p in [*self.agent.parameters(), *self.aux.parameters()] if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=float(a.learning_rate), eps=1e-5, foreach=True)
         self.params = params
         self.update_index, self.global_step = 0, 0
         self.recent_returns: deque = deque(maxlen=100)
         self.recent_success: deque = deque(maxlen=100)
-        obs, _ = self.envs.reset(seed=int(cfg.seed))
-        self.next_obs = self.prepare(to_tensor(obs))
+        obs, _ = self.envs.reset(seed=env_seed)
+        self.next_obs = self.prepare(self.to_device(to_tensor(obs)))
 
     # -- observations ------------------------------------------------------------------------------
     def prepare(self, obs, update_stats: bool = True):
@@ -205,17 +256,60 @@ class PPO:
 
     # -- one PPO update ---------------------------------------------------------------------------
     def update(self) -> dict:
-        a, T, N = self.cfg.agent, self.num_steps, self.num_envs
-        gamma, lam = float(a.gamma), float(a.gae_lambda)
-        clip, clip_v, ent_coef, vf_coef = float(a.clip_coef), bool(a.clip_vloss), float(a.ent_coef), float(a.vf_coef)
-        norm_adv, max_norm = bool(a.norm_adv), float(a.max_grad_norm)  # plain values: no config lookups per minibatch
+        """One PPO update: collect a rollout (1-3), optimise on it (4), train the intrinsic rewards (5)."""
+        a = self.cfg.agent
         start = time.perf_counter()
         if a.anneal_lr:  # CleanRL: linear decay to 0 over the run
             frac = 1.0 - self.update_index / self.num_updates
             self.optimizer.param_groups[0]["lr"] = frac * float(a.learning_rate)
+        data = self.collect()
+        stats = self.optimise(data)
+
+        # 5. intrinsic rewards learn -----------------------------------------------------------------
+        rollout = data["rollout"]
+        intrinsic_metrics = {}
+        for slot, reward_fn in self.intrinsic.items():
+            intrinsic_metrics |= {f"intrinsic/{slot}/{k}": v for k, v in reward_fn.update(rollout).items()}
+        if self.world > 1:  # each rank trained its rewards on its own envs: keep one set of weights
+            distributed.average_parameters(self.intrinsic)
+
+        self.update_index += 1
+        episodes = data["episodes"]
+        for ret, _length, success, _cells in episodes:
+            self.recent_returns.append(ret)
+            self.recent_success.append(success)
+        elapsed = time.perf_counter() - start
+        metrics = {k: float(np.mean(v)) for k, v in stats.items()}
+        metrics |= intrinsic_metrics | {
+            "global_step": self.global_step, "update": self.update_index,
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
+            "explained_variance": explained_variance(data["values"].flatten(), data["returns"].flatten()),
+            "steps_per_second": self.batch_size * self.world / elapsed,
+            "bonus_mean": data["bonus"].mean().item(),
+        }
+        if episodes:
+            metrics |= {"episodic_return": float(np.mean([e[0] for e in episodes])),
+                        "episodic_length": float(np.mean([e[1] for e in episodes])),
+                        "success_rate": float(np.mean([e[2] for e in episodes])),
+                        "episodes": len(episodes)}
+            cells = [e[3] for e in episodes if e[3] is not None]
+            if cells:  # grid worlds: distinct cells visited per episode (envs.wrappers.Coverage)
+                metrics["episodic_cells"] = float(np.mean(cells))
+        return metrics
+
+    def collect(self) -> dict:
+        """Steps 1-3: a (T, N) rollout of this rank's envs with intrinsic bonus, advantages and returns.
+
+        Returns ``rollout`` (``Rollout``, on the device), ``logprobs``, ``values``, ``values_int``,
+        ``advantages``, ``returns``, ``returns_int`` (each (T, N) or None), ``bonus`` (T, N) and the
+        finished ``episodes``.
+        """
+        a, T, N, device = self.cfg.agent, self.num_steps, self.num_envs, self.device
+        gamma, lam = float(a.gamma), float(a.gae_lambda)
 
         # 1. rollout ---------------------------------------------------------------------------------
-        obs_l, next_obs_l, act_l, logp_l, val_l, vint_l, rew_l, done_l, feat_l, next_feat_l = ([] for _ in range(10))
+        buffer = RolloutBuffer(T, N, device)  # (T, N, ...) tensors on the device, written in place
+        next_feature_fixups: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         episodes: list[tuple[float, float, float, float | None]] = []
         self.agent.eval()
         with torch.no_grad():
@@ -223,55 +317,52 @@ class PPO:
                 obs = self.next_obs
                 step = self.agent.act(obs)
                 raw_next, reward, terminated, truncated, infos = self.envs.step(
-                    scale_action(step.action.numpy(), self.action_space))
-                self.global_step += N
+                    scale_action(step.action.cpu().numpy(), self.action_space))
+                self.global_step += N * self.world
                 where = f"env step {self.global_step} (update {self.update_index + 1}, rollout step {t + 1}/{T})"
                 check_finite(raw_next, "observation", where)
                 check_finite(reward, "reward", where)
                 done = np.logical_or(terminated, truncated)
-                done_t = torch.from_numpy(done.astype(np.float32))
-                next_obs = self.prepare(to_tensor(raw_next))
+                done_t = torch.from_numpy(done.astype(np.float32)).to(device)
+                next_obs = self.prepare(self.to_device(to_tensor(raw_next)))  # the one host → device copy of the step
                 real_next = next_obs if not isinstance(next_obs, dict) else dict(next_obs)
-                reward = self.reward_scaler(torch.from_numpy(np.asarray(reward, dtype=np.float32)), torch.from_numpy(done))
-                final_features = None
+                reward = self.reward_scaler(torch.from_numpy(np.asarray(reward, dtype=np.float32)).to(device),
+                                            torch.from_numpy(done).to(device))
                 if done.any():
                     idx = np.flatnonzero(done)
                     final_raw = _stack_final(infos["final_obs"], idx)
                     check_finite(final_raw, "final observation", where, envs=idx)
-                    final = self.prepare(to_tensor(final_raw), update_stats=False)
+                    final = self.prepare(self.to_device(to_tensor(final_raw)), update_stats=False)
+                    idx_t = torch.from_numpy(idx).to(device)
                     if isinstance(real_next, dict):
                         real_next = {k: v.clone() for k, v in real_next.items()}
                         for k in real_next:
-                            real_next[k][idx] = final[k]
+                            real_next[k][idx_t] = final[k]
                     else:
                         real_next = real_next.clone()
-                        real_next[idx] = final
+                        real_next[idx_t] = final
                     final_features = self.agent.features(final)
                     final_value, _ = self.agent.values(final, final_features)
-                    trunc = torch.as_tensor(truncated[idx] & ~terminated[idx], dtype=torch.float32)
-                    reward[idx] += gamma * final_value * trunc  # bootstrap time-limit truncations
+                    trunc = torch.as_tensor(truncated[idx] & ~terminated[idx], dtype=torch.float32, device=device)
+                    reward[idx_t] += gamma * final_value * trunc  # bootstrap time-limit truncations
                     episodes += _finished_episodes(infos["final_info"], idx)
+                    next_feature_fixups.append((t, idx_t, final_features))
                 for reward_fn in self.intrinsic.values():
                     reward_fn.watch(obs, step.action, real_next, done_t)
-                obs_l.append(obs), next_obs_l.append(real_next), act_l.append(step.action)
-                logp_l.append(step.logprob), val_l.append(step.value), rew_l.append(reward)
-                done_l.append(done_t), feat_l.append(step.features)
-                next_feat_l.append((idx, final_features) if final_features is not None else None)
-                if step.value_int is not None:
-                    vint_l.append(step.value_int)
+                buffer.put(t, obs=obs, next_obs=real_next, actions=step.action, logprobs=step.logprob, values=step.value,
+                           values_int=step.value_int, rewards=reward, dones=done_t, features=step.features)
                 self.next_obs = next_obs
             last_features = self.agent.features(self.next_obs)
             last_value, last_value_int = self.agent.values(self.next_obs, last_features)
 
-        features = torch.stack(feat_l)  # (T, N, D)
+        features = buffer["features"]  # (T, N, D)
         next_features = torch.cat([features[1:], last_features[None]])
-        for t, item in enumerate(next_feat_l):
-            if item is not None:
-                next_features[t, item[0]] = item[1]
-        rollout = Rollout(obs=stack_obs(obs_l), next_obs=stack_obs(next_obs_l), actions=torch.stack(act_l),
-                          rewards=torch.stack(rew_l), dones=torch.stack(done_l), features=features,
+        for t, idx_t, final_features in next_feature_fixups:
+            next_features[t, idx_t] = final_features
+        rollout = Rollout(obs=buffer["obs"], next_obs=buffer["next_obs"], actions=buffer["actions"],
+                          rewards=buffer["rewards"], dones=buffer["dones"], features=features,
                           next_features=next_features)
-        values, logprobs = torch.stack(val_l), torch.stack(logp_l)
+        values, logprobs = buffer["values"], buffer["logprobs"]
 
         # 2. intrinsic rewards -----------------------------------------------------------------------
         bonus = torch.zeros_like(rollout.rewards)
@@ -289,22 +380,42 @@ class PPO:
             returns_int = values_int = None
         else:  # RND-style: a non-episodic intrinsic return with its own head, advantages mixed
             advantages, returns = gae(rollout.rewards, values, rollout.dones, last_value, gamma, lam)
-            values_int = torch.stack(vint_l)
+            values_int = buffer["values_int"]
             adv_int, returns_int = gae(bonus, values_int, torch.zeros_like(bonus), last_value_int,
                                        float(a.intrinsic_gamma), lam)
             advantages = float(a.extrinsic_coef) * advantages + float(a.intrinsic_coef) * adv_int
+        return {"rollout": rollout, "logprobs": logprobs, "values": values, "values_int": values_int,
+                "advantages": advantages, "returns": returns, "returns_int": returns_int, "bonus": bonus,
+                "episodes": episodes}
 
-        # 4. optimise policy, value and auxiliary losses ---------------------------------------------
+    def optimise(self, data: dict, orders: list[list[torch.Tensor]] | None = None) -> dict[str, list[float]]:
+        """Step 4: ``update_epochs`` passes of clipped policy, value, entropy and auxiliary losses over minibatches.
+
+        ``orders`` (one list of minibatch index tensors per epoch) replaces the shuffled minibatches —
+        the two-rank test gives each rank its own and one process their union. Under torchrun the
+        forward runs through DistributedDataParallel, which averages the gradients over ranks (DD-PPO:
+        each rank's minibatch is its share of one global minibatch); advantages are normalised over the
+        global minibatch. Returns the per-minibatch statistics.
+        """
+        a = self.cfg.agent
+        clip, clip_v, ent_coef, vf_coef = float(a.clip_coef), bool(a.clip_vloss), float(a.ent_coef), float(a.vf_coef)
+        norm_adv, max_norm = bool(a.norm_adv), float(a.max_grad_norm)  # plain values: no config lookups per minibatch
+        rollout, returns_int, values_int = data["rollout"], data["returns_int"], data["values_int"]
         b_obs, b_next = flatten_obs(rollout.obs), flatten_obs(rollout.next_obs)
         b_actions, b_dones = rollout.actions.flatten(0, 1), rollout.dones.flatten(0, 1)
-        b_logprobs, b_adv, b_returns, b_values = logprobs.flatten(), advantages.flatten(), returns.flatten(), values.flatten()
+        b_logprobs, b_adv = data["logprobs"].flatten(), data["advantages"].flatten()
+        b_returns, b_values = data["returns"].flatten(), data["values"].flatten()
         self.agent.train()
         self.aux.train()
         stats: dict[str, list[float]] = {}
         for epoch in range(int(a.update_epochs)):
-            for index, mb in enumerate(torch.randperm(self.batch_size).split(self.minibatch_size)):
+            minibatches = orders[epoch] if orders is not None else torch.randperm(self.batch_size).split(self.minibatch_size)
+            for index, mb in enumerate(minibatches):
                 where = f"update {self.update_index + 1} (epoch {epoch + 1}, minibatch {index + 1})"
-                new = self.agent.evaluate(index_obs(b_obs, mb), b_actions[mb])
+                mb = mb.to(self.device)
+                batch = rollout_batch(index_obs(b_obs, mb), index_obs(b_next, mb), b_actions[mb], b_dones[mb]) \
+                    if self.aux else None
+                new, aux_out = self.learner(index_obs(b_obs, mb), b_actions[mb], batch)
                 mb_adv = normalise_advantages(b_adv[mb]) if norm_adv else b_adv[mb]
                 pg_loss, pg_stats = policy_loss(new.logprob, b_logprobs[mb], mb_adv, clip)
                 v_loss = value_loss(new.value, b_values[mb], b_returns[mb], clip, clip_v)
@@ -314,21 +425,18 @@ class PPO:
                 entropy = new.entropy.mean()
                 loss = pg_loss - ent_coef * entropy + vf_coef * v_loss
                 terms = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy}
-                if self.aux:
-                    batch = rollout_batch(index_obs(b_obs, mb), index_obs(b_next, mb), b_actions[mb], b_dones[mb])
-                    for slot, objective in self.aux.items():
-                        out = objective(batch, self.agent.encoders)
-                        loss = loss + self.aux_weights[slot] * out.loss
-                        terms[f"aux/{slot}/loss"] = out.loss
-                        _add(stats, {f"aux/{slot}/loss": out.loss.item(),
-                                     **{f"aux/{slot}/{k}": v for k, v in out.metrics.items()}})
+                for slot, out in aux_out.items():
+                    loss = loss + self.aux_weights[slot] * out.loss
+                    terms[f"aux/{slot}/loss"] = out.loss
+                    _add(stats, {f"aux/{slot}/loss": out.loss.item(),
+                                 **{f"aux/{slot}/{k}": v for k, v in out.metrics.items()}})
                 if not torch.isfinite(loss):
                     bad = [k for k, v in terms.items() if not torch.isfinite(v).all()] or ["the weighted sum"]
                     raise NonFiniteError(f"non-finite loss ({', '.join(bad)}) at {where}; the update was stopped before "
                                          "the optimiser step, no checkpoint written; lower agent.learning_rate or check "
                                          "the rewards")
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # under torchrun: DDP all-reduces (averages) gradients during backward
                 grad_norm = nn.utils.clip_grad_norm_(self.params, max_norm)
                 if not torch.isfinite(grad_norm):
                     raise NonFiniteError(f"non-finite gradient in {', '.join(self._nonfinite_grads()[:3])} at {where}; "
@@ -340,36 +448,15 @@ class PPO:
                     objective.after_step(self.agent.encoders, progress)
                 _add(stats, {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy.item(),
                              "grad_norm": grad_norm.item(), **pg_stats})
-            if a.target_kl is not None and stats["approx_kl"][-1] > float(a.target_kl):
-                break  # CleanRL's early stop on the last minibatch's KL estimate
+            if a.target_kl is not None and _mean_over_ranks(stats["approx_kl"][-1], self.world) > float(a.target_kl):
+                break  # CleanRL's early stop on the last minibatch's KL estimate (every rank decides alike)
+        return stats
 
-        # 5. intrinsic rewards learn -----------------------------------------------------------------
-        intrinsic_metrics = {}
-        for slot, reward_fn in self.intrinsic.items():
-            intrinsic_metrics |= {f"intrinsic/{slot}/{k}": v for k, v in reward_fn.update(rollout).items()}
-
-        self.update_index += 1
-        for ret, _length, success, _cells in episodes:
-            self.recent_returns.append(ret)
-            self.recent_success.append(success)
-        elapsed = time.perf_counter() - start
-        metrics = {k: float(np.mean(v)) for k, v in stats.items()}
-        metrics |= intrinsic_metrics | {
-            "global_step": self.global_step, "update": self.update_index,
-            "learning_rate": self.optimizer.param_groups[0]["lr"],
-            "explained_variance": explained_variance(values.flatten(), returns.flatten()),
-            "steps_per_second": self.batch_size / elapsed,
-            "bonus_mean": bonus.mean().item(),
-        }
-        if episodes:
-            metrics |= {"episodic_return": float(np.mean([e[0] for e in episodes])),
-                        "episodic_length": float(np.mean([e[1] for e in episodes])),
-                        "success_rate": float(np.mean([e[2] for e in episodes])),
-                        "episodes": len(episodes)}
-            cells = [e[3] for e in episodes if e[3] is not None]
-            if cells:  # grid worlds: distinct cells visited per episode (envs.wrappers.Coverage)
-                metrics["episodic_cells"] = float(np.mean(cells))
-        return metrics
+    def to_device(self, obs):
+        """Observations (a tensor or a dict of them) → the agent's device (a no-op on CPU)."""
+        if isinstance(obs, dict):
+            return {k: v.to(self.device, non_blocking=True) for k, v in obs.items()}
+        return obs.to(self.device, non_blocking=True)
 
     def _nonfinite_grads(self) -> list[str]:
         """Names of the parameters whose gradient holds a NaN or Inf."""
@@ -384,7 +471,8 @@ class PPO:
             "optimizer": self.optimizer.state_dict(), "rng": capture_rng(),
             "update_index": self.update_index, "global_step": self.global_step,
             "recent_returns": list(self.recent_returns), "recent_success": list(self.recent_success),
-            "envs": mmssl_envs.snapshot_vector(self.envs), "next_obs": self.next_obs,
+            "envs": mmssl_envs.snapshot_vector(self.envs), "next_obs": _to_cpu(self.next_obs),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "aux_momentum": {slot: float(getattr(o, "momentum", 0.0)) for slot, o in self.aux.items()},
             # intrinsic rewards train with their own optimisers, which are not part of their state_dict
             "intrinsic_optimizers": {slot: r.optimizer.state_dict() for slot, r in self.intrinsic.items()
@@ -407,11 +495,21 @@ class PPO:
         for slot, optim_state in state.get("intrinsic_optimizers", {}).items():
             self.intrinsic[slot].optimizer.load_state_dict(optim_state)
         mmssl_envs.restore_vector(self.envs, state["envs"])
-        self.next_obs = state["next_obs"]
+        self.next_obs = self.to_device(state["next_obs"])
         restore_rng(state["rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
     def close(self) -> None:
         self.envs.close()
+
+
+def _to_cpu(obs):
+    return {k: v.cpu() for k, v in obs.items()} if isinstance(obs, dict) else obs.cpu()
+
+
+def _mean_over_ranks(value: float, world: int) -> float:
+    return value if world == 1 else float(distributed.mean_over_ranks(torch.tensor(value, dtype=torch.float64)))
 
 
 def _stack_final(final_obs, idx: np.ndarray):

@@ -3,10 +3,16 @@
 The run folder holds config.yaml, metrics.jsonl (one record per PPO update), checkpoints/step_*.pt
 (atomic; ``resume=true`` continues bit-identically on CPU), eval_episode.gif and summary.json with the
 final training statistics, evaluation returns/success, the linear state probe and env-steps/s.
+
+Multi-GPU PPO (DD-PPO) runs under torchrun: every rank its own envs, gradients averaged by
+DistributedDataParallel; rank 0 logs, evaluates and writes checkpoints holding every rank's state.
+
+    torchrun --standalone --nproc_per_node=4 -m mmssl.cli rl device=cuda run_dir=runs/ddppo
 """
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from datetime import datetime
@@ -18,11 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 
 import mmssl_envs
 from mmssl.config import compose, to_container
-from mmssl.errors import NonFiniteError
+from mmssl.errors import ConfigError, MMSSLError, NonFiniteError
 from mmssl.io import atomic_write
 from mmssl.logging import RunLogger, console, drop_metrics_after
 from mmssl.rl.ppo import PPO, to_tensor
-from mmssl.train import checkpoint, run_folder
+from mmssl.train import checkpoint, distributed, run_folder
 
 
 def main(overrides: list[str]) -> None:
@@ -35,19 +41,34 @@ def run(cfg: DictConfig) -> dict:
     mmssl_envs.check_import([cfg.env, eval_env_config(cfg)], cfg.get("plugins") or [])  # before anything is written
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+    if cfg.run_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("under torchrun every rank must agree on the run folder: pass run_dir=<path>")
     ppo = PPO(cfg)  # builds (and validates) everything before the run folder is touched
+    folder, refused = None, None
     try:
-        folder = run_folder.claim(cfg.run_dir, "rl", resume=bool(cfg.resume), config=to_container(cfg),
-                                  allow=list(cfg.get("resume_override") or []), default=lambda: default_run_dir(cfg))
-    except BaseException:
+        if ppo.rank == 0:  # the other ranks write nothing; rank 0 owns (locks, checks) the folder
+            try:
+                folder = run_folder.claim(cfg.run_dir, "rl", resume=bool(cfg.resume), config=to_container(cfg),
+                                          allow=list(cfg.get("resume_override") or []),
+                                          default=lambda: default_run_dir(cfg))
+            except MMSSLError as exc:
+                refused = exc
+            else:
+                OmegaConf.update(cfg, "run_dir", str(folder.path))
+        if ppo.world > 1:  # every rank stops when rank 0 refused, instead of waiting for it in a collective
+            reason = distributed.gather_objects(None if refused is None else str(refused))[0]
+            if reason is not None and refused is None:
+                raise MMSSLError(f"rank 0 refused the run folder: {reason}")
+        if refused is not None:
+            raise refused
+        run_dir = Path(cfg.run_dir)
+        found = folder.resume_from if folder is not None else \
+            (checkpoint.latest(run_dir / "checkpoints") if cfg.resume else None)
+        return _train(cfg, ppo, run_dir, found)
+    finally:
+        if folder is not None:
+            folder.release()
         ppo.close()
-        raise
-    OmegaConf.update(cfg, "run_dir", str(folder.path))
-    with folder:
-        try:
-            return _train(cfg, ppo, folder.path, folder.resume_from)
-        finally:
-            ppo.close()
 
 
 def default_run_dir(cfg: DictConfig) -> Path:
@@ -57,12 +78,14 @@ def default_run_dir(cfg: DictConfig) -> Path:
 def _train(cfg: DictConfig, ppo: PPO, run_dir: Path, found: tuple[Path, dict] | None) -> dict:
     ckpt_dir = run_dir / "checkpoints"
     if found is not None:
-        ppo.load_state_dict(found[1]["ppo"])
-        drop_metrics_after(run_dir, ppo.global_step)
+        per_rank = found[1].get("ppo_per_rank") or []
+        ppo.load_state_dict(per_rank[ppo.rank] if len(per_rank) == ppo.world else found[1]["ppo"])
+        if ppo.rank == 0:
+            drop_metrics_after(run_dir, ppo.global_step)
         console(f"resumed from {found[0]} at update {ppo.update_index}")
     lcfg = cfg.logger
     logger = RunLogger(run_dir, to_container(cfg), mode=lcfg.mode, project=lcfg.project, name=lcfg.name,
-                       group=lcfg.group, tags=list(lcfg.tags), resume=found is not None)
+                       group=lcfg.group, tags=list(lcfg.tags), resume=found is not None, enabled=ppo.rank == 0)
     every, stop_after = int(cfg.checkpoint_every), cfg.get("stop_after_updates")
     started, done_this_run = time.perf_counter(), 0
     try:
@@ -70,14 +93,15 @@ def _train(cfg: DictConfig, ppo: PPO, run_dir: Path, found: tuple[Path, dict] | 
             metrics = ppo.update()
             done_this_run += 1
             logger.log(metrics, step=ppo.global_step)
-            if cfg.get("progress", True) and ppo.update_index % max(1, int(cfg.log_every)) == 0:
+            if cfg.get("progress", True) and ppo.rank == 0 and ppo.update_index % max(1, int(cfg.log_every)) == 0:
                 console(f"update {ppo.update_index}/{ppo.num_updates} step {ppo.global_step} "
                         f"return {np.mean(ppo.recent_returns) if ppo.recent_returns else float('nan'):.2f} "
                         f"success {np.mean(ppo.recent_success) if ppo.recent_success else float('nan'):.2f} "
                         f"sps {metrics['steps_per_second']:.0f}")
             last = ppo.update_index == ppo.num_updates
             eval_every = int(cfg.eval.get("every") or 0)
-            if eval_every and int(cfg.eval.episodes) > 0 and not last and ppo.update_index % eval_every == 0:
+            if eval_every and int(cfg.eval.episodes) > 0 and not last and ppo.update_index % eval_every == 0 \
+                    and ppo.rank == 0:
                 logger.log(periodic_eval(ppo, cfg), step=ppo.global_step)
             interrupted = stop_after is not None and done_this_run >= int(stop_after)
             if last or interrupted or (every and ppo.update_index % every == 0):
@@ -86,9 +110,11 @@ def _train(cfg: DictConfig, ppo: PPO, run_dir: Path, found: tuple[Path, dict] | 
                 logger.close()
                 return {"interrupted_at_update": ppo.update_index}
         wall = time.perf_counter() - started
+        if ppo.rank != 0:  # only rank 0 evaluates and reports
+            return {"global_step": ppo.global_step, "updates": ppo.update_index}
         summary = {
             "global_step": ppo.global_step, "updates": ppo.update_index, "train_wall_clock_s": wall,
-            "env_steps_per_second": ppo.num_steps * ppo.num_envs * done_this_run / max(wall, 1e-9),
+            "env_steps_per_second": ppo.num_steps * ppo.num_envs * ppo.world * done_this_run / max(wall, 1e-9),
             "train_return_last100": float(np.mean(ppo.recent_returns)) if ppo.recent_returns else None,
             "train_success_last100": float(np.mean(ppo.recent_success)) if ppo.recent_success else None,
         }
@@ -107,8 +133,14 @@ def save(ppo: PPO, cfg: DictConfig, ckpt_dir: Path) -> Path:
     if bad:
         raise NonFiniteError(f"weights became non-finite by update {ppo.update_index} ({', '.join(bad[:3])}); no "
                              f"checkpoint written, the last good one in {ckpt_dir} is intact")
-    path = checkpoint.save({"ppo": state, "config": to_container(cfg)}, ckpt_dir / f"step_{ppo.global_step:09d}.pt")
-    checkpoint.prune(ckpt_dir, int(cfg.keep_checkpoints), current=path)
+    # every rank's own envs, RNGs and normaliser state, so a resumed multi-rank run continues exactly
+    per_rank = distributed.gather_objects(state) if ppo.world > 1 else []
+    path = ckpt_dir / f"step_{ppo.global_step:09d}.pt"
+    if ppo.rank == 0:
+        checkpoint.save({"ppo": state, "ppo_per_rank": per_rank, "config": to_container(cfg)}, path)
+        checkpoint.prune(ckpt_dir, int(cfg.keep_checkpoints), current=path)
+    if ppo.world > 1:
+        torch.distributed.barrier()
     return path
 
 
@@ -126,7 +158,7 @@ def play(ppo: PPO, env, episodes: int, seed: int, deterministic: bool, video_fra
     """Run the policy for ``episodes`` episodes (episode i reset with ``seed + i``; own torch generator, so
     the training RNG is untouched). Returns returns, successes, the first episode's frames (up to
     ``video_frames``) and, with ``probe``, the agent's features and the true states where known."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=ppo.device).manual_seed(seed)
     ppo.agent.eval()
     out = {"returns": [], "successes": [], "frames": [], "features": [], "states": []}
     for ep in range(episodes):
@@ -135,13 +167,13 @@ def play(ppo: PPO, env, episodes: int, seed: int, deterministic: bool, video_fra
         while not done:
             if ep == 0 and len(out["frames"]) < video_frames:
                 out["frames"].append(_render(env))
-            x = ppo.prepare(to_tensor(_batch1(obs)), update_stats=False)
+            x = ppo.prepare(ppo.to_device(to_tensor(_batch1(obs))), update_stats=False)
             step = ppo.agent.act(x, deterministic=deterministic, generator=generator)
             state = mmssl_envs.true_state(env) if probe else None
             if state is not None:
-                out["features"].append(step.features[0].numpy())
+                out["features"].append(step.features[0].cpu().numpy())
                 out["states"].append(state)
-            action = step.action[0].numpy()
+            action = step.action[0].cpu().numpy()
             obs, reward, terminated, truncated, info = env.step(action if action.shape else action.item())
             total += float(reward)
             done = terminated or truncated

@@ -38,3 +38,41 @@ def flatten_obs(obs: Obs) -> Obs:
     if isinstance(obs, dict):
         return {k: v.flatten(0, 1) for k, v in obs.items()}
     return obs.flatten(0, 1)
+
+
+class RolloutBuffer:
+    """Preallocated (T, N, ...) tensors on the rollout device, written in place step by step.
+
+    CleanRL's ``obs = torch.zeros((num_steps, num_envs) + shape)``: each named slot is allocated once per
+    rollout on ``device`` (dtype and per-step shape taken from the first value written; dict
+    observations get one tensor per key), so nothing is appended to Python lists and nothing is stacked
+    at the end. ``put(t, name=value, ...)`` writes row t; ``None`` values are skipped.
+    """
+
+    def __init__(self, num_steps: int, num_envs: int, device: torch.device | str = "cpu"):
+        self.num_steps, self.num_envs, self.device = num_steps, num_envs, torch.device(device)
+        self.data: dict[str, Obs] = {}
+
+    def _alloc(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.empty((self.num_steps, *like.shape), dtype=like.dtype, device=self.device)
+
+    def put(self, t: int, **values) -> None:
+        for name, value in values.items():
+            if value is None:
+                continue
+            if isinstance(value, dict):
+                slot = self.data.setdefault(name, {})
+                for k, v in value.items():
+                    if k not in slot:
+                        slot[k] = self._alloc(v)
+                    slot[k][t] = v
+            else:
+                if name not in self.data:
+                    self.data[name] = self._alloc(value)
+                self.data[name][t] = value
+
+    def __getitem__(self, name: str) -> Obs:
+        return self.data[name]
+
+    def get(self, name: str) -> Obs | None:
+        return self.data.get(name)

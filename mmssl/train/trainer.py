@@ -2,7 +2,8 @@
 
 One step: batch (indexed from in-memory tensors, or decoded from files in DataLoader workers:
 ``mmssl.data.loader``) → device → objectives (each makes its own views on the device) →
-weighted sum → backward → non-finite check → grad clip → optimiser and LR schedule → EMA hooks →
+weighted sum → backward (under torchrun through DistributedDataParallel or FSDP2, see
+``mmssl.train.distributed``) → non-finite check → grad clip → optimiser and LR schedule → EMA hooks →
 metrics. Every ``checkpoint_every`` steps the model, optimiser, scheduler, RNG states, step and config
 go into one atomic file; ``resume=true`` continues from the newest valid one and reproduces the
 uninterrupted run bit for bit on CPU (batch order is a function of (seed, epoch) — for tar shards the
@@ -102,11 +103,20 @@ class Trainer:
                               "pick a dataset with those modalities or drop the encoders")
         torch.manual_seed(int(cfg.seed))
         self.model: SSLModel = build_model(cfg).to(self.device)
-        if self.world > 1:
-            distributed.broadcast_parameters(self.model)
-            torch.manual_seed(int(cfg.seed) + self.rank)  # per-rank augmentation streams
         if cfg.trainer.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        tcfg = cfg.trainer
+        self.strategy = str(tcfg.get("distributed", "ddp"))
+        # DDP wraps (self.model stays the plain module: state dicts without a "module." prefix); FSDP shards
+        # self.model in place. Either way self.forward_module is what a step runs forward/backward through.
+        self.forward_module = distributed.wrap(
+            self.model, self.device, self.strategy, bool(tcfg.get("sync_batchnorm", False)),
+            bool(tcfg.get("find_unused_parameters", False)), shard_units=list(self.model.encoders.values()))
+        if isinstance(self.forward_module, torch.nn.parallel.DistributedDataParallel):
+            self.model = self.forward_module.module  # SyncBatchNorm conversion may have replaced layers
+        self.sharded = distributed.is_sharded(self.model)
+        if self.world > 1:
+            torch.manual_seed(int(cfg.seed) + self.rank)  # per-rank augmentation streams
         self.optimizer = make_optimizer(self.model, cfg.trainer)
         total = int(cfg.trainer.steps)
         if total < 1:
@@ -125,9 +135,10 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict:
+        model_state, optimizer_state = distributed.full_state_dict(self.model, self.optimizer)  # collective under FSDP
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "skipped_steps": self.skipped_steps,
@@ -159,8 +170,11 @@ class Trainer:
         if found is None:
             return False
         path, state = found
-        checkpoint.load_matching(self.model, state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:  # every rank reads the whole checkpoint and keeps its own shards
+            distributed.load_full_state_dict(self.model, state["model"], self.optimizer, state["optimizer"])
+        else:
+            checkpoint.load_matching(self.model, state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.skipped_steps = int(state["step"]), int(state.get("skipped_steps", 0))
         per_rank = state.get("rng_per_rank") or []
@@ -204,12 +218,11 @@ class Trainer:
         """One optimiser update; returns (loss, per-objective outputs, grad norm), or None when skipped."""
         tcfg = self.cfg.trainer
         with autocast(self.device, str(tcfg.amp)):
-            loss, outputs = self.model(batch)
+            loss, outputs = self.forward_module(batch)
         self.optimizer.zero_grad(set_to_none=True)
         if self._nonfinite(loss, outputs, "loss"):
             return None
-        loss.backward()
-        distributed.average_gradients([p for p in self.model.parameters() if p.requires_grad])
+        loss.backward()  # DDP all-reduces (averages) gradient buckets while backward runs; FSDP reduce-scatters
         grad_norm = self._clip()
         if self._nonfinite(grad_norm, outputs, "gradient"):
             return None
@@ -239,7 +252,9 @@ class Trainer:
             loss, outputs, grad_norm = result
             bar.update(1)
             if self.step % int(tcfg.log_every) == 0 or self.step == total:
-                metrics = {"train/loss": loss.item(), "train/lr": self.scheduler.get_last_lr()[0],
+                # the per-rank (local-loss) values average to the global-batch loss; every rank takes part
+                metrics = {"train/loss": distributed.mean_over_ranks(loss).item(),
+                           "train/lr": self.scheduler.get_last_lr()[0],
                            "train/grad_norm": float(grad_norm),
                            "train/steps_per_second": (self.step - start_step) / (time.perf_counter() - start),
                            "data/decode_errors": self.decode_errors}
@@ -250,26 +265,44 @@ class Trainer:
                 logger.log(metrics, self.step)
             if int(tcfg.checkpoint_every) and self.step % int(tcfg.checkpoint_every) == 0:
                 self.save()
-            if int(tcfg.eval_every) and self.step % int(tcfg.eval_every) == 0 and self.step < total and self.rank == 0:
-                from mmssl.eval.report import evaluate
+            if int(tcfg.eval_every) and self.step % int(tcfg.eval_every) == 0 and self.step < total:
+                model = self.eval_model()  # collective under FSDP, so every rank calls it
+                if self.rank == 0:
+                    from mmssl.eval.report import evaluate
 
-                logger.log({f"eval/{k}": v for k, v in evaluate(self.model, self.data, cfg, baselines=False).items()},
-                           self.step)
+                    logger.log({f"eval/{k}": v for k, v in evaluate(model, self.data, cfg, baselines=False).items()},
+                               self.step)
                 self.model.train()
         bar.close()
         if self.saved_step != self.step:  # written once: the loop may just have saved this very step
             self.save()
+        if self.sharded:  # what rank 0 evaluates and reports on after training: the whole model
+            self.model = self.eval_model()
+
+    def eval_model(self) -> SSLModel:
+        """The model to evaluate: ``self.model``, or under FSDP an unsharded copy (collective: every rank calls it)."""
+        if not self.sharded:
+            return self.model
+        state, _ = distributed.full_state_dict(self.model)
+        model = build_model(self.cfg).to(self.device)
+        if self.cfg.trainer.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.load_state_dict(state)
+        return model
 
     def _clip(self) -> torch.Tensor:
         clip = self.cfg.trainer.grad_clip
         params = [p for p in self.model.parameters() if p.grad is not None]
         if clip is None:
-            return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
-        return torch.nn.utils.clip_grad_norm_(params, float(clip))
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, float(clip))
+        # under FSDP the norm is a DTensor over the shards: make it a plain (replicated) tensor
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     def _nonfinite(self, value: torch.Tensor, outputs: dict, what: str) -> bool:
-        """True (skip the step) or raise when ``value`` is NaN/Inf; names the step and the offending term."""
-        if torch.isfinite(value).all():
+        """True (skip the step) or raise when ``value`` is NaN/Inf on any rank; names the step and the term."""
+        if distributed.all_finite(value):
             return False
         bad = [slot for slot, out in outputs.items() if not torch.isfinite(out.loss).all()] or ["(all terms finite: gradient)"]
         message = (f"non-finite {what} at step {self.step + 1} from objective term(s) {bad}; "

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import envs as mmssl_envs
+import mmssl_envs
 from mmssl.cli import main
 from mmssl.config import compose
 from mmssl.errors import NonFiniteError

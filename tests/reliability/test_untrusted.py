@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-import envs as mmssl_envs
+import mmssl_envs
 from mmssl import sweep
 from mmssl.cli import main
 from mmssl.config import compose, stored_config
