@@ -387,10 +387,12 @@ def stored_config(config, source: str | Path) -> DictConfig:
     Stored configs are written fully resolved (``to_container``), so an interpolation (``${oc.env:…}``,
     ``${now:…}`` or any resolver) can only be there because someone edited the folder: it is refused,
     never resolved, so a crafted folder cannot copy environment variables into new files or to wandb.
-    ``download`` flags and init-weight paths (``weights``, ``pretrained``) are switched off.
+    ``download`` flags and init-weight paths (``weights``, ``pretrained``) are switched off. The run's
+    ``plugins`` (module names, never paths) are imported, so its plugin encoders and objectives rebuild.
     """
     if not isinstance(config, dict):
         raise ConfigError(f"{source} holds no config mapping; is it a run folder of `mmssl pretrain`?")
+    load_plugins(config.get("plugins") or [])
 
     def inert(node, path):
         if isinstance(node, dict):
