@@ -21,7 +21,7 @@ from torch import nn
 
 from mmssl.encoders.base import Encoder
 from mmssl.encoders.vision import _ImageEncoder
-from mmssl.errors import ConfigError
+from mmssl.errors import ConfigError, ShapeError
 from mmssl.registry import ENCODERS
 from mmssl.types import IMAGE, EncoderOutput
 
@@ -65,26 +65,26 @@ class ViT(_ImageEncoder):
     """A small ViT (Dosovitskiy et al. 2021) built from open_clip's pre-norm blocks, with fixed 2-D sin/cos
     positions as in MAE, no class token, mean-pooled.
 
-    Images (B, C, H, W) in [0, 1] are resized to ``image_size``, normalised, cut into ``patch_size``²
-    patches by a strided conv (``(image_size/patch_size)²`` tokens, row-major) and run through ``depth``
+    Images (B, C, H, W) in [0, 1] are resized to ``image_size`` (``None``: kept at their size, which
+    ``patch_size`` must divide), normalised, cut into ``patch_size``² patches by a strided conv
+    (``(H/patch_size)·(W/patch_size)`` tokens, row-major) and run through ``depth``
     blocks of width ``width``. tokens: (B, N, width) after the final LayerNorm; pooled: their mean.
     Implements the patch protocol of this module (objectives may drop or replace patches).
     """
 
-    def __init__(self, in_channels: int = 1, image_size: int = 8, patch_size: int = 2, width: int = 64,
+    def __init__(self, in_channels: int = 1, image_size: int | None = 8, patch_size: int = 2, width: int = 64,
                  depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0,
                  mean: float | list[float] = 0.5, std: float | list[float] = 0.25):
         super().__init__()
-        if image_size % patch_size:
+        if image_size is not None and image_size % patch_size:
             raise ConfigError(f"vit: patch_size={patch_size} must divide image_size={image_size}")
         if width % heads:
             raise ConfigError(f"vit: width={width} must be divisible by heads={heads}")
         self._set_norm(in_channels, mean, std)
         self.image_size, self.patch_size = image_size, patch_size
-        self.grid = (image_size // patch_size,) * 2
         self.patch_dim = in_channels * patch_size ** 2
         self.patch_embed = nn.Conv2d(in_channels, width, patch_size, stride=patch_size)
-        self.register_buffer("pos", sincos_2d(*self.grid, width)[None], persistent=False)
+        self._pos: dict[tuple[int, int], torch.Tensor] = {}  # fixed sin/cos positions per patch grid
         self.blocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.dim = width
@@ -99,14 +99,20 @@ class ViT(_ImageEncoder):
     def embed(self, x: torch.Tensor) -> PatchEmbedding:
         """Images (B, C, H, W) → ``PatchEmbedding``; ``patches`` are the normalised pixels, ``(p q c)`` per patch."""
         self.check_input(x)
-        if tuple(x.shape[-2:]) != (self.image_size,) * 2:
+        if self.image_size is not None and tuple(x.shape[-2:]) != (self.image_size,) * 2:
             x = nn.functional.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", align_corners=False,
                                           antialias=True)
-        x = self.normalise(x)
-        tokens = rearrange(self.patch_embed(x), "b d h w -> b (h w) d")
         p = self.patch_size
+        if x.shape[-2] % p or x.shape[-1] % p:
+            raise ShapeError(f"vit: patch_size={p} must divide the image size {tuple(x.shape[-2:])}; set "
+                             "encoder.image.image_size or patch_size")
+        x = self.normalise(x)
+        grid = (x.shape[-2] // p, x.shape[-1] // p)
+        if grid not in self._pos:
+            self._pos[grid] = sincos_2d(*grid, self.dim)[None]
+        tokens = rearrange(self.patch_embed(x), "b d h w -> b (h w) d")
         patches = rearrange(x, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
-        return PatchEmbedding(tokens, self.pos.to(tokens.dtype), patches, self.grid)
+        return PatchEmbedding(tokens, self._pos[grid].to(tokens), patches, grid)
 
     def transform(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, K, width) position-coded tokens (any subset of the patches) → (B, K, width) after the final LayerNorm."""
