@@ -15,6 +15,7 @@ from mmssl.encoders.base import Encoder
 from mmssl.encoders.vit import require_patch_encoder
 from mmssl.errors import ConfigError
 from mmssl.objectives.base import Objective, ema_update
+from mmssl.objectives.mae import at_least_float32
 from mmssl.objectives.predictive import random_token_mask
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput
@@ -51,7 +52,7 @@ def ffn_outputs(encoder: nn.Module) -> Iterator[list[torch.Tensor]]:
 
 def instance_norm_tokens(x: torch.Tensor) -> torch.Tensor:
     """(B, N, D) → each feature standardised over the N positions of its sample (``F.instance_norm`` on (B, D, N))."""
-    return F.instance_norm(x.float().transpose(1, 2)).transpose(1, 2)
+    return F.instance_norm(at_least_float32(x).transpose(1, 2)).transpose(1, 2)
 
 
 def data2vec_targets(layers: list[torch.Tensor], top_k: int, instance_norm: bool = True) -> torch.Tensor:
@@ -60,13 +61,13 @@ def data2vec_targets(layers: list[torch.Tensor], top_k: int, instance_norm: bool
     chosen = layers[-top_k:]
     if instance_norm:
         chosen = [instance_norm_tokens(a) for a in chosen]
-    return sum(a.float() for a in chosen) / len(chosen)
+    return sum(at_least_float32(a) for a in chosen) / len(chosen)
 
 
 def regression_loss(pred: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
     """Official data2vec loss on (M, D) masked positions: ``mean_M Σ_D ℓ(x, y) / √D``; ℓ is the squared
     error for ``beta = 0`` and smooth-L1 with that β otherwise."""
-    pred, target = pred.float(), target.float()
+    pred, target = at_least_float32(pred), at_least_float32(target)
     if beta == 0:
         per = F.mse_loss(pred, target, reduction="none")
     else:

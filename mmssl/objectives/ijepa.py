@@ -13,7 +13,7 @@ from mmssl.encoders.base import Encoder
 from mmssl.encoders.vit import require_patch_encoder, sincos_2d
 from mmssl.errors import ConfigError
 from mmssl.objectives.base import Objective, ema_update
-from mmssl.objectives.mae import blocks, take
+from mmssl.objectives.mae import at_least_float32, blocks, take
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput
 
@@ -136,12 +136,12 @@ class IJEPA(Objective):
         m, b, kt = target_idx.shape
         with torch.no_grad():
             t = self.target_encoder.embed(x)
-            h = self.target_encoder.transform(t.tokens + t.pos).float()
+            h = at_least_float32(self.target_encoder.transform(t.tokens + t.pos))
             h = F.layer_norm(h, (h.shape[-1],))
             targets = take(h.repeat(m, 1, 1), target_idx.reshape(m * b, kt))  # (M·B, Kt, D)
         context = encoder.transform(take(e.tokens + e.pos, context_idx))  # the context encoder sees the context only
         pred = self.predict(context, context_idx, target_idx, e.grid)
-        loss = F.smooth_l1_loss(pred.float(), targets)
+        loss = F.smooth_l1_loss(at_least_float32(pred), targets)
         n = e.tokens.shape[1]
         return ObjectiveOutput(loss, {"context_fraction": context_idx.shape[1] / n,
                                       "target_fraction": kt / n, "momentum": self.momentum})

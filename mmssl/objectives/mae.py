@@ -18,9 +18,13 @@ from mmssl.encoders.base import Encoder
 from mmssl.encoders.vit import require_patch_encoder, sincos_2d
 from mmssl.errors import ConfigError
 from mmssl.objectives.base import Objective
-from mmssl.objectives.predictive import masked_mse
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Losses in float32 under bf16 autocast, without downcasting float64 (gradient checks)."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def take(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -115,8 +119,9 @@ class MAE(Objective):
         keep, mask, restore = mae_random_masking(b, n, self.mask_ratio, e.tokens.device)
         latent = encoder.transform(take(e.tokens + e.pos, keep))  # the encoder sees the visible tokens only
         pred = self.decode(latent, restore, e.grid)
-        target = e.patches.detach().float()
+        target = at_least_float32(e.patches.detach())
         if self.normalize_target:
             target = normalise_patches(target)
-        loss = masked_mse(pred, target, mask)
+        per_patch = (at_least_float32(pred) - target).pow(2).mean(-1)  # (B, N)
+        loss = (per_patch * mask).sum() / mask.sum()
         return ObjectiveOutput(loss, {"mask_ratio": mask.mean().item()})
