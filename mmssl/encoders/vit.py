@@ -62,8 +62,9 @@ def require_patch_encoder(encoder: Encoder, objective: str) -> None:
 
 @ENCODERS.register("vit", modalities=(IMAGE,))
 class ViT(_ImageEncoder):
-    """A small ViT (Dosovitskiy et al. 2021) built from open_clip's pre-norm blocks, with fixed 2-D sin/cos
-    positions as in MAE, no class token, mean-pooled.
+    """A small ViT (Dosovitskiy et al. 2021) that can run on a subset of its patches (MAE, I-JEPA, data2vec).
+
+    open_clip's pre-norm blocks, fixed 2-D sin/cos positions as in MAE, no class token, mean-pooled.
 
     Images (B, C, H, W) in [0, 1] are resized to ``image_size`` (``None``: kept at their size, which
     ``patch_size`` must divide), normalised, cut into ``patch_size``² patches by a strided conv

@@ -77,8 +77,7 @@ def regression_loss(pred: torch.Tensor, target: torch.Tensor, beta: float) -> to
 
 @OBJECTIVES.register("data2vec", modalities=("image", "audio", "text"))
 class Data2Vec(Objective):
-    """data2vec: a student on the masked input regresses the EMA teacher's average of its top-K layers on
-    the full input (Baevski et al. 2022).
+    """data2vec: regress the EMA teacher's average of its top-K layer outputs at masked positions (Baevski et al. 2022).
 
     The teacher f_θ̄ (an EMA copy of the encoder, eval mode, no gradient) reads the unmasked input; the
     targets at every position are ``y = (1/K) Σ_{l=L-K+1..L} IN(a_l)`` where ``a_l`` is block l's FFN

@@ -65,8 +65,9 @@ def blocks(width: int, depth: int, heads: int, mlp_ratio: float = 4.0) -> nn.Mod
 
 @OBJECTIVES.register("mae", modalities=("image", "audio"))
 class MAE(Objective):
-    """MAE: mask 75 % of the patches, encode only the visible ones, reconstruct the rest (He et al. 2022);
-    on spectrogram patches it is Audio-MAE (Huang et al. 2022, mask ratio 0.8).
+    """MAE / Audio-MAE: reconstruct masked patches from an encoder that sees only the visible ones (He et al. 2022).
+
+    On spectrogram patches this is Audio-MAE (Huang et al. 2022; ``objective=mae_audio`` masks 80 %).
 
     ``keep, mask = random_masking(N, mask_ratio)``; ``z = f(x_keep + pos_keep)`` runs the encoder on the
     K = int(N·(1 - r)) visible tokens only; a lightweight decoder (linear to ``decoder_width``, mask
