@@ -8,6 +8,7 @@ import torch
 
 from mmssl.cli import main
 from mmssl.config import compose, registry_kwargs
+from mmssl.errors import ConfigError
 from mmssl.logging import RunLogger
 from mmssl.registry import OBJECTIVES
 from mmssl.train import checkpoint
@@ -81,17 +82,23 @@ def test_configs_build_and_run_under_bf16_autocast(name):
     assert all(torch.isfinite(p.grad).all() for p in encoders.parameters() if p.grad is not None)
 
 
+def _recipe(name, *extra):
+    """``recipe=name`` where the recipe group is in pretrain's defaults, else ``+recipe=name`` (appended)."""
+    try:
+        return compose("pretrain", [f"recipe={name}", *extra])
+    except ConfigError:
+        return compose("pretrain", [f"+recipe={name}", *extra])
+
+
 @pytest.mark.parametrize("method", ["mae", "ijepa", "data2vec"])
 def test_digits_recipes_compose_and_build(method):
-    path = compose("pretrain", []).get("recipe", None)
-    assert path is None  # recipes are opt-in
-    cfg = compose("pretrain", [f"+recipe={method}_digits"])
+    cfg = _recipe(f"{method}_digits")
     assert list(cfg.objective) == [method] and cfg.encoder.image.name == "vit"
     assert cfg.data.name == "digits" and cfg.encoder.image.image_size == 8
     assert int(cfg.trainer.steps) >= 1000 and cfg.trainer.optimizer == "adamw"
     model = build_model(cfg)
     assert method in model.objectives
-    other = compose("pretrain", [f"+recipe={method}_digits", "trainer.steps=7"])  # the command line still wins
+    other = _recipe(f"{method}_digits", "trainer.steps=7")  # the command line still wins
     assert int(other.trainer.steps) == 7
 
 
