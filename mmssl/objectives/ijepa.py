@@ -85,7 +85,9 @@ class IJEPA(Objective):
 
     — the paper writes an L2 distance, the official code uses ``F.smooth_l1_loss``; this follows the code.
     Target weights ``θ̄ ← τθ̄ + (1-τ)θ`` after every step, τ linear from ``momentum`` to ``momentum_end``
-    over training (the official schedule is linear too, stretched by ``ipe_scale``).
+    over training (the official schedule is linear too, stretched by ``ipe_scale``). On spectrogram
+    patch grids (many time steps × few bands) the square context block covers only part of the clip;
+    audio-specific (time-frequency) masking as in A-JEPA is not implemented.
     """
 
     modalities = ("image", "audio")

@@ -5,11 +5,12 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from mmssl.encoders.vit import sincos_2d
 from mmssl.errors import ConfigError
 from mmssl.objectives.ijepa import block_size, multi_block_masks
-from mmssl.registry import OBJECTIVES
+from mmssl.registry import ENCODERS, OBJECTIVES
 from mmssl.types import Batch
 from tests.objectives.patch_helpers import audio_encoders, param_gradcheck, record_transform, vit_encoders
 
@@ -133,7 +134,4 @@ def test_audio_patches_and_errors():
     with pytest.raises(ConfigError, match="momentum"):
         OBJECTIVES.build("ijepa", vit_encoders(), momentum=0.9, momentum_end=0.5)
     with pytest.raises(ConfigError, match="cannot do"):
-        from torch import nn
-
-        from mmssl.registry import ENCODERS
         OBJECTIVES.build("ijepa", nn.ModuleDict({"image": ENCODERS.build("convnet", width=4)}))
