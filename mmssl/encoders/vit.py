@@ -85,7 +85,7 @@ class ViT(_ImageEncoder):
         self.image_size, self.patch_size = image_size, patch_size
         self.patch_dim = in_channels * patch_size ** 2
         self.patch_embed = nn.Conv2d(in_channels, width, patch_size, stride=patch_size)
-        self._pos: dict[tuple[int, int], torch.Tensor] = {}  # fixed sin/cos positions per patch grid
+        self._pos: dict[tuple, torch.Tensor] = {}  # fixed sin/cos positions per (patch grid, device)
         self.blocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.dim = width
@@ -109,11 +109,12 @@ class ViT(_ImageEncoder):
                              "encoder.image.image_size or patch_size")
         x = self.normalise(x)
         grid = (x.shape[-2] // p, x.shape[-1] // p)
-        if grid not in self._pos:
-            self._pos[grid] = sincos_2d(*grid, self.dim)[None]
+        key = (grid, x.device)
+        if key not in self._pos:
+            self._pos[key] = sincos_2d(*grid, self.dim, x.device)[None]
         tokens = rearrange(self.patch_embed(x), "b d h w -> b (h w) d")
         patches = rearrange(x, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
-        return PatchEmbedding(tokens, self._pos[grid].to(tokens), patches, grid)
+        return PatchEmbedding(tokens, self._pos[key].to(tokens.dtype), patches, grid)
 
     def transform(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, K, width) position-coded tokens (any subset of the patches) → (B, K, width) after the final LayerNorm."""
