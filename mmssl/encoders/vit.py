@@ -7,7 +7,10 @@ log-mel patches implements it too):
   (1, N, D), the input values each patch covers (B, N, P) and the (rows, cols) grid, tokens row-major;
 - ``transform(tokens) -> (B, K, D)``: the transformer blocks and final LayerNorm on any K ≤ N tokens
   (positions already added), so an objective can drop or replace tokens before the encoder sees them;
-- ``encode(x)`` = ``transform(embed.tokens + embed.pos)`` on every patch.
+- ``encode(x)`` = ``transform(embed.tokens + embed.pos)`` on every patch; ``patch_dim`` = P; ``token_width``
+  (when it differs from ``dim``) the width of the embeddings ``embed`` returns.
+
+``open_clip_vision`` implements it for plain open_clip ViT towers (its class token is added inside ``transform``).
 """
 
 from __future__ import annotations
@@ -56,8 +59,9 @@ def require_patch_encoder(encoder: Encoder, objective: str) -> None:
     """A one-line error when ``encoder`` does not implement the patch protocol (``embed`` + ``transform``)."""
     if not (callable(getattr(encoder, "embed", None)) and callable(getattr(encoder, "transform", None))):
         raise ConfigError(f"objective {objective!r} runs the encoder on a subset of its patches, which "
-                          f"{type(encoder).__name__} cannot do; use encoder=vit_tiny (images) or an "
-                          "audio_transformer (spectrogram patches)")
+                          f"{type(encoder).__name__} cannot do; use encoder=vit_tiny (images), open_clip_vision (a ViT "
+                          "tower) or an audio_transformer (spectrogram patches)")
+    encoder.patch_dim  # noqa: B018 — towers that implement the protocol only for some configurations say so here
 
 
 @ENCODERS.register("vit", modalities=(IMAGE,))

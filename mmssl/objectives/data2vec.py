@@ -113,13 +113,14 @@ class Data2Vec(Objective):
         ffns = ffn_modules(encoder)
         if not ffns:
             raise ConfigError(f"data2vec reads the teacher's transformer blocks, but {type(encoder).__name__} has none; "
-                              "use a transformer encoder (vit, audio_transformer, text_transformer, open_clip_*)")
+                              "use a transformer encoder (vit, open_clip_vision, audio_transformer, text_transformer, "
+                              "open_clip_text)")
         if not 1 <= top_k <= len(ffns):
             raise ConfigError(f"data2vec top_k={top_k} must be in [1, {len(ffns)}] (the encoder's depth)")
         self.patches = self.modality != "text"
         if self.patches:
             require_patch_encoder(encoder, "data2vec")
-            self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.dim))
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, getattr(encoder, "token_width", encoder.dim)))
             nn.init.normal_(self.mask_token, std=0.02)
         else:
             self.mask_id = mask_id if mask_id is not None else int(getattr(encoder, "mask_token_id", pad_id))
@@ -168,8 +169,9 @@ class Data2Vec(Objective):
         with ffn_outputs(self.target_encoder) as layers:
             self.target_encoder(x)
         self.target_encoder.train(was_training)
-        # towers that pad text to their context length (open_clip_text) emit more positions: keep the first n
-        return data2vec_targets([a[:, :n] for a in layers], self.top_k, self.instance_norm)
+        # extra positions: a class token in front (open_clip_vision) or padding up to the context length (open_clip_text)
+        layers = [a[:, a.shape[1] - n:] for a in layers] if self.patches else [a[:, :n] for a in layers]
+        return data2vec_targets(layers, self.top_k, self.instance_norm)
 
     def forward(self, batch: Batch, encoders: Mapping[str, Encoder]) -> ObjectiveOutput:
         encoder = encoders[self.modality]

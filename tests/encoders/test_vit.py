@@ -92,3 +92,20 @@ def test_audio_transformer_patch_protocol():
     assert torch.allclose(out.tokens, enc.transform(e.tokens + e.pos))
     wave = 0.1 * torch.randn(2, 800)
     assert enc.embed(wave).tokens.shape[1] == 2 * math.ceil(enc.frames(800) / 4)
+
+
+def test_open_clip_vision_patch_protocol():
+    enc = ENCODERS.build("open_clip_vision", in_channels=1, embed_dim=24,
+                         config={"image_size": 8, "patch_size": 2, "width": 16, "layers": 2, "head_width": 8}).eval()
+    x = torch.rand(2, 1, 8, 8)
+    e = enc.embed(x)
+    assert e.grid == (4, 4) and e.tokens.shape == (2, 16, 16) and enc.token_width == 16
+    assert e.patches.shape == (2, 16, enc.patch_dim) == (2, 16, 12)  # grey repeated to RGB, then normalised
+    assert torch.allclose(enc.transform(e.tokens + e.pos), enc(x).tokens, atol=1e-6)
+    keep = enc.transform((e.tokens + e.pos)[:, :5])  # any subset of the patches
+    assert keep.shape == (2, 5, 24)
+    pooled_tower = ENCODERS.build("open_clip_vision", in_channels=1, embed_dim=24,
+                                  config={"image_size": 8, "patch_size": 2, "width": 16, "layers": 1,
+                                          "head_width": 8, "attentional_pool": True})
+    with pytest.raises(ConfigError, match="plain ViT"):
+        pooled_tower.patch_dim

@@ -164,6 +164,35 @@ def test_errors():
     with pytest.raises(ConfigError, match="has none"):
         OBJECTIVES.build("data2vec", nn.ModuleDict({"image": ENCODERS.build("convnet", width=4)}))
     with pytest.raises(ConfigError, match="cannot do"):
-        OBJECTIVES.build("data2vec", nn.ModuleDict({"image": ENCODERS.build(
-            "open_clip_vision", in_channels=1, embed_dim=16,
-            config={"image_size": 8, "patch_size": 2, "width": 16, "layers": 1, "head_width": 8})}), top_k=1)
+        OBJECTIVES.build("data2vec", nn.ModuleDict({"image": _PlainTransformerImage()}), top_k=1)
+
+
+class _PlainTransformerImage(nn.Module):
+    """An image encoder with transformer blocks but without the patch protocol."""
+
+    modality, dim = "image", 16
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+
+
+def test_open_clip_vision_tower_targets_drop_the_class_token():
+    enc = ENCODERS.build("open_clip_vision", in_channels=1, embed_dim=24,
+                         config={"image_size": 8, "patch_size": 2, "width": 16, "layers": 2, "head_width": 8})
+    encoders = nn.ModuleDict({"image": enc})
+    d2v = OBJECTIVES.build("data2vec", encoders, top_k=1)
+    assert d2v.mask_token.shape[-1] == 16 and d2v.head.in_features == 24  # patch width vs projected output
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        v = d2v.target_encoder.visual
+        h = v.ln_pre(v._embeds(d2v.target_encoder._prepare(x)))
+        for block in v.transformer.resblocks:
+            h1 = h + block.attention(block.ln_1(h))
+            a = block.mlp(block.ln_2(h1))
+            h = h1 + a
+        got = d2v.targets(x, 16)
+        assert (got - _instance_norm(a[:, 1:])).abs().max() < 1e-4, (got - _instance_norm(a[:, 1:])).abs().max()
+    out = d2v(Batch({"image": x}), encoders)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and enc.visual.conv1.weight.grad.abs().sum() > 0

@@ -143,6 +143,20 @@ def test_audio_mae_on_spectrogram_patches():
     assert encoders["audio"].patch.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", ["mae", "ijepa"])
+def test_runs_on_an_open_clip_vit_tower(name):
+    enc = ENCODERS.build("open_clip_vision", in_channels=1, embed_dim=24,
+                         config={"image_size": 8, "patch_size": 2, "width": 16, "layers": 1, "head_width": 8})
+    encoders = nn.ModuleDict({"image": enc})
+    kw = dict(decoder_width=16, decoder_depth=1, decoder_heads=2) if name == "mae" else dict(
+        predictor_width=8, predictor_depth=1, predictor_heads=2, target_scale=[0.1, 0.2], min_keep=2)
+    objective = OBJECTIVES.build(name, encoders, **kw)
+    seen = record_transform(enc)
+    out = objective(Batch({"image": torch.rand(3, 1, 8, 8)}), encoders)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and seen[0].shape[1] < 16 and enc.visual.conv1.weight.grad.abs().sum() > 0
+
+
 def test_errors():
     convnet = nn.ModuleDict({"image": ENCODERS.build("convnet", width=4)})
     with pytest.raises(ConfigError, match="vit_tiny"):
