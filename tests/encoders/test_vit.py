@@ -108,4 +108,4 @@ def test_open_clip_vision_patch_protocol():
                                   config={"image_size": 8, "patch_size": 2, "width": 16, "layers": 1,
                                           "head_width": 8, "attentional_pool": True})
     with pytest.raises(ConfigError, match="plain ViT"):
-        pooled_tower.patch_dim
+        _ = pooled_tower.patch_dim
