@@ -76,10 +76,11 @@ class MAE(Objective):
         L = Σ_i m_i · mean_p (x̂_ip - t_ip)² / Σ_i m_i,  t = norm_pix(x) (per-patch standardised) or x
 
     over the masked patches only (m_i = 1). Targets are the patches of the encoder's normalised input
-    (normalised pixels; the per-clip standardised log-mel for audio). As in the official code there is
-    no class token in the decoder here (the encoder has none either) and the variance of ``norm_pix``
-    is unbiased. Audio-MAE's shifted-window local decoder attention is not implemented: the decoder is
-    global, as in image MAE.
+    (normalised pixels; the per-clip standardised log-mel for audio); as in the official code the
+    variance of ``norm_pix`` is unbiased and the visible count is ``int``-rounded. Unlike the official
+    code the decoder carries no class token (``vit`` has none; an open_clip tower keeps its own inside
+    ``transform``). Audio-MAE's shifted-window local decoder attention is not implemented: the decoder
+    is global, as in image MAE.
     """
 
     modalities = ("image", "audio")
