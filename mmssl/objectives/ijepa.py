@@ -29,46 +29,50 @@ def block_size(rows: int, cols: int, scale: Sequence[float], aspect: Sequence[fl
     return max(1, min(h, rows - 1)), max(1, min(w, cols - 1))
 
 
-def _block(rows: int, cols: int, h: int, w: int) -> torch.Tensor:
-    """(rows, cols) bool with one h×w rectangle at a uniformly random position."""
-    top = torch.randint(0, rows - h + 1, (1,)).item()
-    left = torch.randint(0, cols - w + 1, (1,)).item()
-    out = torch.zeros(rows, cols, dtype=torch.bool)
-    out[top:top + h, left:left + w] = True
-    return out
+def _boxes(shape: tuple[int, ...], rows: int, cols: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``shape`` independent h×w rectangles at uniformly random positions on a (rows, cols) grid:
+    ``(masks (*shape, rows·cols) bool, indices (*shape, h·w) long, row-major and ascending)``."""
+    top = torch.randint(0, rows - h + 1, shape)
+    left = torch.randint(0, cols - w + 1, shape)
+    r, c = torch.arange(rows), torch.arange(cols)
+    in_rows = (r >= top[..., None]) & (r < top[..., None] + h)  # (*shape, rows)
+    in_cols = (c >= left[..., None]) & (c < left[..., None] + w)  # (*shape, cols)
+    masks = (in_rows[..., :, None] & in_cols[..., None, :]).flatten(-2)
+    cells = (torch.arange(h)[:, None] * cols + torch.arange(w)[None, :]).flatten()  # offsets inside the box
+    return masks, (top * cols + left)[..., None] + cells
 
 
 def multi_block_masks(batch: int, grid: tuple[int, int], num_targets: int = 4,
                       target_scale: Sequence[float] = (0.15, 0.2), target_aspect: Sequence[float] = (0.75, 1.5),
                       context_scale: Sequence[float] = (0.85, 1.0), min_keep: int = 4,
-                      tries: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+                      tries: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
     """I-JEPA's multi-block masking (Assran et al. 2023, the official ``MaskCollator``) on a (rows, cols) grid.
 
     One target size and one context size (aspect 1) are drawn per batch; per sample, ``num_targets``
     target blocks at random positions, then a context block from which every target patch is removed
-    (no overlap); a context with fewer than ``min_keep`` patches is redrawn. As in the official collator
-    the context index lists are cut to the shortest in the batch (keeping the first, in patch order).
-    Returns ``context`` (B, Kc) and ``targets`` (num_targets, B, Kt) long patch indices (row-major).
-    Unlike the official ``randint(0, rows - h)``, a block may touch the last row and column.
+    (no overlap); a draw whose context keeps fewer than ``min_keep`` patches is redrawn (up to ``tries``
+    draws, made at once). As in the official collator the context index lists are cut to the shortest
+    in the batch (keeping the first, in patch order). Returns ``context`` (B, Kc) and ``targets``
+    (num_targets, B, Kt) long patch indices (row-major). Unlike the official ``randint(0, rows - h)``, a
+    block may touch the last row and column.
     """
     rows, cols = grid
     th, tw = block_size(rows, cols, target_scale, target_aspect)
     ch, cw = block_size(rows, cols, context_scale, (1.0, 1.0))
-    contexts, targets = [], []
-    for _ in range(batch):
-        for _ in range(tries):
-            blocks_ = [_block(rows, cols, th, tw) for _ in range(num_targets)]
-            union = torch.stack(blocks_).any(0)
-            context = _block(rows, cols, ch, cw) & ~union
-            if int(context.sum()) >= min_keep:
-                break
-        else:
-            raise ConfigError(f"ijepa: {num_targets} target blocks of {th}×{tw} leave fewer than min_keep={min_keep} "
-                              f"context patches on a {rows}×{cols} grid; lower num_targets, target_scale or min_keep")
-        contexts.append(context.flatten().nonzero().squeeze(1))
-        targets.append(torch.stack([b.flatten().nonzero().squeeze(1) for b in blocks_]))
-    kc = min(len(c) for c in contexts)
-    return torch.stack([c[:kc] for c in contexts]), torch.stack(targets, dim=1)
+    target_masks, target_idx = _boxes((tries, batch, num_targets), rows, cols, th, tw)
+    context, _ = _boxes((tries, batch), rows, cols, ch, cw)
+    context = context & ~target_masks.any(2)  # (tries, B, N)
+    valid = context.sum(-1) >= min_keep  # (tries, B)
+    if not valid.any(0).all():
+        raise ConfigError(f"ijepa: {num_targets} target blocks of {th}×{tw} leave fewer than min_keep={min_keep} "
+                          f"context patches on a {rows}×{cols} grid; lower num_targets, target_scale or min_keep")
+    pick = valid.int().argmax(0)  # the first valid draw of each sample
+    samples = torch.arange(batch)
+    context, target_idx = context[pick, samples], target_idx[pick, samples]  # (B, N), (B, M, Kt)
+    kc = int(context.sum(-1).min())
+    # True positions first, each group in ascending patch order (a stable sort)
+    order = torch.sort((~context).int(), dim=1, stable=True).indices
+    return order[:, :kc], target_idx.transpose(0, 1).contiguous()
 
 
 @OBJECTIVES.register("ijepa", modalities=("image", "audio"))

@@ -51,7 +51,7 @@ def test_multi_block_masks():
     positions = {tuple(targets[0, j].tolist()) for j in range(b)}
     assert len(positions) > 1  # positions differ per sample
     with pytest.raises(ConfigError, match="lower num_targets"):
-        multi_block_masks(2, (2, 2), num_targets=4, min_keep=2, tries=5)
+        multi_block_masks(2, (2, 2), num_targets=4, min_keep=3, tries=5)
 
 
 def test_loss_matches_a_naive_rederivation():
