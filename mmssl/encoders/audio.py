@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from mmssl.encoders.base import Encoder
+from mmssl.encoders.vit import PatchEmbedding
 from mmssl.errors import ConfigError
 from mmssl.registry import ENCODERS
 from mmssl.types import AUDIO, EncoderOutput
@@ -125,7 +126,9 @@ class AudioTransformer(_AudioEncoder):
     conv), plus sin/cos positions over time and a learned frequency-band embedding, then a pre-norm
     transformer. The default ``patch_mels = n_mels`` gives one token per ``patch_frames`` hops.
     tokens: (B, N, dim) in time-major order ``(t f)``, so they are time-ordered; pooled: the mean token
-    after the final LayerNorm.
+    after the final LayerNorm. Implements the patch protocol of ``mmssl.encoders.vit`` (``embed`` /
+    ``transform``), so MAE, I-JEPA and data2vec run on its spectrogram patches (``patch_mels < n_mels``
+    gives Audio-MAE's 2-D patches).
     """
 
     def __init__(self, sample_rate: int = 16000, n_mels: int = 64, dim: int = 128, depth: int = 4, heads: int = 4,
@@ -144,12 +147,31 @@ class AudioTransformer(_AudioEncoder):
                                            batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
-        self.patch_frames, self.dim = patch_frames, dim
+        self.patch_frames, self.patch_mels, self.dim = patch_frames, patch_mels, dim
+        self.patch_dim = patch_frames * patch_mels
+
+    def embed_spectrogram(self, spec: torch.Tensor) -> PatchEmbedding:
+        """(B, n_mels, frames) → ``PatchEmbedding`` over the (steps, bands) patch grid in ``(t f)`` order;
+        ``patches`` are the log-mel values under each patch, ``(mel frame)`` per patch."""
+        pad = (-spec.shape[-1]) % self.patch_frames  # a partial last patch is zero-padded, not dropped
+        spec = nn.functional.pad(spec, (0, pad))
+        x = self.patch(spec.unsqueeze(1))  # (B, dim, bands, steps)
+        steps, bands = x.shape[3], x.shape[2]
+        pos = self.band[None] + sinusoidal_positions(steps, self.dim, x.device)[:, None]  # (steps, bands, dim)
+        patches = rearrange(spec, "b (f m) (t s) -> b (t f) (m s)", m=self.patch_mels, s=self.patch_frames)
+        return PatchEmbedding(rearrange(x, "b d f t -> b (t f) d"), rearrange(pos, "t f d -> 1 (t f) d"), patches,
+                              (steps, bands))
+
+    def embed(self, wave: torch.Tensor) -> PatchEmbedding:
+        """Waveforms (B, samples) → log-mel (no SpecAugment) → ``PatchEmbedding`` (the patch protocol of ``vit``)."""
+        self.check_input(wave)
+        return self.embed_spectrogram(self.frontend(wave))
+
+    def transform(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, K, dim) position-coded tokens (any subset of the patches) → (B, K, dim) after the final LayerNorm."""
+        return self.norm(self.blocks(tokens))
 
     def encode_spectrogram(self, spec: torch.Tensor) -> EncoderOutput:
-        pad = (-spec.shape[-1]) % self.patch_frames  # a partial last patch is zero-padded, not dropped
-        x = self.patch(nn.functional.pad(spec, (0, pad)).unsqueeze(1))  # (B, dim, bands, steps)
-        x = rearrange(x, "b d f t -> b t f d") + self.band[None, None]
-        x = x + sinusoidal_positions(x.shape[1], self.dim, x.device)[None, :, None]
-        tokens = self.norm(self.blocks(rearrange(x, "b t f d -> b (t f) d")))
+        e = self.embed_spectrogram(spec)
+        tokens = self.transform(e.tokens + e.pos)
         return EncoderOutput(pooled=tokens.mean(dim=1), tokens=tokens)

@@ -155,7 +155,7 @@ class OpenCLIPVision(_ImageEncoder):
         self.dim = embed_dim
         self.image_size = self.visual.image_size if hasattr(self.visual, "image_size") else None
 
-    def encode(self, x: torch.Tensor) -> EncoderOutput:
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         size = self.image_size
@@ -163,7 +163,53 @@ class OpenCLIPVision(_ImageEncoder):
             size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
             if tuple(x.shape[-2:]) != size:
                 x = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        out = self.visual(self.normalise(x))
+        return self.normalise(x)
+
+    # -- the patch protocol of mmssl.encoders.vit (MAE, I-JEPA, data2vec), for plain ViT towers ----------------
+    def _patch_tower(self):
+        v = self.visual
+        plain = (getattr(v, "attn_pool", None) is None and not getattr(v, "final_ln_after_pool", False)
+                 and isinstance(getattr(v, "conv1", None), nn.Conv2d) and getattr(v, "class_embedding", None) is not None)
+        if not plain:
+            raise ConfigError("open_clip_vision runs on a subset of patches only for plain ViT towers (class token, "
+                              "no attentional pooling); use encoder=vit_tiny")
+        return v
+
+    @property
+    def patch_dim(self) -> int:
+        return 3 * self._patch_tower().conv1.kernel_size[0] * self._patch_tower().conv1.kernel_size[1]
+
+    @property
+    def token_width(self) -> int:
+        """Width of the patch embeddings ``embed`` returns (the tower's width; ``dim`` is after the projection)."""
+        return self._patch_tower().conv1.out_channels
+
+    def embed(self, x: torch.Tensor):
+        """Images → ``PatchEmbedding`` (class token left out; ``transform`` adds it back); patches are the
+        normalised 3-channel pixels, ``(p q c)`` per patch."""
+        from mmssl.encoders.vit import PatchEmbedding
+
+        v = self._patch_tower()
+        self.check_input(x)
+        x = self._prepare(x)
+        fmap = v.conv1(x)  # (B, width, gh, gw)
+        p, q = v.conv1.kernel_size
+        patches = rearrange(x[..., : fmap.shape[2] * p, : fmap.shape[3] * q], "b c (h p) (w q) -> b (h w) (p q c)",
+                            p=p, q=q)
+        pos = v.positional_embedding[1:].to(fmap.dtype)[None]
+        return PatchEmbedding(rearrange(fmap, "b d h w -> b (h w) d"), pos, patches, tuple(fmap.shape[2:]))
+
+    def transform(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, K, width) position-coded patch tokens → (B, K, dim): class token prepended, ln_pre, the blocks,
+        ln_post, class token dropped, output projection (as the tower's own ``tokens`` output)."""
+        v = self._patch_tower()
+        cls = (v.class_embedding + v.positional_embedding[0]).to(tokens.dtype).expand(len(tokens), 1, -1)
+        x = v.transformer(v.ln_pre(torch.cat([cls, tokens], dim=1)))
+        x = v.ln_post(x)[:, 1:]
+        return x @ v.proj if v.proj is not None else x
+
+    def encode(self, x: torch.Tensor) -> EncoderOutput:
+        out = self.visual(self._prepare(x))
         if isinstance(out, tuple):
             pooled, tokens = out
             proj = getattr(self.visual, "proj", None)
