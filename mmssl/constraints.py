@@ -140,6 +140,13 @@ RULES: list[tuple[str, Range]] = [
     ("mask_ratio mask_prob", OPEN_UNIT),
     ("bias", FINITE),
     ("weight *_weight margin beta lambda_offdiag latent_penalty", NONNEG),
+    # data loading (workers, shard buffers) and masked-patch objectives (mae, ijepa, data2vec)
+    ("num_workers shuffle_buffer", NONNEG_INT),
+    ("probe_items few_labels patch_mels *_depth *_heads num_targets top_k min_keep", COUNT),
+    ("mlp_ratio target_aspect", POSITIVE),
+    ("target_scale context_scale", Range(float, gt=0, le=1)),
+    ("momentum_end", PROBABILITY),
+    ("loss_beta", NONNEG),  # 0: squared error, > 0: smooth-L1 with that β
     # intrinsic rewards
     ("coef", NONNEG),
     ("coef_decay update_proportion", Range(float, gt=0, le=1)),

@@ -60,7 +60,7 @@ def test_bad_method_schema_and_command():
     del bayes["metric"]
     with pytest.raises(ConfigError, match="bayes sweep needs `metric"):
         sweep.validate(bayes)
-    with pytest.raises(ConfigError, match="must run `mmssl pretrain` or `mmssl rl`"):
+    with pytest.raises(ConfigError, match="is not an mmssl command"):
         sweep.validate(spec() | {"command": ["python", "train.py", "${args}"]})
 
 
