@@ -45,8 +45,15 @@ def main(out: Path) -> int:
 
     warnings.simplefilter("error")  # pdoc's own warnings are failures
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="The module specification")  # a package's submodules listed again
     pdoc.render.configure(docformat="restructuredtext", footer_text="mmssl API reference")
-    pdoc.pdoc("mmssl", output_directory=out)
+    import pkgutil
+
+    import mmssl
+
+    # every module by name: pdoc alone would follow each package's __all__ and skip the submodules it omits
+    modules = ["mmssl", *sorted(m.name for m in pkgutil.walk_packages(mmssl.__path__, "mmssl."))]
+    pdoc.pdoc(*modules, output_directory=out)
     broken = []
     for html in sorted(out.rglob("*.html")):
         name = ".".join(html.relative_to(out).with_suffix("").parts)
@@ -54,7 +61,10 @@ def main(out: Path) -> int:
             continue
         module = importlib.import_module(name)
         doc = pdoc.doc.Module(module)
-        texts = [doc.docstring] + [m.docstring for m in doc.flattened_own_members]
+        # own docstrings only: a class without one would show torch's (nn.Module's references are not ours)
+        members = [m.obj for m in doc.flattened_own_members]
+        texts = [module.__doc__] + [getattr(o, "__doc__", None) for o in members
+                                    if str(getattr(o, "__module__", "") or "").startswith("mmssl")]
         for text in texts:
             broken += [f"{name}: {ref}" for ref in ROLE.findall(text or "") if not resolve(ref, module)]
     if broken:

@@ -129,3 +129,20 @@ def test_wheel_user_config_folder_and_plugin(wheel_env):
     bad = _mmssl(wheel_env, "pretrain", "plugins=[my_plugin]", "objective=align_uniform",
                  "objective.align_uniform.lamb=0.5", check=False)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "lam" in bad.stderr
+
+
+def test_api_reference_check_resolves_references():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("api_docs", ROOT / ".ci" / "api_docs.py")
+    api_docs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(api_docs)
+    import mmssl.config
+
+    assert api_docs.resolve("compose", mmssl.config)  # a name of the module itself
+    assert api_docs.resolve("mmssl.plugins.load_plugins", mmssl.config)
+    assert api_docs.resolve("registry.OBJECTIVES", mmssl.config)  # relative to the package
+    assert not api_docs.resolve("no_such_function", mmssl.config)
+    assert not api_docs.resolve("mmssl.plugins.no_such_function", mmssl.config)
+    assert api_docs.ROLE.findall("see :func:`mmssl.config.compose` and :class:`~mmssl.Registry`") == [
+        "mmssl.config.compose", "mmssl.Registry"]
