@@ -61,19 +61,23 @@ def test_import_is_light_and_public_api_resolves():
 
 @pytest.fixture(scope="module")
 def wheel_env(tmp_path_factory):
-    """A virtual environment with only the built wheel added to the shared site-packages, outside the checkout."""
+    """The built wheel installed alone into its own folder, first on the path, run from outside the checkout.
+
+    ``pip install --target`` (no dependencies: they are this interpreter's) works the same under a virtual
+    environment or a system Python; the folder shadows the editable checkout install.
+    """
     base = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(base / "dist"), str(ROOT)], check=True, cwd=base)
     wheel = next((base / "dist").glob("mmssl-*.whl"))
-    venv = base / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, cwd=base)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"WANDB_MODE": "disabled"}
+    site = base / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, cwd=base)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"WANDB_MODE": "disabled",
+                                                                         "PYTHONPATH": str(site)}
     work = base / "project"  # an unrelated folder: the user's project
     work.mkdir()
-    return {"wheel": wheel, "bin": venv / "bin", "env": env, "cwd": work}
+    return {"wheel": wheel, "bin": site / "bin", "site": site, "env": env, "cwd": work}
 
 
 def _mmssl(wheel_env, *args, check=True):
@@ -92,10 +96,10 @@ def test_wheel_holds_configs_and_envs(wheel_env):
 
 
 def test_wheel_runs_outside_the_checkout(wheel_env):
-    where = subprocess.run([str(wheel_env["bin"] / "python"), "-c", "import mmssl, mmssl_envs; "
+    where = subprocess.run([sys.executable, "-c", "import mmssl, mmssl_envs; "
                             "print(mmssl.__file__); print(mmssl_envs.__file__)"], cwd=wheel_env["cwd"],
                            env=wheel_env["env"], capture_output=True, text=True, check=True).stdout.split()
-    assert all(str(ROOT) not in path and "venv" in path for path in where), where
+    assert all(path.startswith(str(wheel_env["site"])) for path in where), where
     for command in ("pretrain", "rl", "eval", "finetune", "export", "sweep", "report", "list"):
         _mmssl(wheel_env, command, "--help")
     assert "byol" in _mmssl(wheel_env, "list", "objectives").stdout
