@@ -11,8 +11,8 @@ The data: OpenCV's 5,000 handwritten 20×20 digits (Debian ``opencv-doc``), cut 
    size each encoder read): linear probe, kNN, k-means NMI/ARI of the SSL encoder, raw pixels and a
    random-init encoder on the same 80/20 split (stratified, fixed by the seed);
 4. ``mmssl finetune RUN labels=K mode=frozen|full`` and ``from_scratch=true mode=full`` on the 20×20 run for
-   K in 1, 5, 10, 50 per class and 1.0 (all 400 per class), plus the raw-pixel probe on the same labelled
-   subset (the probe's solver, in this process: the finetune command has no raw-pixel mode).
+   K in 1, 5, 10, 50 per class and 1.0 (all 400 per class), plus the raw-pixel probe and kNN on the same
+   labelled subset (the probe's solver, in this process: the finetune command has no raw-pixel mode).
 
 Finished steps (their summary/results JSON) are reused, so an interrupted study continues. At most
 ``--jobs`` commands run at once, each on one thread. Writes ``results.json``, ``results.md`` and
@@ -38,9 +38,10 @@ from cut_digits import SHEET, cut  # noqa: E402
 AUGMENT = "+data.augment={crop_scale:[0.5,1.0],flip_p:0.0,degrees:15.0,jitter:0.4,hue:0.0,grayscale_p:0.0,blur_p:0.0,noise_std:0.05}"
 PRETRAIN_STEPS = 200
 LABELS = ["1", "5", "10", "50", "1.0"]
-#: label-efficiency method → (label, finetune overrides); None: the raw-pixel probe computed here
+#: label-efficiency method → (label, finetune overrides); None: a raw-pixel classifier computed here
 METHODS = {
     "raw": ("raw pixels, linear probe", None),
+    "raw_knn": ("raw pixels, kNN (k=20, cosine)", None),
     "frozen": ("SSL encoder frozen, linear probe (mode=frozen)", ["mode=frozen"]),
     "full": ("SSL encoder fine-tuned (mode=full)", ["mode=full"]),
     "scratch": ("same conv net from scratch (from_scratch=true mode=full)", ["mode=full", "from_scratch=true"]),
@@ -100,24 +101,26 @@ def eval_dir(run_dir: Path, folder: Path) -> Path:
     return run_dir / "eval" / f"image_folder-{folder.name}"
 
 
-def raw_label_curve(run_dir: Path, seed: int, labels: list[str]) -> dict[str, float]:
-    """Raw-pixel linear probe on the labelled subset `mmssl finetune` draws (same split, seed and solver)."""
+def raw_label_curve(run_dir: Path, seed: int, labels: list[str]) -> dict[str, dict[str, float]]:
+    """Raw-pixel linear probe and kNN on the labelled subset `mmssl finetune` draws (same split, seed, solver):
+    ``{"raw": {labels: accuracy}, "raw_knn": {…}}``."""
     import torch
     from omegaconf import OmegaConf
 
-    from mmssl.eval.probes import linear_probe_accuracy, raw_features
+    from mmssl.eval.probes import knn_accuracy, linear_probe_accuracy, raw_features
     from mmssl.finetune.parts import balanced_subset
     from mmssl.train.build import build_data
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
     data = build_data(cfg)
     test_x, test_y = raw_features(data.test, "image")
-    out = {}
+    out: dict[str, dict[str, float]] = {"raw": {}, "raw_knn": {}}
     for k in labels:
         amount = float(k) if "." in k else int(k)
         idx = torch.cat(balanced_subset(data.train.labels, amount, seed, data.train.classes))
         x, y = raw_features(data.train.subset(idx, "labelled"), "image")
-        out[k] = linear_probe_accuracy(x, y, test_x, test_y, C=float(cfg.eval.linear_probe_C))
+        out["raw"][k] = linear_probe_accuracy(x, y, test_x, test_y, C=float(cfg.eval.linear_probe_C))
+        out["raw_knn"][k] = knn_accuracy(x, y, test_x, test_y, k=int(cfg.eval.knn_k))  # k capped at the labels
     return out
 
 
@@ -188,8 +191,9 @@ def main() -> None:
     curve: dict = {m: {k: {} for k in LABELS} for m in METHODS}
     for s in args.seeds:
         d = runs["ssl20", s]
-        for k, acc in raw_label_curve(d, s, LABELS).items():
-            curve["raw"][k][str(s)] = acc
+        for m, accs in raw_label_curve(d, s, LABELS).items():
+            for k, acc in accs.items():
+                curve[m][k][str(s)] = acc
         for m in METHODS:
             if METHODS[m][1] is not None:
                 for k in LABELS:
@@ -203,10 +207,11 @@ def main() -> None:
              "Frozen features on the 1,000 held-out 20×20 digits (probe and kNN fit on the 4,000 training images):", "",
              "| encoder | representation | " + " | ".join(label for _, label in METRICS) + " |",
              "|---|---|" + "---:|" * len(METRICS)]
-    for kind, what in (("ssl20", "SimCLR on these 20×20 digits"), ("digits8", "SimCLR on sklearn 8×8 digits (cross-dataset, images resized to 8×8)")):
+    for kind, size, what in (("ssl20", 20, "pretrained on these 20×20 digits"),
+                             ("digits8", 8, "cross-dataset: pretrained on sklearn's 8×8 digits, images resized to 8×8")):
         for rep, label in REPS:
             cells = [fmt([results[kind][s][f"{rep}/{key}"] for s in seeds]) for key, _ in METRICS]
-            lines.append(f"| {what} | {label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {what} | {label} ({size}×{size} input) | " + " | ".join(cells) + " |")
     lines += ["", "Label efficiency, test accuracy (%):", "",
               "| method | " + " | ".join("all (400)" if k == "1.0" else k for k in LABELS) + " |",
               "|---|" + "---:|" * len(LABELS)]
