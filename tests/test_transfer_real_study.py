@@ -65,3 +65,30 @@ def test_cut_refuses_a_sheet_of_another_layout(tmp_path, shape, message):
                           capture_output=True, text=True)
     assert done.returncode != 0
     assert message in done.stderr and done.stderr.startswith("error:")
+
+
+def _study():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("transfer_real_run", SCRIPT.parent / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_commands_compose(tmp_path):
+    from mmssl.config import compose
+
+    study = _study()
+    cmd = study.pretrain_cmd("ssl20", 2, tmp_path / "run", tmp_path / "digits20")
+    assert cmd[3] == "pretrain"
+    cfg = compose("pretrain", cmd[4:])
+    assert cfg.data.name == "image_folder" and cfg.data.size == 20 and cfg.seed == 2
+    assert cfg.data.augment.crop_scale == [0.5, 1.0] and cfg.data.augment.degrees == 15.0
+    assert cfg.objective.simclr.augment_kwargs.noise_std == 0.05  # the views reach the objective
+    assert cfg.trainer.steps == study.PRETRAIN_STEPS
+    assert compose("pretrain", study.pretrain_cmd("digits8", 0, tmp_path / "r8", tmp_path)[4:]).data.name == "digits"
+    for method, (_, overrides) in study.METHODS.items():
+        if overrides is not None:
+            ft = compose("finetune", study.finetune_cmd(tmp_path / "run", method, "5")[5:])
+            assert ft.labels == 5 and ft.from_scratch == (method == "scratch")
