@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import mmssl_envs
 from mmssl.config import compose, to_container
-from mmssl.errors import ConfigError, MMSSLError, NonFiniteError
+from mmssl.errors import ConfigError, NonFiniteError
 from mmssl.io import atomic_write
 from mmssl.logging import RunLogger, console, drop_metrics_after
 from mmssl.rl.ppo import PPO, to_tensor
@@ -44,23 +44,13 @@ def run(cfg: DictConfig) -> dict:
     if cfg.run_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("under torchrun every rank must agree on the run folder: pass run_dir=<path>")
     ppo = PPO(cfg)  # builds (and validates) everything before the run folder is touched
-    folder, refused = None, None
+    folder = None
     try:
-        if ppo.rank == 0:  # the other ranks write nothing; rank 0 owns (locks, checks) the folder
-            try:
-                folder = run_folder.claim(cfg.run_dir, "rl", resume=bool(cfg.resume), config=to_container(cfg),
-                                          allow=list(cfg.get("resume_override") or []),
-                                          default=lambda: default_run_dir(cfg))
-            except MMSSLError as exc:
-                refused = exc
-            else:
-                OmegaConf.update(cfg, "run_dir", str(folder.path))
-        if ppo.world > 1:  # every rank stops when rank 0 refused, instead of waiting for it in a collective
-            reason = distributed.gather_objects(None if refused is None else str(refused))[0]
-            if reason is not None and refused is None:
-                raise MMSSLError(f"rank 0 refused the run folder: {reason}")
-        if refused is not None:
-            raise refused
+        folder = run_folder.claim_on_rank0(ppo.rank, ppo.world, cfg.run_dir, "rl", resume=bool(cfg.resume),
+                                           config=to_container(cfg), allow=list(cfg.get("resume_override") or []),
+                                           default=lambda: default_run_dir(cfg))
+        if folder is not None:
+            OmegaConf.update(cfg, "run_dir", str(folder.path))
         run_dir = Path(cfg.run_dir)
         found = folder.resume_from if folder is not None else \
             (checkpoint.latest(run_dir / "checkpoints") if cfg.resume else None)

@@ -9,10 +9,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mmssl.config import compose, to_container
-from mmssl.errors import ConfigError, MMSSLError
+from mmssl.errors import ConfigError
 from mmssl.io import atomic_write
 from mmssl.logging import RunLogger, console, drop_metrics_after
-from mmssl.train import distributed, run_folder
+from mmssl.train import run_folder
 
 
 def default_run_dir(cfg: DictConfig) -> Path:
@@ -28,22 +28,11 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError("under torchrun every rank must agree on the run folder: pass run_dir=<path>")
     started = time.perf_counter()
     trainer = Trainer(cfg, cfg.run_dir or default_run_dir(cfg))  # builds (and validates) everything before the run folder is touched
-    folder, refused = None, None
-    if trainer.rank == 0:  # the other ranks write nothing; rank 0 owns (locks, checks) the folder
-        try:
-            folder = run_folder.claim(cfg.run_dir, "pretrain", resume=bool(cfg.resume), config=to_container(cfg),
-                                      allow=list(cfg.get("resume_override") or []),
-                                      default=lambda: default_run_dir(cfg))
-        except MMSSLError as exc:
-            refused = exc
-        else:
-            OmegaConf.update(cfg, "run_dir", str(folder.path))
-    if trainer.world > 1:  # every rank stops when rank 0 refused, instead of waiting for it in a collective
-        reason = distributed.gather_objects(None if refused is None else str(refused))[0]
-        if reason is not None and refused is None:
-            raise MMSSLError(f"rank 0 refused the run folder: {reason}")
-    if refused is not None:
-        raise refused
+    folder = run_folder.claim_on_rank0(trainer.rank, trainer.world, cfg.run_dir, "pretrain", resume=bool(cfg.resume),
+                                       config=to_container(cfg), allow=list(cfg.get("resume_override") or []),
+                                       default=lambda: default_run_dir(cfg))
+    if folder is not None:
+        OmegaConf.update(cfg, "run_dir", str(folder.path))
     try:
         return _train(cfg, trainer, Path(cfg.run_dir), folder.resume_from if folder else None, started)
     finally:

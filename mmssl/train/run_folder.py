@@ -297,3 +297,26 @@ def _check(path: Path, kind: str, resume: bool, config: Mapping | None, allow: I
                                  f"{path}: {shown}{more}; nothing was written: resume with the stored values, or "
                                  f"allow the change with resume_override=[{keys}]")
     return resume_path, state
+
+
+def claim_on_rank0(rank: int, world: int, folder: str | Path | None, kind: str, **kwargs) -> RunFolder | None:
+    """:func:`claim` on rank 0 only (the other ranks write nothing: they get None).
+
+    Under torchrun a refusal on rank 0 is raised on every rank, instead of leaving the others waiting for
+    rank 0 in the first collective.
+    """
+    claimed, refused = None, None
+    if rank == 0:
+        try:
+            claimed = claim(folder, kind, **kwargs)
+        except MMSSLError as exc:
+            refused = exc
+    if world > 1:
+        from mmssl.train import distributed
+
+        reason = distributed.gather_objects(None if refused is None else str(refused))[0]
+        if reason is not None and refused is None:
+            raise MMSSLError(f"rank 0 refused the run folder: {reason}")
+    if refused is not None:
+        raise refused
+    return claimed
