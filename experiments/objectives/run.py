@@ -26,6 +26,12 @@ IMAGE_OBJECTIVES = ["simclr", "byol", "moco_v2", "moco_v3", "dcl", "triplet", "s
                     "masked_image", "rotation", "autoencoder", "vae", "cpc"]
 
 
+def folder(args, name: str, seed: int) -> str:
+    """The run folder of one (objective, seed); the step budget is part of it (300 steps: the original layout)."""
+    budget = "" if args.steps == 300 else f"_{args.steps}steps"
+    return f"runs/objectives/{args.data}{budget}/{name}/seed{seed}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -33,6 +39,7 @@ def main() -> None:
     parser.add_argument("--data", default="digits")
     parser.add_argument("--objectives", nargs="+", default=IMAGE_OBJECTIVES)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tag", default="", help="suffix of the result files (results_<data><tag>.md/png)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = [f"data={args.data}"] + (["data.limit=10000"] if args.data == "fashion_mnist" else [])
@@ -42,15 +49,16 @@ def main() -> None:
             overrides = [*data, f"objective={name}", f"seed={seed}", f"trainer.steps={args.steps}",
                          "trainer.warmup_steps=20", "data.batch_size=128", "encoder.image.width=16",
                          "eval.plot=false", "eval.baselines=false", "logger.mode=disabled", "trainer.progress=false",
-                         f"run_dir=runs/objectives/{args.data}/{name}/seed{seed}"]
+                         f"run_dir={folder(args, name, seed)}"]
             if name in ("autoencoder", "vae") and args.data != "digits":
                 overrides.append(f"objective.{name}.image_size=28")
-            done = Path(f"runs/objectives/{args.data}/{name}/seed{seed}/summary.json")
+            done = Path(folder(args, name, seed)) / "summary.json"
             summary = json.loads(done.read_text()) if done.exists() else run(compose("pretrain", overrides))
             results.setdefault(name, []).append(summary)  # a finished run (its summary.json) is reused
-    baseline = run(compose("pretrain", [*data, "trainer.steps=1", "eval.plot=false", "logger.mode=disabled",
-                                        "encoder.image.width=16", "trainer.progress=false",
-                                        f"run_dir=runs/objectives/{args.data}/baselines"]))
+    base_dir = Path(f"runs/objectives/{args.data}/baselines")  # raw pixels and a random encoder: one run, reused
+    baseline = json.loads((base_dir / "summary.json").read_text()) if (base_dir / "summary.json").exists() else \
+        run(compose("pretrain", [*data, "trainer.steps=1", "eval.plot=false", "logger.mode=disabled",
+                                 "encoder.image.width=16", "trainer.progress=false", f"run_dir={base_dir}"]))
 
     def stat(name: str, key: str) -> tuple[float, float]:
         values = [s[key] for s in results[name]]
@@ -59,7 +67,8 @@ def main() -> None:
     rows = sorted(results, key=lambda n: -stat(n, "eval/image/ssl/linear_probe_accuracy")[0])
     lines = [f"{args.data}, {args.steps} steps, batch 128, convnet width 16, seeds {args.seeds} (mean ± std).",
              f"Command: `python experiments/objectives/run.py --data {args.data} --steps {args.steps} "
-             f"--seeds {' '.join(map(str, args.seeds))}`", "",
+             f"--seeds {' '.join(map(str, args.seeds))}"
+             + (f" --objectives {' '.join(args.objectives)} --tag {args.tag}`" if args.tag else "`"), "",
              "| objective | linear probe | kNN | effective rank |", "|---|---:|---:|---:|",
              f"| *raw pixels* | {baseline['eval/image/raw/linear_probe_accuracy']:.4f} | "
              f"{baseline['eval/image/raw/knn_accuracy']:.4f} | – |",
@@ -68,7 +77,7 @@ def main() -> None:
     for name in rows:
         lp, kn, er = (stat(name, f"eval/image/ssl/{m}") for m in ("linear_probe_accuracy", "knn_accuracy", "effective_rank"))
         lines.append(f"| {name} | {lp[0]:.4f} ± {lp[1]:.4f} | {kn[0]:.4f} ± {kn[1]:.4f} | {er[0]:.1f} ± {er[1]:.1f} |")
-    (HERE / f"results_{args.data}.md").write_text("\n".join(lines) + "\n")
+    (HERE / f"results_{args.data}{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
     import matplotlib
@@ -86,7 +95,7 @@ def main() -> None:
     ax.tick_params(axis="x", rotation=45)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    fig.savefig(HERE / f"results_{args.data}.png", dpi=110)
+    fig.savefig(HERE / f"results_{args.data}{args.tag}.png", dpi=110)
 
 
 if __name__ == "__main__":
