@@ -54,3 +54,22 @@ def emit(result: dict, out: str | None) -> None:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def lightly_simclr_model() -> torch.nn.Module:
+    """lightly's documented SimCLR model: torchvision ResNet-18 without its classifier + SimCLRProjectionHead."""
+    import torchvision
+    from lightly.models.modules import SimCLRProjectionHead
+    from torch import nn
+
+    class SimCLR(nn.Module):
+        def __init__(self):
+            super().__init__()
+            resnet = torchvision.models.resnet18()
+            self.backbone = nn.Sequential(*list(resnet.children())[:-1])
+            self.projection_head = SimCLRProjectionHead(512, 2048, 128)
+
+        def forward(self, x):
+            return self.projection_head(self.backbone(x).flatten(start_dim=1))
+
+    return SimCLR()

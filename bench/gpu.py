@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, has, median, peak_rss_mb  # noqa: E402
+from common import emit, has, lightly_simclr_model, median, peak_rss_mb  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -127,9 +127,7 @@ def lightly_simclr(args, root: Path, size: int, device: torch.device):
     """(images/s, FLOPs of one step) for lightly's recipe: per-sample PIL transforms in DataLoader workers."""
     import torchvision
     from lightly.loss import NTXentLoss
-    from lightly.models.modules import SimCLRProjectionHead
     from lightly.transforms import SimCLRTransform
-    from torch import nn
 
     transform = SimCLRTransform(input_size=size, gaussian_blur=0.5 if size > 32 else 0.0)
     dataset = torchvision.datasets.ImageFolder(str(root), transform=transform)
@@ -138,17 +136,7 @@ def lightly_simclr(args, root: Path, size: int, device: torch.device):
                                          num_workers=workers, persistent_workers=workers > 0,
                                          pin_memory=device.type == "cuda")
 
-    class SimCLR(nn.Module):
-        def __init__(self):
-            super().__init__()
-            resnet = torchvision.models.resnet18()
-            self.backbone = nn.Sequential(*list(resnet.children())[:-1])
-            self.projection_head = SimCLRProjectionHead(512, 2048, 128)
-
-        def forward(self, x):
-            return self.projection_head(self.backbone(x).flatten(start_dim=1))
-
-    model = SimCLR().to(device, memory_format=torch.channels_last)
+    model = lightly_simclr_model().to(device, memory_format=torch.channels_last)
     criterion = NTXentLoss(temperature=0.5)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.06)
     bf16 = device.type == "cuda" or args.cpu_bf16

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, has, matmul_peak_gflops, median, peak_rss_mb  # noqa: E402
+from common import emit, has, lightly_simclr_model, matmul_peak_gflops, median, peak_rss_mb  # noqa: E402
 
 from mmssl.config import compose  # noqa: E402
 from mmssl.train.trainer import Trainer  # noqa: E402
@@ -67,11 +67,8 @@ def mmssl_runner(args):
 
 
 def lightly_runner(args, images: torch.Tensor):
-    import torchvision
     from lightly.loss import NTXentLoss
-    from lightly.models.modules import SimCLRProjectionHead
     from lightly.transforms import SimCLRTransform
-    from torch import nn
     from torchvision.transforms.functional import to_pil_image
 
     class Data(torch.utils.data.Dataset):
@@ -85,17 +82,7 @@ def lightly_runner(args, images: torch.Tensor):
         def __getitem__(self, i):
             return self.transform(self.images[i]), 0
 
-    class SimCLR(nn.Module):
-        def __init__(self):
-            super().__init__()
-            resnet = torchvision.models.resnet18()
-            self.backbone = nn.Sequential(*list(resnet.children())[:-1])
-            self.projection_head = SimCLRProjectionHead(512, 2048, 128)
-
-        def forward(self, x):
-            return self.projection_head(self.backbone(x).flatten(start_dim=1))
-
-    model, criterion = SimCLR(), NTXentLoss(temperature=0.5)
+    model, criterion = lightly_simclr_model(), NTXentLoss(temperature=0.5)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.06)
     loader = torch.utils.data.DataLoader(Data(), batch_size=args.batch, shuffle=True, drop_last=True,
                                          num_workers=args.lightly_workers, persistent_workers=args.lightly_workers > 0)
