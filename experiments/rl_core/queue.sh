@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The learning-target runs, one at a time (2 shared CPU cores):
 #   JOBS="doorkey:1 cartpole:1 doorkey:2 doorkey:3" bash experiments/rl_core/queue.sh
+# Run folders, logs and wallclock.txt go to runs/rl_core/ (not versioned); report.py summarises them.
 set -u
 cd "$(dirname "$0")/../.."
-out=experiments/rl_core/runs
+out=runs/rl_core
 mkdir -p "$out"
 run() {  # run NAME overrides…
   local name=$1; shift
