@@ -26,6 +26,7 @@ from mmssl.eval import stats
 from mmssl.rl.run import run
 
 HERE = Path(__file__).parent
+PALETTE = [f"C{i}" for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)]  # no C7: grey is the reference arm's colour
 
 
 def main() -> None:
@@ -38,6 +39,8 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
     parser.add_argument("--report", action="store_true",
                         help="--study's table (IQM, 95%% bootstrap CI) → results_<study>.md and curves → <study>.png")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="only redraw --study's PNGs from its committed results file (no table rewrite)")
     parser.add_argument("--study", default="", help="name of a study: results_<study>.jsonl, runs/exploration/<study>/")
     parser.add_argument("--out", default=None, help="results file (default results[_<study>].jsonl here)")
     parser.add_argument("overrides", nargs="*")
@@ -46,6 +49,13 @@ def main() -> None:
     runs = Path("runs/exploration") / args.study
     if args.table:
         print(table(args.out))
+        return
+    if args.plot_only:
+        rows = [json.loads(line) for line in open(args.out)]
+        if not rows:
+            raise DataError(f"{args.out} holds no runs; run the study first")
+        for png in plot_study(rows, HERE / f"{args.study or 'results'}.png"):
+            print(png)
         return
     if args.report:
         text = report(args.out, runs, HERE / f"{args.study or 'results'}.png")
@@ -100,12 +110,8 @@ def report(path: str, runs: Path, png: Path, level: float = 0.9) -> str:
     success, frames to reach ``level`` success per seed, how many runs end at ``level`` or above (with a one-sided
     Fisher exact test against the ``none`` arm), cells visited per episode at the end (grid worlds),
     evaluation success, bonus and wall-clock per 1M frames; and the curves against frames (IQM over seeds,
-    bootstrap band, each seed thin) as ``png``: success, and cells visited where the runs report them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    bootstrap band, each seed thin) as ``png`` (success) and ``<png stem>_cells.png`` (cells visited, where the
+    runs report them): see :func:`plot_study`."""
     rows = [json.loads(line) for line in open(path)]
     if not rows:
         raise DataError(f"{path} holds no runs; run the study first")
@@ -121,7 +127,6 @@ def report(path: str, runs: Path, png: Path, level: float = 0.9) -> str:
             + "eval success (10 ep.), mean | bonus per step | min per 1M frames |")
     out = [head, "|---|---|---:|---:|---|---|" + ("---:|" if with_cells else "") + "---:|---:|---:|"]
     baseline = [r["train_success_last100"] >= level for r in rows if r["reward"] == "none"]
-    fig, axes = plt.subplots(1, 1 + with_cells, figsize=(6.4 * (1 + with_cells), 4), squeeze=False)
     for name in dict.fromkeys(r["reward"] for r in rows):
         rs = sorted((r for r in rows if r["reward"] == name), key=lambda r: r["seed"])
         curves = [curve_column(r["curve"], 1) for r in rs]
@@ -145,21 +150,72 @@ def report(path: str, runs: Path, png: Path, level: float = 0.9) -> str:
                    f"{np.mean([r['eval_success_rate'] for r in rs]):.2f} | "
                    f"{f'{np.mean(bonus):.1e}' if bonus else 'n/a'} | "
                    f"{np.mean([r['wall_s'] / r['frames'] * 1e6 / 60 for r in rs]):.1f} |")
-        color = plot_curves(axes[0, 0], curves, f"{name} (n={len(rs)})")
-        if with_cells and any(len(c) >= 2 for c in cells):
-            plot_curves(axes[0, 1], cells, name, color)
-    axes[0, 0].set_ylabel("training success rate\n(IQM over seeds, 95% CI; thin: each seed)")
-    axes[0, 0].set_ylim(-0.02, 1.02)
-    axes[0, 0].legend(fontsize=8)
-    if with_cells:
-        axes[0, 1].set_ylabel("distinct cells visited per episode\n(IQM over seeds, 95% CI; thin: each seed)")
-    for ax in axes[0]:
-        ax.set_xlabel("frames (millions)")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    plot_study(rows, png)
     return "\n".join(out)
+
+
+def plot_study(rows: list[dict], png: Path) -> list[Path]:
+    """Small multiples from a study's results file: one panel per reward (its IQM over seeds, the shaded 95%
+    percentile-bootstrap band over seeds, each seed thin) with the ``none`` arm's IQM dashed grey in every
+    other panel as the reference; shared axes, the key below the panels. Training success (axis [0, 1]) goes
+    to ``png``; distinct cells visited per episode (axis from 0) to ``<png stem>_cells.png`` when the runs
+    report it. Returns the files written."""
+    written = [png]
+    _small_multiples(rows, 1, png, "training success rate", (0, 1.02))
+    if any(len(point) > 3 and point[3] is not None for r in rows for point in r["curve"]):
+        cells = png.with_name(f"{png.stem}_cells.png")
+        _small_multiples(rows, 3, cells, "distinct cells visited per episode", (0, None))
+        written.append(cells)
+    return written
+
+
+def _small_multiples(rows: list[dict], column: int, png: Path, what: str, ylim: tuple) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    names = sorted(dict.fromkeys(r["reward"] for r in rows), key=lambda name: name != "none")  # none first
+    ncols = 3 if len(names) % 4 and not len(names) % 3 else min(4, len(names))  # a full grid where one fits
+    nrows = -(-len(names) // ncols)
+    key_rows = 1 if ncols >= 3 else 2
+    height = 2.3 * nrows + 0.3 + 0.2 * key_rows  # the key's strip below the panels
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols, height), sharex=True, sharey=True, squeeze=False)
+    reference = None
+    if "none" in names:
+        base = [curve_column(r["curve"], column) for r in rows if r["reward"] == "none"]
+        base = [c for c in base if len(c) >= 2]
+        reference = stats.aggregate_curves([tuple(map(np.array, zip(*c))) for c in base], "iqm") if base else None
+    for i, name in enumerate(names):
+        ax = axes.flat[i]
+        rs = [r for r in rows if r["reward"] == name]
+        curves = [c for c in (curve_column(r["curve"], column) for r in rs) if len(c) >= 2]
+        if reference is not None and name != "none":
+            ax.plot(reference["step"] / 1e6, reference["value"], color="0.45", linestyle="--", linewidth=1.2)
+        if curves:
+            plot_curves(ax, curves, name, color="black" if name == "none" else PALETTE[i % len(PALETTE)])
+        ax.set_title(f"{name} (n={len(rs)})", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax in axes.flat[max(0, len(names) - ncols):len(names)]:  # the lowest panel of each column
+        ax.set_xlabel("frames (millions)", fontsize=8)
+        ax.xaxis.set_tick_params(labelbottom=True)
+    axes[0, 0].set_ylim(*ylim)
+    axes[0, 0].set_xlim(left=0)
+    fig.supylabel(f"{what}\n(IQM over seeds)", fontsize=9)
+    key = [Line2D([], [], color="C0", linewidth=2, label="IQM over seeds"),
+           Patch(color="C0", alpha=0.15, label="shaded: 95% bootstrap CI over seeds"),
+           Line2D([], [], color="C0", linewidth=0.7, alpha=0.6, label="thin: each seed")]
+    if reference is not None:
+        key.append(Line2D([], [], color="0.45", linestyle="--", label="dashed: none (plain PPO), IQM"))
+    fig.tight_layout(rect=(0, (0.3 + 0.2 * key_rows) / height, 1, 1))
+    fig.legend(handles=key, loc="lower center", ncol=-(-len(key) // key_rows), fontsize=8, frameon=False)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
 def curve_column(curve: list, column: int) -> list[tuple[int, float]]:
