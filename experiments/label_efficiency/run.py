@@ -97,7 +97,7 @@ def plot(results: dict, fractions: list[float], seeds: list[int], path: Path, wh
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7.6, 3.8))
     for method, (label, _) in METHODS.items():
         xs, means, sds = [], [], []
         for f in fractions:
@@ -113,12 +113,29 @@ def plot(results: dict, fractions: list[float], seeds: list[int], path: Path, wh
     ax.set_xscale("log")
     ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
     ax.set_xlabel("labelled fraction of the training split")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Label efficiency: {what}\nmean ± std over {len(seeds)} seeds", fontsize=9)
+    ax.set_ylabel(f"test accuracy (%)\n(mean; error bars: std over {len(seeds)} seeds)")
+    ax.set_ylim(0, 102)  # headroom for the error bars at 100%
+    ax.set_title(f"Label efficiency: {what}", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_only(task: str) -> Path:
+    """Redraw a task's PNG from its committed results<suffix>.json (fractions and seeds read from its keys)."""
+    suffix, what, _, _ = TASKS[task]
+    path = HERE / f"results{suffix}.json"
+    if not path.exists():
+        sys.exit(f"error: {path} does not exist; run the study first")
+    results = json.loads(path.read_text())
+    keys = [k.split("/") for k in results]
+    fractions = sorted({float(f) for _, f, _ in keys})
+    seeds = sorted({int(s) for _, _, s in keys})
+    png = HERE / f"label_efficiency{suffix}.png"
+    plot(results, fractions, seeds, png, what)
+    return png
 
 
 def main() -> None:
@@ -132,7 +149,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="max fine-tuning steps")
     parser.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default: the task's)")
     parser.add_argument("--out", default="runs/label_efficiency")
+    parser.add_argument("--plot-only", action="store_true", help="only redraw --task's PNG from its results JSON")
     args = parser.parse_args()
+    if args.plot_only:
+        print(plot_only(args.task))
+        return
     suffix, what, pretrain_overrides, finetune_overrides = TASKS[args.task]
     pretrain_suffix = suffix
     if args.task in PRETRAINED_ON:
