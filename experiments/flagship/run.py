@@ -104,17 +104,40 @@ def curve(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array(steps), np.array(values)
 
 
-def report(seeds: list[int]) -> str:
+def plot(results: dict, path: Path) -> None:
+    """One panel per instruction modality: test success against frames per agent (IQM over seeds, shaded 95%
+    bootstrap CI), ``no_instruction`` (modality ``none``) in every panel; success on [0, 1]; key outside."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(1, len(MODALITIES), figsize=(5 * len(MODALITIES) + 1.6, 3.8), sharey=True, squeeze=False)
+    for ax, modality in zip(axes[0], MODALITIES):
+        for i, agent in enumerate(AGENTS):
+            row = results.get(f"{modality}/{agent}") or results.get(f"none/{agent}")
+            if row is None or "curve" not in row:
+                continue
+            c = row["curve"]
+            line, = ax.plot(c["frames"], c["iqm"], color=f"C{i}", label=f"{agent} (n={row['n']})")
+            ax.fill_between(c["frames"], c["ci_low"], c["ci_high"], alpha=0.2, color=line.get_color(), linewidth=0)
+        ax.axhline(1 / 3, color="grey", ls=":", lw=1, label="chance (1 of 3 tiles)")
+        ax.set(title=f"{modality} instruction, unseen images{' and voices' if modality == 'audio' else ''}",
+               xlabel="frames", ylim=(0, 1.02), xlim=(0, None))
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("test success rate, IQM over seeds\n(shaded: 95% bootstrap CI over seeds)")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / (5 * len(MODALITIES) + 1.6), 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(seeds: list[int]) -> str:
     from mmssl.eval import stats
 
     results, rows = {}, []
-    fig, axes = plt.subplots(1, len(MODALITIES), figsize=(5.5 * len(MODALITIES), 4), sharey=True)
-    for ax, modality in zip(np.atleast_1d(axes), MODALITIES):
+    for modality in MODALITIES:
         for agent in AGENTS:
             done = [s for s in seeds if (run_dir(modality, agent, s) / "summary.json").exists()]
             if not done:
@@ -127,24 +150,20 @@ def report(seeds: list[int]) -> str:
             aligned = np.stack([np.interp(steps, x, y) for x, y in curves])  # (seeds, points)
             iqm = np.array([stats.iqm(aligned[:, i]) for i in range(aligned.shape[1])])
             band = np.array([stats.bootstrap_ci(aligned[:, i]) for i in range(aligned.shape[1])])
-            line, = ax.plot(steps, iqm, label=agent)
-            ax.fill_between(steps, band[:, 0], band[:, 1], alpha=0.2, color=line.get_color())
             row = {"modality": modality, "agent": agent, **stats.summarize(final),
                    "early_iqm": float(stats.iqm(early)), "early_ci": [float(v) for v in stats.bootstrap_ci(early)],
                    "frames": int(steps[-1]), "wall_s_per_run": float(np.mean([s["train_wall_clock_s"] for s in summaries])),
                    "env_steps_per_second": float(np.mean([s["env_steps_per_second"] for s in summaries])),
-                   "per_seed": {int(s): float(v) for s, v in zip(done, final)}}
+                   "per_seed": {int(s): float(v) for s, v in zip(done, final)},
+                   "curve": {"frames": [int(v) for v in steps], "iqm": [round(float(v), 4) for v in iqm],
+                             "ci_low": [round(float(v), 4) for v in band[:, 0]],
+                             "ci_high": [round(float(v), 4) for v in band[:, 1]]}}
             if agent == "no_instruction":
                 row["modality"] = "none"
             if f"{row['modality']}/{agent}" not in results:
                 results[f"{row['modality']}/{agent}"] = row
                 rows.append(row)
-        ax.axhline(1 / 3, color="grey", ls=":", lw=1, label="chance (1 of 3 tiles)")
-        ax.set(title=f"{modality} instruction, unseen images{' and voices' if modality == 'audio' else ''}",
-               xlabel="frames", ylabel="test success rate (IQM, 95% CI)")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(HERE / "flagship.png", dpi=120)
+    plot(results, HERE / "flagship.png")
     (HERE / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     lines = [f"| instruction | agent | runs | test success after {EARLY:,} frames, IQM [95% CI] "
              "| test success at the end, IQM [95% CI] | mean ± std | frames | wall-clock / run | env-steps/s |",
@@ -171,7 +190,16 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
     parser.add_argument("--report", action="store_true", help="only rebuild the report from runs/flagship")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="only redraw flagship.png from results.json (its rows' curves)")
     args = parser.parse_args()
+    if args.plot_only:
+        results = json.loads((HERE / "results.json").read_text())
+        if not any("curve" in row for row in results.values()):
+            sys.exit("error: results.json has no curves (written before they were stored); run --report with "
+                     "the runs under runs/flagship")
+        plot(results, HERE / "flagship.png")
+        return
     if not args.report:
         pending = [s for s in args.seeds if not list((RUNS / "bind" / f"seed{s}" / "checkpoints").glob("step_*.pt"))]
         for s in pending:
