@@ -48,7 +48,11 @@ def main() -> None:
     parser.add_argument("--encoder", default="mlp")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--plot-only", action="store_true", help="only redraw the PNG from <out>/rl_scaling_<env>.json")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads((Path(args.out) / f"rl_scaling_{args.env}.json").read_text()), args.env, Path(args.out))
+        return
     num_steps = 128
     if args.tiny:
         args.envs, args.steps, num_steps = [1, 2], 64, 16
@@ -66,20 +70,32 @@ def main() -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rl_scaling_{args.env}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, args.env, out_dir)
+
+
+def plot(rows: list[dict], env: str, out_dir: Path) -> None:
+    """rl_scaling_<env>.png: env steps per second against the number of envs, sync and async; axis from 0, key
+    outside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for asynchronous, label in ((False, "SyncVectorEnv"), (True, "AsyncVectorEnv (a process per env)")):
+    fig, ax = plt.subplots(figsize=(6.6, 3.4))
+    for asynchronous, label in ((False, "SyncVectorEnv"), (True, "AsyncVectorEnv\n(a process per env)")):
         sel = [r for r in rows if r["asynchronous"] == asynchronous]
         ax.plot([r["num_envs"] for r in sel], [r["steps_per_s"] for r in sel], marker="o", label=label)
-    ax.set(xscale="log", xlabel="number of envs", ylabel="env steps / s", title=f"PPO on {args.env}, 2-core CPU")
-    ax.legend(fontsize=8)
+    envs = sorted({r["num_envs"] for r in rows})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(envs, [str(n) for n in envs])
+    ax.minorticks_off()
+    ax.set(xlabel="number of envs", ylabel="env steps / s (one timed run)", title=f"PPO on {env}, 2-core CPU",
+           ylim=(0, None))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     fig.tight_layout()
-    fig.savefig(out_dir / f"rl_scaling_{args.env}.png", dpi=110)
-
+    fig.savefig(out_dir / f"rl_scaling_{env}.png", dpi=110)
+    plt.close(fig)
 
 if __name__ == "__main__":
     main()
