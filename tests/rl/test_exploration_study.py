@@ -49,6 +49,7 @@ def test_report_table_and_plot(tmp_path):
     text = study.report(str(results), tmp_path / "runs", tmp_path / "toy.png")
     lines = text.splitlines()
     assert len(lines) == 4 and (tmp_path / "toy.png").stat().st_size > 0
+    assert not (tmp_path / "toy_cells.png").exists()  # the runs report no cells visited: no cells plot
     none, counts = lines[2].split(" | "), lines[3].split(" | ")
     assert none[2].startswith("0.20 [") and none[4] == "not reached, not reached, not reached"
     assert counts[2] == "0.95 [0.95, 0.95]" and counts[4] == "0.00M, 0.00M, 0.00M" and counts[7] == "2.0e-03"
@@ -66,6 +67,15 @@ def test_report_adds_cells_visited_where_the_runs_report_them(tmp_path):
     assert "cells visited per episode" in lines[0]
     assert lines[2].split(" | ")[6] == "7.00 [7.00, 7.00]"  # the windows in the last 10% of frames: 6 and 8
     assert len(lines) == 4 and lines[3].split(" | ")[6] == "n/a"
+    assert (tmp_path / "grid.png").stat().st_size > 0 and (tmp_path / "grid_cells.png").stat().st_size > 0
+
+
+def test_plot_study_redraws_from_the_results_file_alone(tmp_path):
+    rows = [record(name, s, 0.5, [[500, 0.2, 2, 4.0], [1000, 0.5, 2, 6.0]]) for name in ("counts", "none", "rnd")
+            for s in (1, 2)]
+    written = study.plot_study(rows, tmp_path / "toy.png")  # no run folders anywhere
+    assert written == [tmp_path / "toy.png", tmp_path / "toy_cells.png"]
+    assert all(p.stat().st_size > 0 for p in written)
 
 
 def test_report_of_an_empty_study_says_so(tmp_path):
