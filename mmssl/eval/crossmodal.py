@@ -172,14 +172,15 @@ def joint_embedding_plot(z: dict[str, torch.Tensor], labels: torch.Tensor, path:
 
     plt = _pyplot()
     pca = PCA(n_components=2, random_state=0).fit(torch.cat(list(z.values())).numpy())
-    fig, axes = plt.subplots(1, len(z), figsize=(4 * len(z), 4), squeeze=False, sharex=True, sharey=True)
+    fig, axes = plt.subplots(1, len(z), figsize=(4 * len(z) + 1, 4), squeeze=False, sharex=True, sharey=True)
     for ax, (m, zm) in zip(axes[0], z.items()):
         xy = pca.transform(zm.numpy())
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels.numpy(), cmap="tab10", s=5, vmin=0, vmax=9)
         ax.set_title(f"{m} (joint space, PCA)", fontsize=9)
     names = classes or [str(c) for c in range(int(labels.max()) + 1)]
     handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(c))) for c in range(len(names))]
-    axes[0][-1].legend(handles, names, fontsize=6, loc="best")
+    fig.tight_layout(rect=(0, 0, 1 - 1 / (4 * len(z) + 1), 1))
+    fig.legend(handles, names, fontsize=7, loc="center right", frameon=False, title="class", title_fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, path, dpi=110)
     plt.close(fig)
