@@ -25,6 +25,7 @@ from mmssl.errors import ConfigError
 from mmssl.objectives.base import Objective, ema_update
 from mmssl.objectives.distributed import gather, rank
 from mmssl.registry import OBJECTIVES
+from mmssl.rl.actions import ActionCodec, InverseDynamicsHead
 from mmssl.types import OBS, Batch, ObjectiveOutput
 
 
@@ -134,29 +135,6 @@ class ATC(_MomentumRL):
         return ObjectiveOutput(loss, {"positive_accuracy": accuracy.item()})
 
 
-class ActionCoder(nn.Module):
-    """Actions (B,) ids or (B, A) floats → (B, A) vectors, and the loss of predicting them."""
-
-    def __init__(self, action_space: gym.Space | None):
-        super().__init__()
-        if isinstance(action_space, gym.spaces.Discrete):
-            self.discrete, self.dim = True, int(action_space.n)
-        elif isinstance(action_space, gym.spaces.Box):
-            self.discrete, self.dim = False, int(np.prod(action_space.shape))
-        else:
-            raise ConfigError(f"this objective needs the env's action space (Discrete or Box), got {action_space}; "
-                              "build it with build_aux_objectives(…, action_space)")
-
-    def encode(self, actions: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(actions.long().reshape(-1), self.dim).float() if self.discrete else actions.float().flatten(1)
-
-    def loss(self, prediction: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        if self.discrete:
-            target = actions.long().reshape(-1)
-            return F.cross_entropy(prediction, target), {"accuracy": (prediction.argmax(1) == target).float().mean().item()}
-        return F.mse_loss(prediction, actions.float().flatten(1)), {}
-
-
 @OBJECTIVES.register("spr", modalities=(OBS,))
 class SPR(_MomentumRL):
     """Self-Predictive Representations, one step (Schwarzer et al. 2021): predict the next latent from (z_t, a_t).
@@ -172,7 +150,7 @@ class SPR(_MomentumRL):
                  augment: str | None = None, augment_kwargs: dict | None = None):
         super().__init__(encoders, modality, momentum, augment, augment_kwargs)
         dim = encoders[self.modality].dim
-        self.actions = ActionCoder(action_space)
+        self.actions = ActionCodec(action_space, f"objective {self.registry_name!r}")
         self.transition = nn.Sequential(nn.Linear(dim + self.actions.dim, hidden_dim), nn.ReLU(),
                                         nn.Linear(hidden_dim, dim))
         self.projector = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, projection_dim))
@@ -210,8 +188,8 @@ class InverseDynamics(Objective):
                  hidden_dim: int = 256, augment: str | None = "identity", augment_kwargs: dict | None = None):
         super().__init__(encoders, modality)
         dim = encoders[self.modality].dim
-        self.actions = ActionCoder(action_space)
-        self.head = nn.Sequential(nn.Linear(2 * dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, self.actions.dim))
+        self.actions = ActionCodec(action_space, f"objective {self.registry_name!r}")
+        self.head = InverseDynamicsHead(dim, self.actions, hidden_dim)
         self.augment = self.build_augment(augment, augment_kwargs)
 
     def forward(self, batch: Batch, encoders: Mapping[str, Encoder]) -> ObjectiveOutput:
@@ -219,8 +197,8 @@ class InverseDynamics(Objective):
         encoder = encoders[self.modality]
         both = encoder(self.augment(_cat(x, x_next))).pooled
         z, z_next = both.chunk(2)
-        loss, metrics = self.actions.loss(self.head(torch.cat([z, z_next], dim=1)), _transition(self, batch, "actions"))
-        return ObjectiveOutput(loss, metrics)
+        prediction, actions = self.head(z, z_next), _transition(self, batch, "actions")
+        return ObjectiveOutput(self.actions.loss(prediction, actions), self.actions.metrics(prediction, actions))
 
 
 @OBJECTIVES.register("obs_reconstruction", modalities=(OBS,))

@@ -34,6 +34,7 @@ from torch import nn
 
 from mmssl.encoders.obs import encoder_for_space
 from mmssl.errors import ConfigError, ShapeError
+from mmssl.rl.actions import ActionCodec, InverseDynamicsHead
 from mmssl.rl.normalize import RunningMeanStd  # noqa: F401  (re-exported for the rewards)
 from mmssl.rl.storage import Obs, Rollout, flatten_obs
 
@@ -129,30 +130,6 @@ class Pooled(nn.Module):
         return self.encoder(x).pooled
 
 
-class ActionCodec:
-    """Actions as network inputs (one-hot for Discrete, flat floats for Box) and the inverse-model loss."""
-
-    def __init__(self, space: gym.Space):
-        if isinstance(space, gym.spaces.Discrete):
-            self.discrete, self.dim = True, int(space.n)
-        elif isinstance(space, gym.spaces.Box):
-            self.discrete, self.dim = False, int(np.prod(space.shape))
-        else:
-            raise ConfigError(f"intrinsic rewards support Discrete or Box action spaces, not {space}")
-
-    def encode(self, actions: torch.Tensor) -> torch.Tensor:
-        """(B,) or (B, *shape) actions → (B, dim) float."""
-        if self.discrete:
-            return F.one_hot(actions.long().reshape(-1), self.dim).float()
-        return actions.float().reshape(len(actions), -1)
-
-    def inverse_loss(self, prediction: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over discrete actions, MSE for continuous ones."""
-        if self.discrete:
-            return F.cross_entropy(prediction, actions.long().reshape(-1))
-        return F.mse_loss(prediction, self.encode(actions))
-
-
 class IntrinsicReward(nn.Module):
     """Base class of every exploration bonus; see the module docstring for the lifecycle.
 
@@ -189,7 +166,7 @@ class IntrinsicReward(nn.Module):
             # the space the encoder reads, for encoder_for_space's dry run (valid grid ids: 0..2)
             self.input_space = (gym.spaces.Box(0, 2, shape, np.int64) if self.grid
                                 else gym.spaces.Box(-1.0, 1.0, shape, np.float32))
-        self.actions = ActionCodec(action_space)
+        self.actions = ActionCodec(action_space, f"intrinsic reward {self.name!r}")
         self.register_buffer("coef", torch.tensor(float(coef), dtype=torch.float64))
         self.coef_decay = coef_decay
         self.bonus_stats = RunningMeanStd()
@@ -245,13 +222,19 @@ class IntrinsicReward(nn.Module):
     def make_optimizer(self, modules: list[nn.Module]) -> None:
         self.optimizer = torch.optim.Adam([p for m in modules for p in m.parameters()], lr=self.lr)
 
+    def make_inverse_dynamics(self) -> None:
+        """``self.embedding`` φ: input → (B, embed_dim), and ``self.inverse`` g(φ(s_t), φ(s_{t+1})) ≈ a_t
+        that trains it, so φ keeps what the agent controls (ICM, E3B, NGU)."""
+        self.embedding = self.make_encoder()
+        self.inverse = InverseDynamicsHead(self.embed_dim, self.actions, hidden_dim=64)
+
     def fit_inverse(self, rollout: Rollout, metric: str) -> dict[str, float]:
-        """Train ``self.inverse`` (an inverse-dynamics model) on the rollout's transitions (E3B, NGU)."""
+        """Train ``self.embedding`` through ``self.inverse`` on the rollout's transitions (E3B, NGU)."""
         x, next_x = self.rollout_inputs(rollout, next_=False), self.rollout_inputs(rollout)
         actions = rollout.actions.flatten(0, 1)
 
         def loss_fn(idx):
-            loss = self.inverse.loss(self.inverse(x[idx]), self.inverse(next_x[idx]), actions[idx])
+            loss = self.inverse.loss(self.embedding(x[idx]), self.embedding(next_x[idx]), actions[idx])
             return loss, {metric: loss.item()}
 
         return self.fit(loss_fn, len(x))
