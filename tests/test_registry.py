@@ -1,3 +1,5 @@
+import inspect
+
 import pytest
 
 from mmssl.errors import ConfigError
@@ -59,3 +61,40 @@ def test_list_unknown_kind(capsys):
 
     assert main(["list", "objectivs"]) == 2
     assert "did you mean 'objectives'" in capsys.readouterr().err
+
+
+def test_parameters_follow_kwargs_to_the_base_and_stop_at_a_pass_through():
+    """``**kwargs`` forwarded to ``super().__init__`` reads as the base's parameters (own defaults win);
+    a ``**kwargs`` that only reaches a ``(*args, **kwargs)`` constructor accepts any key."""
+    from mmssl.registry import parameters
+
+    reg = Registry("thing")
+
+    class Base:
+        def __init__(self, size: int, *, scale: float = 1.0, mode: str = "a"):
+            self.size, self.scale, self.mode = size, scale, mode
+
+    class Middle(Base):
+        def __init__(self, size: int, depth: int = 2, **common):
+            super().__init__(size, **common)
+
+    @reg.register("leaf")
+    class Leaf(Middle):
+        def __init__(self, size: int, mode: str = "b", **common):
+            super().__init__(size, mode=mode, **common)
+
+    @reg.register("open")
+    class Open(dict):  # dict's constructor is a pass-through
+        def __init__(self, width: int = 1, **kwargs):
+            super().__init__(**kwargs)
+
+    assert [(p.name, p.default) for p in parameters(Leaf)] == [
+        ("size", inspect.Parameter.empty), ("mode", "b"), ("depth", 2), ("scale", 1.0)]
+    assert not hasattr(Leaf.__init__, "__signature__")  # read, not rewritten
+    assert reg.build("leaf", 3, scale=2.0, depth=1).scale == 2.0
+    with pytest.raises(ConfigError, match=r"no option 'scal' \(did you mean 'scale'\?\)"):
+        reg.build("leaf", 3, scal=2.0)
+    with pytest.raises(ConfigError, match=r"option 'scale' must be float, got 'big'"):
+        reg.build("leaf", 3, scale="big")
+    assert reg.build("open", colour="red")["colour"] == "red"
+    assert parameters(Open)[-1].kind is inspect.Parameter.VAR_KEYWORD

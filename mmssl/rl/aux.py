@@ -10,7 +10,6 @@ with ``augment: random_shift``) as well as the RL-specific ones below, which rea
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 
 import gymnasium as gym
@@ -255,7 +254,7 @@ def build_aux_objectives(spec: Mapping | None, encoders: Mapping[str, Encoder], 
         if not isinstance(node, Mapping) or "name" not in node:
             raise ConfigError(f"objective.{slot} needs a 'name' (`mmssl list objectives`)")
         kwargs = registry_kwargs(node, RUN_KEYS)
-        accepted = inspect.signature(OBJECTIVES.get(node["name"]).obj.__init__).parameters
+        accepted = {p.name for p in OBJECTIVES.parameters(node["name"])}
         if "modality" in accepted:
             kwargs.setdefault("modality", OBS)
         if "action_space" in accepted:

@@ -22,7 +22,6 @@ vectors, a small CNN for pixels / MiniGrid grids). Dict observations are read at
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 
@@ -141,7 +140,9 @@ class IntrinsicReward(nn.Module):
     discounted intrinsic return ``R_t = γ R_{t-1} + r_t``), ``gamma`` (that filter's discount),
     ``use_agent_features``, ``obs_key``, ``encoder`` (an ``ENCODERS`` spec ``{name, **options}`` for the
     reward's own networks; default from the space, see ``default_encoder_spec``), ``embed_dim``, ``lr``,
-    ``update_epochs``, ``batch_size``.
+    ``update_epochs``, ``batch_size``. A reward takes its own options and forwards ``**common`` here;
+    one whose default differs declares that option itself (RND: ``normalise="return"``), and the
+    registry reads both signatures together (``mmssl.registry.parameters``).
     """
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, num_envs: int, *,
@@ -175,23 +176,6 @@ class IntrinsicReward(nn.Module):
         self._watched: list[torch.Tensor] = []
         self._last: dict[str, float] = {}
         self.optimizer: torch.optim.Optimizer | None = None
-
-    # Subclasses take ``**common`` and forward it here; merging this signature into theirs keeps
-    # ``INTRINSIC_REWARDS.build`` checking every key (a typo fails with "did you mean …").
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is None:
-            return
-        own = inspect.signature(init)
-        params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        if len(params) == len(own.parameters):
-            return
-        names = {p.name for p in params}
-        base = inspect.signature(IntrinsicReward.__init__).parameters.values()
-        params += [p for p in base if p.kind is p.KEYWORD_ONLY and p.name not in names]
-        init.__signature__ = own.replace(parameters=params)
-        init.__annotations__ = {**IntrinsicReward.__init__.__annotations__, **init.__annotations__}
 
     # -- building blocks for subclasses ---------------------------------------------------------
     def make_encoder(self, dim: int | None = None) -> nn.Module:
