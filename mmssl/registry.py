@@ -71,7 +71,11 @@ class Registry:
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, modalities: tuple[str, ...] | None = None, sequence: bool = False):
-        """Class decorator: ``@REG.register("name", modalities=("image",))``."""
+        """Class decorator: ``@REG.register("name", modalities=("image",))``.
+
+        ``modalities`` (what the entry reads) and ``sequence`` (whether it reads (B, T, ...) sequences) are
+        declared here, once, and set on the class; a class registered without them keeps what it inherits.
+        """
 
         def decorator(obj):
             old = self._entries.get(name)
@@ -81,8 +85,11 @@ class Registry:
             self._entries[name] = Entry(name, obj, tuple(mods), sequence or bool(getattr(obj, "sequence", False)))
             if inspect.isclass(obj):
                 obj.registry_name = name
-                if modalities is not None:  # declared once, in the decorator: the class reads the same tuple
+                # declared once, in the decorator: the class reads the same facts (Objective.resolve_modality)
+                if modalities is not None:
                     obj.modalities = tuple(modalities)
+                if sequence:
+                    obj.sequence = True
             return obj
 
         return decorator

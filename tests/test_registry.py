@@ -51,9 +51,30 @@ def test_list_cli_prints_every_objective(capsys):
 
     assert main(["list", "objectives"]) == 0
     out = capsys.readouterr().out
-    for name in ("simclr", "byol"):
-        assert name in out
-    assert "image" in out and "NT-Xent" in out or "InfoNCE" in out
+    rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines()[1:] if line.strip()}
+    assert rows["simclr"] == ["image,audio,text,obs", "no"] and "NT-Xent" in out
+    assert rows["cpc"][1] == "yes" and rows["spr"] == ["obs", "no"] and rows["mae"][0] == "image,audio"
+    assert set(rows) == set(OBJECTIVES.names())
+
+
+def test_modalities_are_declared_once_in_the_decorator():
+    """The class reads the decorator's modalities and sequence; no objective repeats them in its body."""
+    import ast
+    from pathlib import Path
+
+    import mmssl.objectives
+    import mmssl.rl.aux
+
+    for entry in OBJECTIVES:
+        assert entry.modalities and entry.obj.modalities == entry.modalities, entry.name
+        assert entry.obj.sequence == entry.sequence, entry.name
+    files = [*Path(mmssl.objectives.__file__).parent.glob("*.py"), Path(mmssl.rl.aux.__file__)]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.name != "Objective":
+                targets = [t.id for s in node.body if isinstance(s, ast.Assign | ast.AnnAssign)
+                           for t in (s.targets if isinstance(s, ast.Assign) else [s.target]) if isinstance(t, ast.Name)]
+                assert not {"modalities", "sequence"} & set(targets), f"{path.name}: {node.name}"
 
 
 def test_list_unknown_kind(capsys):

@@ -96,8 +96,6 @@ class Data2Vec(Objective):
     (``ema_transformer_only``); here the whole encoder is averaged.
     """
 
-    modalities = ("image", "audio", "text")
-
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, top_k: int = 3,
                  mask_ratio: float = 0.6, mask_prob: float = 0.15, momentum: float = 0.999,
                  momentum_end: float = 0.9999, loss_beta: float = 0.0, instance_norm: bool = True,

@@ -88,8 +88,6 @@ class MaskedImage(Objective):
     (``normalize_target``: per-patch standardised targets, MAE's norm-pix loss).
     """
 
-    modalities = ("image",)
-
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, mask_ratio: float = 0.6,
                  target_patch_size: int = 4, normalize_target: bool = False, augment: str | None = "identity",
                  augment_kwargs: dict | None = None):
@@ -143,8 +141,6 @@ class MaskedText(Objective):
     to the encoder's ``mask_token_id`` when it declares one, else ``pad_id``. ``pad_id`` and
     ``special_ids`` (start/end of text) are never chosen.
     """
-
-    modalities = ("text",)
 
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, vocab_size: int = 49408,
                  mask_prob: float = 0.15, mask_id: int | None = None, pad_id: int = 0,
@@ -213,8 +209,6 @@ class MaskedAudio(Objective):
     ``normalize_target`` standardises each sample's target spectrogram.
     """
 
-    modalities = ("audio",)
-
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, time_masks: int = 2,
                  time_mask_width: int = 10, freq_masks: int = 2, freq_mask_width: int = 8,
                  normalize_target: bool = True, augment: str | None = "identity", augment_kwargs: dict | None = None):
@@ -271,8 +265,6 @@ class Rotation(Objective):
     classifies the rotation: ``L = CE(head(f(rot_k x)), k)``. Images must be square.
     """
 
-    modalities = ("image",)
-
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, hidden_dim: int = 256,
                  augment: str | None = "identity", augment_kwargs: dict | None = None):
         super().__init__(encoders, modality)
@@ -299,8 +291,6 @@ class Colorization(Objective):
     ``x - g`` (3·p² values, image resized to the grid × ``target_patch_size``): ``L = mean ‖ĉ - (x - g)‖²``.
     ``chroma_energy`` (the loss of always predicting grey) is logged for comparison.
     """
-
-    modalities = ("image",)
 
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, target_patch_size: int = 4,
                  augment: str | None = "identity", augment_kwargs: dict | None = None):

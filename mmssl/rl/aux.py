@@ -57,8 +57,6 @@ def _transition(objective: Objective, batch: Batch, key: str) -> torch.Tensor:
 class _MomentumRL(Objective):
     """Shared parts: a momentum (EMA) copy of the encoder and ``augment`` views (default ``random_shift``)."""
 
-    modalities = (OBS,)
-
     def __init__(self, encoders, modality, momentum, augment, augment_kwargs):
         super().__init__(encoders, modality)
         if not 0.0 <= momentum <= 1.0:
@@ -181,8 +179,6 @@ class InverseDynamics(Objective):
     features towards what the agent controls.
     """
 
-    modalities = (OBS,)
-
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, action_space=None,
                  hidden_dim: int = 256, augment: str | None = "identity", augment_kwargs: dict | None = None):
         super().__init__(encoders, modality)
@@ -208,8 +204,6 @@ class ObsReconstruction(Objective):
     ``latent_penalty`` (SAC-AE's L2 on the latent). uint8 observations are targets in [0, 1]; vector
     observations are reconstructed as given (normalised when the run normalises them).
     """
-
-    modalities = (OBS,)
 
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, obs_shape: list[int] | None = None,
                  hidden_dim: int = 256, latent_penalty: float = 1e-6):
