@@ -203,6 +203,10 @@ class IntrinsicReward(nn.Module):
         feats = rollout.next_features if next_ else rollout.features
         return self.inputs(flatten_obs(obs), None if feats is None else feats.flatten(0, 1))
 
+    def transitions(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(T·N, ...) network inputs of ``obs`` and ``next_obs`` and the (T·N, ...) actions between them."""
+        return self.rollout_inputs(rollout, next_=False), self.rollout_inputs(rollout), rollout.actions.flatten(0, 1)
+
     def make_optimizer(self, modules: list[nn.Module]) -> None:
         self.optimizer = torch.optim.Adam([p for m in modules for p in m.parameters()], lr=self.lr)
 
@@ -214,8 +218,7 @@ class IntrinsicReward(nn.Module):
 
     def fit_inverse(self, rollout: Rollout, metric: str) -> dict[str, float]:
         """Train ``self.embedding`` through ``self.inverse`` on the rollout's transitions (E3B, NGU)."""
-        x, next_x = self.rollout_inputs(rollout, next_=False), self.rollout_inputs(rollout)
-        actions = rollout.actions.flatten(0, 1)
+        x, next_x, actions = self.transitions(rollout)
 
         def loss_fn(idx):
             loss = self.inverse.loss(self.embedding(x[idx]), self.embedding(next_x[idx]), actions[idx])

@@ -37,12 +37,10 @@ class ICM(IntrinsicReward):
         return 0.5 * (predicted - next_phi.detach()).square().sum(-1), phi, next_phi
 
     def batch_bonus(self, rollout: Rollout) -> torch.Tensor:
-        x, next_x = self.rollout_inputs(rollout, next_=False), self.rollout_inputs(rollout)
-        return self.errors(x, next_x, rollout.actions.flatten(0, 1))[0].reshape(rollout.shape)
+        return self.errors(*self.transitions(rollout))[0].reshape(rollout.shape)
 
     def learn(self, rollout: Rollout) -> dict[str, float]:
-        x, next_x = self.rollout_inputs(rollout, next_=False), self.rollout_inputs(rollout)
-        actions = rollout.actions.flatten(0, 1)
+        x, next_x, actions = self.transitions(rollout)
 
         def loss_fn(idx):
             forward_err, phi, next_phi = self.errors(x[idx], next_x[idx], actions[idx])
