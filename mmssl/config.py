@@ -106,12 +106,11 @@ def store_registry_configs() -> None:
 
 def constructor_defaults(obj) -> dict:
     """The keyword defaults of a registered class or factory that a config can hold (plain data only)."""
-    import inspect
+    from mmssl.registry import parameters
 
-    target = obj.__init__ if inspect.isclass(obj) else obj
     out = {}
-    for p in inspect.signature(target).parameters.values():
-        if p.name == "self" or p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) or p.default is p.empty:
+    for p in parameters(obj):
+        if p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) or p.default is p.empty:
             continue
         if _plain(p.default):
             out[p.name] = list(p.default) if isinstance(p.default, tuple) else p.default

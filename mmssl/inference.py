@@ -19,7 +19,6 @@ rather than inside training machinery; exports carry it as ``joint.safetensors``
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from torch import nn
 
 from mmssl.encoders.heads import mlp
 from mmssl.errors import ConfigError, DataError, MMSSLError
+from mmssl.registry import parameters
 from mmssl.train import checkpoint
 from mmssl.types import AUDIO, IMAGE, TEXT
 
@@ -97,7 +97,7 @@ class JointSpace(nn.Module):
     @classmethod
     def from_objective(cls, objective: nn.Module, node: Mapping, encoders: Mapping[str, nn.Module]) -> JointSpace:
         """The heads and scales of a trained binding objective (``node``: its config entry), weights copied."""
-        defaults = {k: p.default for k, p in inspect.signature(type(objective).__init__).parameters.items()}
+        defaults = {p.name: p.default for p in parameters(type(objective))}
         spec = {"objective": str(node["name"]), "modalities": list(objective.projections),
                 "pairs": list(objective.log_scales), "biases": len(getattr(objective, "biases", {})) > 0,
                 "input_dims": {m: int(encoders[m].dim) for m in objective.projections}}

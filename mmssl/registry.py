@@ -2,7 +2,8 @@
 
 ``@OBJECTIVES.register("simclr")`` on a class makes ``OBJECTIVES.build("simclr", temperature=0.2)``
 work. ``build`` checks keyword names and simple types against the constructor's signature, so a typo
-in a config fails before any work starts, naming the bad key and listing the accepted ones.
+in a config fails before any work starts, naming the bad key and listing the accepted ones. A
+constructor's ``**kwargs`` forwarded to its base reads as the base's options (``parameters``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,11 @@ class Registry:
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, modalities: tuple[str, ...] | None = None, sequence: bool = False):
-        """Class decorator: ``@REG.register("name", modalities=("image",))``."""
+        """Class decorator: ``@REG.register("name", modalities=("image",))``.
+
+        ``modalities`` (what the entry reads) and ``sequence`` (whether it reads (B, T, ...) sequences) are
+        declared here, once, and set on the class; a class registered without them keeps what it inherits.
+        """
 
         def decorator(obj):
             old = self._entries.get(name)
@@ -80,8 +85,11 @@ class Registry:
             self._entries[name] = Entry(name, obj, tuple(mods), sequence or bool(getattr(obj, "sequence", False)))
             if inspect.isclass(obj):
                 obj.registry_name = name
-                if modalities is not None:  # declared once, in the decorator: the class reads the same tuple
+                # declared once, in the decorator: the class reads the same facts (Objective.resolve_modality)
+                if modalities is not None:
                     obj.modalities = tuple(modalities)
+                if sequence:
+                    obj.sequence = True
             return obj
 
         return decorator
@@ -109,15 +117,15 @@ class Registry:
         self.check_kwargs(name, kwargs, positional=len(args))
         return entry.obj(*args, **kwargs)
 
+    def parameters(self, name: str) -> list[inspect.Parameter]:
+        """The constructor parameters of ``name`` as ``build`` reads them (see ``parameters``)."""
+        return parameters(self.get(name).obj)
+
     def check_kwargs(self, name: str, kwargs: dict, positional: int = 0) -> None:
-        entry = self.get(name)
-        target = entry.obj.__init__ if inspect.isclass(entry.obj) else entry.obj
-        sig = inspect.signature(target)
-        params = [p for p in sig.parameters.values() if p.name != "self"]
+        params = self.parameters(name)
         if any(p.kind is p.VAR_KEYWORD for p in params):
             return
-        hints = _hints(target)
-        accepted = [p.name for p in params[positional:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        accepted = [p.name for p in params[positional:] if p.kind in _KEYWORD]
         for key, value in kwargs.items():
             if key not in accepted:
                 close = difflib.get_close_matches(key, accepted, n=1)
@@ -125,7 +133,7 @@ class Registry:
                 raise ConfigError(
                     f"{self.kind} {name!r} has no option {key!r}{hint}; accepted: {', '.join(accepted) or 'none'}"
                 )
-            annotation = hints.get(key, inspect.Parameter.empty)
+            annotation = next(p.annotation for p in params if p.name == key)
             if not _type_ok(value, annotation):
                 raise ConfigError(
                     f"{self.kind} {name!r} option {key!r} must be {_type_name(annotation)}, got {value!r}"
@@ -133,10 +141,51 @@ class Registry:
         missing = [
             p.name
             for p in params[positional:]
-            if p.default is p.empty and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in kwargs
+            if p.default is p.empty and p.kind in _KEYWORD and p.name not in kwargs
         ]
         if missing:
             raise ConfigError(f"{self.kind} {name!r} needs option(s) {', '.join(missing)}")
+
+
+_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def parameters(obj: Callable) -> list[inspect.Parameter]:
+    """The parameters of a registered class's constructor (``self`` left out) or of a factory, with their
+    annotations resolved to types (``inspect.Parameter.empty`` where a forward reference does not resolve).
+
+    A class constructor's ``**kwargs`` is read as forwarded to its base (``super().__init__(…, **kwargs)``,
+    as every intrinsic reward forwards ``**common`` to ``IntrinsicReward``): the next constructor up the
+    MRO adds, as keyword-only, the parameters the class does not name itself, and so on while each
+    forwards ``**kwargs`` again. A ``**kwargs`` that reaches no concrete signature (a factory's, or a
+    pass-through ``(*args, **kwargs)`` such as ``nn.Module``'s) is kept: any key is accepted.
+    """
+    if not inspect.isclass(obj):
+        return _resolved(obj)
+    out: list[inspect.Parameter] = []
+    inits = [vars(klass)["__init__"] for klass in obj.__mro__ if "__init__" in vars(klass)]
+    for depth, init in enumerate(inits):
+        own = _resolved(init)[1:]  # without self
+        if all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in own):
+            break  # a pass-through constructor: the **kwargs stays open
+        if depth == 0:
+            out = own
+        else:
+            named = {p.name for p in out}
+            out += [p.replace(kind=p.KEYWORD_ONLY) for p in own if p.kind in _KEYWORD and p.name not in named]
+        if not any(p.kind is p.VAR_KEYWORD for p in own):
+            return [p for p in out if p.kind is not p.VAR_KEYWORD]
+    return [p for p in out if p.kind is not p.VAR_KEYWORD] + [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]
+
+
+def _resolved(fn: Callable) -> list[inspect.Parameter]:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: read as (*args, **kwargs)
+        return [inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+                inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]
+    hints = _hints(fn)
+    return [p.replace(annotation=hints.get(p.name, inspect.Parameter.empty)) for p in sig.parameters.values()]
 
 
 def _qualname(obj) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -61,7 +60,3 @@ class Batch:
             None if self.labels is None else move(self.labels),
             {k: move(v) if torch.is_tensor(v) else v for k, v in self.extra.items()},
         )
-
-    @staticmethod
-    def of(mapping: Mapping[str, torch.Tensor], labels: torch.Tensor | None = None) -> Batch:
-        return Batch(dict(mapping), labels)

@@ -9,7 +9,6 @@ and checking, with a dry run, that encoder and space fit; when they do not, the 
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections.abc import Mapping
 
@@ -300,7 +299,7 @@ def _fill_from_space(space: gym.Space, spec: dict) -> dict:
                               f"its keys are {sorted(space.spaces)}")
         spec["encoders"] = {k: _fill_from_space(space.spaces[k], v) for k, v in subs.items()}
         return spec
-    accepted = set(inspect.signature(ENCODERS.get(name).obj.__init__).parameters)
+    accepted = {p.name for p in ENCODERS.parameters(name)}
     shape = tuple(getattr(space, "shape", None) or ())
     guesses: dict = {}
     if isinstance(space, gym.spaces.Discrete):

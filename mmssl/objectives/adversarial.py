@@ -89,8 +89,6 @@ def bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
 class _Adversarial(Objective):
     """Owns a discriminator that only its internal Adam trains (see the module docstring)."""
 
-    modalities = ("image",)
-
     def __init__(self, encoders, modality, image_size: int, discriminator_lr: float,
                  discriminator_betas: tuple[float, float], augment, augment_kwargs):
         super().__init__(encoders, modality)

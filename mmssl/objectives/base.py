@@ -1,7 +1,8 @@
 """The Objective contract.
 
-An objective is an ``nn.Module`` registered by name. It declares the modalities it can read
-(``modalities``) and whether it reads sequences (``sequence``); it owns its heads (projector,
+An objective is an ``nn.Module`` registered by name; the decorator declares the modalities it can read
+and whether it reads sequences, ``@OBJECTIVES.register("simclr", modalities=(...), sequence=False)``,
+and sets them as the class's ``modalities`` and ``sequence``. It owns its heads (projector,
 predictor, decoder, momentum copies) and its view-making augmentation; ``forward(batch, encoders)``
 returns ``ObjectiveOutput(loss, metrics)``.
 

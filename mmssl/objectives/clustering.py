@@ -31,8 +31,6 @@ MODALITIES = ("image", "audio", "text", "obs")
 class _MultiCropEmbeddings(Objective):
     """Views (2 global + local crops) → encoder → projector → unit embeddings (V·B, P)."""
 
-    modalities = MODALITIES
-
     def __init__(self, encoders, modality, projection_dim, hidden_dim, temperature, augment, augment_kwargs, multi_crop):
         super().__init__(encoders, modality)
         if temperature <= 0:

@@ -107,8 +107,6 @@ class SimCLR(Objective):
     the lr to match). Official τ: 0.5 on CIFAR-10, 0.1 on ImageNet with large batches.
     """
 
-    modalities = ("image", "audio", "text", "obs")
-
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, temperature: float = 0.2,
                  projection_dim: int = 128, hidden_dim: int = 512, projection_layers: int = 2,
                  augment: str | None = None, augment_kwargs: dict | None = None):
@@ -147,8 +145,6 @@ class DCL(SimCLR):
 
 class _Momentum(Objective):
     """Shared MoCo parts: online projector, frozen momentum copies of encoder and projector, view pairs."""
-
-    modalities = ("image", "audio", "text", "obs")
 
     def __init__(self, encoders, modality, temperature, projector, momentum, augment, augment_kwargs):
         super().__init__(encoders, modality)
@@ -315,8 +311,6 @@ class Triplet(Objective):
     else the sample index (the two views are the positives).
     Embeddings and identities are gathered over ranks. See ``semi_hard_triplet_loss`` for the formula.
     """
-
-    modalities = ("image", "audio", "text", "obs")
 
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, margin: float = 0.2,
                  projection_dim: int = 128, hidden_dim: int = 512, use_labels: bool = True,

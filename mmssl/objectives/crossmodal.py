@@ -89,8 +89,6 @@ class _Binding(Objective):
     (a same-label item retrieved, when the batch has labels) and the temperature.
     """
 
-    modalities = ("image", "audio", "text", "obs")
-
     def __init__(self, encoders: Mapping[str, Encoder], modalities: list[str] | None = None,
                  projection_dim: int = 128, hidden_dim: int = 256, projection_layers: int = 2,
                  temperature: float = 0.07, learn_temperature: bool = True, augment: bool = False,

@@ -16,7 +16,7 @@ from mmssl.encoders.vit import require_patch_encoder
 from mmssl.errors import ConfigError
 from mmssl.objectives.base import Objective, ema_update
 from mmssl.objectives.mae import at_least_float32
-from mmssl.objectives.predictive import random_token_mask
+from mmssl.objectives.predictive import BertMasking, random_token_mask
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput
 
@@ -85,8 +85,8 @@ class Data2Vec(Objective):
     ``instance_norm_target_layer``). The student f_θ reads the masked input — image/spectrogram patches
     with a learnt mask embedding in place of the masked patch embeddings (``mask_ratio`` random patches;
     data2vec's block-wise image masking and span masking for speech are not used), text with BERT's
-    80/10/10 corruption of ``mask_prob`` of the ordinary tokens — and a linear head regresses y at the
-    masked positions M:
+    80/10/10 corruption of ``mask_prob`` of the ordinary tokens (``BertMasking``) — and a linear head
+    regresses y at the masked positions M:
 
         L = (1/|M|) Σ_{i∈M} Σ_d ℓ(h(f_θ(x̃))_id, y_id) / √D,   ℓ = squared error (``loss_beta = 0``) or smooth-L1_β
 
@@ -95,8 +95,6 @@ class Data2Vec(Objective):
     over ``ema_anneal_end_step``). The official code shares the feature extractor with the teacher
     (``ema_transformer_only``); here the whole encoder is averaged.
     """
-
-    modalities = ("image", "audio", "text")
 
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, top_k: int = 3,
                  mask_ratio: float = 0.6, mask_prob: float = 0.15, momentum: float = 0.999,
@@ -123,11 +121,8 @@ class Data2Vec(Objective):
             self.mask_token = nn.Parameter(torch.zeros(1, 1, getattr(encoder, "token_width", encoder.dim)))
             nn.init.normal_(self.mask_token, std=0.02)
         else:
-            self.mask_id = mask_id if mask_id is not None else int(getattr(encoder, "mask_token_id", pad_id))
-            self.register_buffer("special_ids", torch.tensor([pad_id, *special_ids], dtype=torch.long), persistent=False)
-            ordinary = torch.ones(vocab_size, dtype=torch.bool)
-            ordinary[[i for i in (pad_id, *special_ids) if 0 <= i < vocab_size]] = False
-            self.register_buffer("ordinary_ids", ordinary.nonzero().squeeze(1), persistent=False)
+            mask_id = mask_id if mask_id is not None else int(getattr(encoder, "mask_token_id", pad_id))
+            self.masking = BertMasking(vocab_size, mask_prob, mask_id, pad_id, special_ids)
         width = ffns[-1].out_features if isinstance(ffns[-1], nn.Linear) else ffns[-1].c_proj.out_features
         self.top_k, self.mask_ratio, self.mask_prob, self.loss_beta = top_k, mask_ratio, mask_prob, loss_beta
         self.instance_norm = instance_norm
@@ -137,23 +132,10 @@ class Data2Vec(Objective):
         self.augment = self.build_augment(augment, augment_kwargs)
 
     # -- students' inputs ----------------------------------------------------------------------------
-    def corrupt_text(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L) ids → (corrupted ids, chosen (B, L) bool): ``round(mask_prob·n)`` (≥ 1) of each row's n ordinary
-        tokens chosen; of those 80 % become ``mask_id``, 10 % a random ordinary id, 10 % stay."""
-        maskable = ~torch.isin(ids, self.special_ids)
-        count = maskable.sum(1, keepdim=True)
-        k = (count.float() * self.mask_prob).round().clamp(min=1).minimum(count)
-        scores = torch.rand(ids.shape, device=ids.device).masked_fill(~maskable, 2.0)
-        chosen = (scores.argsort(1).argsort(1) < k) & maskable
-        draw = torch.rand(ids.shape, device=ids.device)
-        out = ids.masked_fill(chosen & (draw < 0.8), self.mask_id)
-        random_ids = self.ordinary_ids[torch.randint(0, len(self.ordinary_ids), ids.shape, device=ids.device)]
-        return torch.where(chosen & (draw >= 0.8) & (draw < 0.9), random_ids, out), chosen
-
     def student(self, x: torch.Tensor, encoder: Encoder) -> tuple[torch.Tensor, torch.Tensor]:
         """The student's output tokens (B, N, D) on the masked input and the mask (B, N) bool."""
         if not self.patches:
-            corrupted, chosen = self.corrupt_text(x.long())
+            corrupted, chosen = self.masking(x.long())
             return encoder(corrupted).tokens, chosen
         e = encoder.embed(x)
         b, n, _ = e.tokens.shape

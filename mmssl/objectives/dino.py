@@ -95,8 +95,6 @@ class DINO(Objective):
     not reproduced (all views share one augmentation pipeline).
     """
 
-    modalities = ("image", "audio", "obs")
-
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, out_dim: int = 65536,
                  hidden_dim: int = 2048, bottleneck_dim: int = 256, norm_last_layer: bool = True,
                  student_temp: float = 0.1, teacher_temp: float = 0.04, warmup_teacher_temp: float = 0.04,

@@ -34,8 +34,6 @@ def _obs_size(encoder: Encoder, obs_dim: int | None) -> int:
 class _Reconstruction(Objective):
     """Shared parts: target shape, decoder and the per-sample reconstruction error."""
 
-    modalities = ("image", "obs")
-
     def __init__(self, encoders, modality, latent_dim, hidden_dim, image_size, obs_dim, augment, augment_kwargs):
         super().__init__(encoders, modality)
         encoder = encoders[self.modality]

@@ -94,8 +94,6 @@ class IJEPA(Objective):
     audio-specific (time-frequency) masking as in A-JEPA is not implemented.
     """
 
-    modalities = ("image", "audio")
-
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, predictor_width: int = 32,
                  predictor_depth: int = 2, predictor_heads: int = 4, num_targets: int = 4,
                  target_scale: list[float] = (0.15, 0.2), target_aspect: list[float] = (0.75, 1.5),

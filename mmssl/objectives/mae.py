@@ -83,8 +83,6 @@ class MAE(Objective):
     is global, as in image MAE.
     """
 
-    modalities = ("image", "audio")
-
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, mask_ratio: float = 0.75,
                  decoder_width: int = 64, decoder_depth: int = 2, decoder_heads: int = 4,
                  normalize_target: bool = True, augment: str | None = "identity", augment_kwargs: dict | None = None):

@@ -39,8 +39,6 @@ class NNCLR(Objective):
     4096, Q 98304); the authors released no code, so there is no official code to follow.
     """
 
-    modalities = ("image", "audio", "text", "obs")
-
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, temperature: float = 0.1,
                  projection_dim: int = 256, hidden_dim: int = 2048, predictor_hidden_dim: int = 4096,
                  queue_size: int = 98304, augment: str | None = None, augment_kwargs: dict | None = None):

@@ -31,8 +31,6 @@ class BYOL(Objective):
     averaged; its base τ is 0.996 (the default 0.99 here suits runs of a few hundred steps).
     """
 
-    modalities = ("image", "audio", "text", "obs")
-
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, projection_dim: int = 128,
                  hidden_dim: int = 512, momentum: float = 0.99, augment: str | None = None,
                  augment_kwargs: dict | None = None):
@@ -66,8 +64,6 @@ class BYOL(Objective):
 
 class _TwoViews(Objective):
     """Two augmented views → encoder → projector: the shared front of SimSiam, Barlow Twins and VICReg."""
-
-    modalities = ("image", "audio", "text", "obs")
 
     def __init__(self, encoders, modality, projector_dims: tuple[int, int, int], augment, augment_kwargs,
                  last_batch_norm: bool = False):

@@ -8,7 +8,7 @@ frames. Each objective owns its small decoder/classifier head.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -88,8 +88,6 @@ class MaskedImage(Objective):
     (``normalize_target``: per-patch standardised targets, MAE's norm-pix loss).
     """
 
-    modalities = ("image",)
-
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, mask_ratio: float = 0.6,
                  target_patch_size: int = 4, normalize_target: bool = False, augment: str | None = "identity",
                  augment_kwargs: dict | None = None):
@@ -132,37 +130,22 @@ class MaskedImage(Objective):
         return ObjectiveOutput(loss, {"mask_ratio": mask.float().mean().item()})
 
 
-@OBJECTIVES.register("masked_text", modalities=("text",))
-class MaskedText(Objective):
-    """BERT-style masked-token prediction on token ids (B, L) (Devlin et al. 2019).
+class BertMasking(nn.Module):
+    """BERT's corruption of token ids (Devlin et al. 2019), for ``masked_text`` and ``data2vec`` on text.
 
-    ``mask_prob`` of the non-special positions (at least one per sequence) are chosen; of those 80% become
-    ``mask_id``, 10% a random ordinary id, 10% stay. A LayerNorm + linear head over the encoder's per-position
-    tokens (B, L, D) predicts the original ids: ``L = CE(head(h_i), x_i)`` averaged over chosen positions.
-    open_clip's vocabulary (49408 ids, the default ``vocab_size``) has no mask token: ``mask_id`` defaults
-    to the encoder's ``mask_token_id`` when it declares one, else ``pad_id``. ``pad_id`` and
-    ``special_ids`` (start/end of text) are never chosen.
+    ``round(mask_prob·n)`` (at least one) of each row's n maskable positions — all but ``pad_id`` and
+    ``special_ids`` (start/end of text) — are chosen; of those 80 % become ``mask_id``, 10 % a random
+    ordinary id (never padding or a special id), 10 % stay. ``forward(ids (B, L))`` returns
+    ``(corrupted (B, L), chosen (B, L) bool)``.
     """
 
-    modalities = ("text",)
-
-    def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, vocab_size: int = 49408,
-                 mask_prob: float = 0.15, mask_id: int | None = None, pad_id: int = 0,
-                 special_ids: list[int] = (49406, 49407), augment: str | None = "identity",
-                 augment_kwargs: dict | None = None):
-        super().__init__(encoders, modality)
-        if not 0.0 < mask_prob < 1.0:
-            raise ConfigError(f"masked_text mask_prob must be in (0, 1), got {mask_prob}")
-        encoder = encoders[self.modality]
-        self.vocab_size, self.mask_prob = vocab_size, mask_prob
-        self.mask_id = mask_id if mask_id is not None else int(getattr(encoder, "mask_token_id", pad_id))
+    def __init__(self, vocab_size: int, mask_prob: float, mask_id: int, pad_id: int, special_ids: Sequence[int]):
+        super().__init__()
+        self.mask_prob, self.mask_id = mask_prob, mask_id
         self.register_buffer("special_ids", torch.tensor([pad_id, *special_ids], dtype=torch.long), persistent=False)
-        # random replacements are ordinary ids only (never padding, start or end of text)
         ordinary = torch.ones(vocab_size, dtype=torch.bool)
         ordinary[[i for i in (pad_id, *special_ids) if 0 <= i < vocab_size]] = False
         self.register_buffer("ordinary_ids", ordinary.nonzero().squeeze(1), persistent=False)
-        self.head = nn.Sequential(nn.LayerNorm(encoder.dim), nn.Linear(encoder.dim, vocab_size))
-        self.augment = self.build_augment(augment, augment_kwargs)
 
     def choose(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, L) bool: ``round(mask_prob·n)`` (≥ 1) random positions among each row's n maskable ones."""
@@ -172,14 +155,44 @@ class MaskedText(Objective):
         scores = torch.rand(ids.shape, device=ids.device).masked_fill(~maskable, 2.0)  # unmaskable sort last
         return (scores.argsort(1).argsort(1) < k) & maskable
 
-    def forward(self, batch: Batch, encoders: Mapping[str, Encoder]) -> ObjectiveOutput:
-        encoder = encoders[self.modality]
-        ids = self.augment(self.inputs(batch)).long()
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         chosen = self.choose(ids)
         draw = torch.rand(ids.shape, device=ids.device)
         corrupted = ids.masked_fill(chosen & (draw < 0.8), self.mask_id)
         random_ids = self.ordinary_ids[torch.randint(0, len(self.ordinary_ids), ids.shape, device=ids.device)]
-        corrupted = torch.where(chosen & (draw >= 0.8) & (draw < 0.9), random_ids, corrupted)
+        return torch.where(chosen & (draw >= 0.8) & (draw < 0.9), random_ids, corrupted), chosen
+
+
+@OBJECTIVES.register("masked_text", modalities=("text",))
+class MaskedText(Objective):
+    """BERT-style masked-token prediction on token ids (B, L) (Devlin et al. 2019).
+
+    ``mask_prob`` of the non-special positions (at least one per sequence) are chosen; of those 80% become
+    ``mask_id``, 10% a random ordinary id, 10% stay (``BertMasking``). A LayerNorm + linear head over the encoder's per-position
+    tokens (B, L, D) predicts the original ids: ``L = CE(head(h_i), x_i)`` averaged over chosen positions.
+    open_clip's vocabulary (49408 ids, the default ``vocab_size``) has no mask token: ``mask_id`` defaults
+    to the encoder's ``mask_token_id`` when it declares one, else ``pad_id``. ``pad_id`` and
+    ``special_ids`` (start/end of text) are never chosen.
+    """
+
+    def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, vocab_size: int = 49408,
+                 mask_prob: float = 0.15, mask_id: int | None = None, pad_id: int = 0,
+                 special_ids: list[int] = (49406, 49407), augment: str | None = "identity",
+                 augment_kwargs: dict | None = None):
+        super().__init__(encoders, modality)
+        if not 0.0 < mask_prob < 1.0:
+            raise ConfigError(f"masked_text mask_prob must be in (0, 1), got {mask_prob}")
+        encoder = encoders[self.modality]
+        self.vocab_size = vocab_size
+        mask_id = mask_id if mask_id is not None else int(getattr(encoder, "mask_token_id", pad_id))
+        self.masking = BertMasking(vocab_size, mask_prob, mask_id, pad_id, special_ids)
+        self.head = nn.Sequential(nn.LayerNorm(encoder.dim), nn.Linear(encoder.dim, vocab_size))
+        self.augment = self.build_augment(augment, augment_kwargs)
+
+    def forward(self, batch: Batch, encoders: Mapping[str, Encoder]) -> ObjectiveOutput:
+        encoder = encoders[self.modality]
+        ids = self.augment(self.inputs(batch)).long()
+        corrupted, chosen = self.masking(ids)
         tokens = require_tokens(encoder(corrupted), "masked_text", encoder)
         if tokens.shape[:2] != ids.shape:
             raise ShapeError(f"masked_text needs one token per input id: ids {tuple(ids.shape)}, tokens "
@@ -212,8 +225,6 @@ class MaskedAudio(Objective):
     ``L = Σ w·(ŝ - s)² / Σ w``, i.e. the loss is on masked cells only (exactly so when T' = F).
     ``normalize_target`` standardises each sample's target spectrogram.
     """
-
-    modalities = ("audio",)
 
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, time_masks: int = 2,
                  time_mask_width: int = 10, freq_masks: int = 2, freq_mask_width: int = 8,
@@ -271,8 +282,6 @@ class Rotation(Objective):
     classifies the rotation: ``L = CE(head(f(rot_k x)), k)``. Images must be square.
     """
 
-    modalities = ("image",)
-
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, hidden_dim: int = 256,
                  augment: str | None = "identity", augment_kwargs: dict | None = None):
         super().__init__(encoders, modality)
@@ -299,8 +308,6 @@ class Colorization(Objective):
     ``x - g`` (3·p² values, image resized to the grid × ``target_patch_size``): ``L = mean ‖ĉ - (x - g)‖²``.
     ``chroma_energy`` (the loss of always predicting grey) is logged for comparison.
     """
-
-    modalities = ("image",)
 
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, target_patch_size: int = 4,
                  augment: str | None = "identity", augment_kwargs: dict | None = None):

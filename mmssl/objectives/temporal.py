@@ -38,9 +38,6 @@ ALL = ("image", "audio", "text", "obs")
 class _Temporal(Objective):
     """Shared sequence handling: which layout the input has, per-step features, segment encoding."""
 
-    modalities = ALL
-    sequence = True
-
     def __init__(self, encoders, modality, step_ndim, augment, augment_kwargs):
         super().__init__(encoders, modality)
         self.step_ndim = step_ndim or STEP_NDIM[self.modality]

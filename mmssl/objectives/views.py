@@ -8,7 +8,6 @@ resolution are encoded in one call, as the official multi-crop wrappers do (DINO
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -35,7 +34,7 @@ def build_multi_crop_augment(objective, augment: str | None, augment_kwargs: Map
     if unknown:
         raise ConfigError(f"{name} multi_crop has unknown key(s) {unknown}; accepted: {list(MULTI_CROP_KEYS)}")
     aug_name = augment or _default_augment(objective.modality)
-    if "local_crops" in inspect.signature(AUGMENTATIONS.get(aug_name).obj).parameters:
+    if "local_crops" in {p.name for p in AUGMENTATIONS.parameters(aug_name)}:
         return objective.build_augment(augment, {**dict(augment_kwargs or {}), **multi_crop})
     if multi_crop.get("local_crops", 0):
         raise ConfigError(f"{name}: multi-crop (local views) is an option of the image augmentation; augmentation "

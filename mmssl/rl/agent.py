@@ -16,7 +16,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
-from torch.distributions import Categorical, Normal
 
 from mmssl.encoders.obs import MLPObs, ModalityAdapter, encoder_for_space, layer_init
 from mmssl.errors import ConfigError
@@ -89,13 +88,6 @@ class Agent(nn.Module):
         critic_features = features if self.critic_encoder is None else self.critic_encoder(obs).pooled
         value_int = None if self.critic_int is None else self.critic_int(critic_features).squeeze(-1)
         return self.critic(critic_features).squeeze(-1), value_int
-
-    def distribution(self, features: torch.Tensor):
-        """The policy as a torch distribution (for analysis; ``act``/``evaluate`` compute the same directly)."""
-        out = self.actor(features)
-        if self.discrete:
-            return Categorical(logits=out, validate_args=False)
-        return Normal(out, self.actor_logstd.expand_as(out).exp(), validate_args=False)
 
     def _policy(self, out: torch.Tensor, action: torch.Tensor | None, deterministic: bool = False,
                 generator: torch.Generator | None = None, entropy: bool = True):

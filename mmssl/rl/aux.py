@@ -10,7 +10,6 @@ with ``augment: random_shift``) as well as the RL-specific ones below, which rea
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 
 import gymnasium as gym
@@ -25,6 +24,7 @@ from mmssl.errors import ConfigError
 from mmssl.objectives.base import Objective, ema_update
 from mmssl.objectives.distributed import gather, rank
 from mmssl.registry import OBJECTIVES
+from mmssl.rl.actions import ActionCodec, InverseDynamicsHead
 from mmssl.types import OBS, Batch, ObjectiveOutput
 
 
@@ -56,8 +56,6 @@ def _transition(objective: Objective, batch: Batch, key: str) -> torch.Tensor:
 
 class _MomentumRL(Objective):
     """Shared parts: a momentum (EMA) copy of the encoder and ``augment`` views (default ``random_shift``)."""
-
-    modalities = (OBS,)
 
     def __init__(self, encoders, modality, momentum, augment, augment_kwargs):
         super().__init__(encoders, modality)
@@ -134,29 +132,6 @@ class ATC(_MomentumRL):
         return ObjectiveOutput(loss, {"positive_accuracy": accuracy.item()})
 
 
-class ActionCoder(nn.Module):
-    """Actions (B,) ids or (B, A) floats → (B, A) vectors, and the loss of predicting them."""
-
-    def __init__(self, action_space: gym.Space | None):
-        super().__init__()
-        if isinstance(action_space, gym.spaces.Discrete):
-            self.discrete, self.dim = True, int(action_space.n)
-        elif isinstance(action_space, gym.spaces.Box):
-            self.discrete, self.dim = False, int(np.prod(action_space.shape))
-        else:
-            raise ConfigError(f"this objective needs the env's action space (Discrete or Box), got {action_space}; "
-                              "build it with build_aux_objectives(…, action_space)")
-
-    def encode(self, actions: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(actions.long().reshape(-1), self.dim).float() if self.discrete else actions.float().flatten(1)
-
-    def loss(self, prediction: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        if self.discrete:
-            target = actions.long().reshape(-1)
-            return F.cross_entropy(prediction, target), {"accuracy": (prediction.argmax(1) == target).float().mean().item()}
-        return F.mse_loss(prediction, actions.float().flatten(1)), {}
-
-
 @OBJECTIVES.register("spr", modalities=(OBS,))
 class SPR(_MomentumRL):
     """Self-Predictive Representations, one step (Schwarzer et al. 2021): predict the next latent from (z_t, a_t).
@@ -172,7 +147,7 @@ class SPR(_MomentumRL):
                  augment: str | None = None, augment_kwargs: dict | None = None):
         super().__init__(encoders, modality, momentum, augment, augment_kwargs)
         dim = encoders[self.modality].dim
-        self.actions = ActionCoder(action_space)
+        self.actions = ActionCodec(action_space, f"objective {self.registry_name!r}")
         self.transition = nn.Sequential(nn.Linear(dim + self.actions.dim, hidden_dim), nn.ReLU(),
                                         nn.Linear(hidden_dim, dim))
         self.projector = nn.Sequential(nn.Linear(dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, projection_dim))
@@ -204,14 +179,12 @@ class InverseDynamics(Objective):
     features towards what the agent controls.
     """
 
-    modalities = (OBS,)
-
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, action_space=None,
                  hidden_dim: int = 256, augment: str | None = "identity", augment_kwargs: dict | None = None):
         super().__init__(encoders, modality)
         dim = encoders[self.modality].dim
-        self.actions = ActionCoder(action_space)
-        self.head = nn.Sequential(nn.Linear(2 * dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, self.actions.dim))
+        self.actions = ActionCodec(action_space, f"objective {self.registry_name!r}")
+        self.head = InverseDynamicsHead(dim, self.actions, hidden_dim)
         self.augment = self.build_augment(augment, augment_kwargs)
 
     def forward(self, batch: Batch, encoders: Mapping[str, Encoder]) -> ObjectiveOutput:
@@ -219,8 +192,8 @@ class InverseDynamics(Objective):
         encoder = encoders[self.modality]
         both = encoder(self.augment(_cat(x, x_next))).pooled
         z, z_next = both.chunk(2)
-        loss, metrics = self.actions.loss(self.head(torch.cat([z, z_next], dim=1)), _transition(self, batch, "actions"))
-        return ObjectiveOutput(loss, metrics)
+        prediction, actions = self.head(z, z_next), _transition(self, batch, "actions")
+        return ObjectiveOutput(self.actions.loss(prediction, actions), self.actions.metrics(prediction, actions))
 
 
 @OBJECTIVES.register("obs_reconstruction", modalities=(OBS,))
@@ -231,8 +204,6 @@ class ObsReconstruction(Objective):
     ``latent_penalty`` (SAC-AE's L2 on the latent). uint8 observations are targets in [0, 1]; vector
     observations are reconstructed as given (normalised when the run normalises them).
     """
-
-    modalities = (OBS,)
 
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, obs_shape: list[int] | None = None,
                  hidden_dim: int = 256, latent_penalty: float = 1e-6):
@@ -277,7 +248,7 @@ def build_aux_objectives(spec: Mapping | None, encoders: Mapping[str, Encoder], 
         if not isinstance(node, Mapping) or "name" not in node:
             raise ConfigError(f"objective.{slot} needs a 'name' (`mmssl list objectives`)")
         kwargs = registry_kwargs(node, RUN_KEYS)
-        accepted = inspect.signature(OBJECTIVES.get(node["name"]).obj.__init__).parameters
+        accepted = {p.name for p in OBJECTIVES.parameters(node["name"])}
         if "modality" in accepted:
             kwargs.setdefault("modality", OBS)
         if "action_space" in accepted:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -26,7 +26,6 @@ class Rollout:
     dones: torch.Tensor
     features: torch.Tensor | None = None
     next_features: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -97,6 +97,4 @@ def build_data(cfg: DictConfig) -> DatasetSplits:
 
 
 def _params(name: str) -> list[str]:
-    import inspect
-
-    return list(inspect.signature(DATASETS.get(name).obj).parameters)
+    return [p.name for p in DATASETS.parameters(name)]

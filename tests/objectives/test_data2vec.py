@@ -113,7 +113,7 @@ def test_text_student_corruption_and_teacher_sees_clean_ids():
     d2v = OBJECTIVES.build("data2vec", encoders, modality="text", top_k=2, mask_prob=0.3)
     ids = tokenize(["the digit seven", "a nine and a two and a five", "zero"] * 2, context_length=16)
     torch.manual_seed(9)
-    corrupted, chosen = d2v.corrupt_text(ids)
+    corrupted, chosen = d2v.masking(ids)
     n = ((ids != 0) & (ids < 49406)).sum(1)
     assert torch.equal(chosen.sum(1), (n.float() * 0.3).round().clamp(min=1).long())
     assert not chosen[(ids == 0) | (ids >= 49406)].any()  # never padding, start or end

@@ -23,7 +23,7 @@ def test_losses_are_float32_under_bf16_autocast(name):
 def test_masked_text_random_replacements_are_ordinary_ids():
     encoders = make_encoders("text")
     mlm = OBJECTIVES.build("masked_text", encoders, vocab_size=64, special_ids=[62, 63], pad_id=0)
-    ordinary = set(mlm.ordinary_ids.tolist())
+    ordinary = set(mlm.masking.ordinary_ids.tolist())
     assert len(ordinary) == 61 and not ordinary & {0, 62, 63}
 
 

@@ -130,7 +130,7 @@ def test_masked_text_chooses_only_ordinary_tokens_with_bert_proportions():
     obj = OBJECTIVES.build("masked_text", encoders, mask_prob=0.25, **TEXT_KW)
     ids = torch.randint(1, TEXT_VOCAB - 2, (400, 12))
     ids[:, 0], ids[:, 9], ids[:, 10:] = TEXT_VOCAB - 2, TEXT_VOCAB - 1, 0  # sot … eot pad pad
-    chosen = obj.choose(ids)
+    chosen = obj.masking.choose(ids)
     assert (chosen.sum(1) == 2).all()  # round(0.25 · 8 ordinary tokens)
     assert not chosen[:, [0, 9, 10, 11]].any()
     rec = nn.ModuleDict({"text": Recorder(encoders["text"])})
@@ -138,7 +138,7 @@ def test_masked_text_chooses_only_ordinary_tokens_with_bert_proportions():
     seen = rec["text"].seen[-1]
     changed = seen != ids
     assert not changed[:, [0, 9, 10, 11]].any()
-    masked_share = ((seen == obj.mask_id) & (ids != 0)).float().sum() / (len(ids) * 2)
+    masked_share = ((seen == obj.masking.mask_id) & (ids != 0)).float().sum() / (len(ids) * 2)
     assert 0.75 < masked_share.item() < 0.85  # BERT: 80% of chosen positions become the mask id
 
 

@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from torch.distributions import Categorical, Normal
 
 from mmssl.errors import ShapeError
 from mmssl.rl.agent import Agent
@@ -91,7 +92,8 @@ def test_written_out_policy_matches_torch_distributions(space):
             agent.actor_logstd.uniform_(-1, 1)
     obs = torch.randn(64, 4)
     step = agent.act(obs, generator=torch.Generator().manual_seed(1), entropy=True)
-    dist = agent.distribution(agent.features(obs))
+    out = agent.actor(agent.features(obs))  # the reference: torch.distributions on the same actor output
+    dist = Categorical(logits=out) if agent.discrete else Normal(out, agent.actor_logstd.expand_as(out).exp())
     logprob, entropy = dist.log_prob(step.action), dist.entropy()
     if not agent.discrete:
         logprob, entropy = logprob.sum(-1), entropy.sum(-1)

@@ -70,3 +70,20 @@ def test_trainer_builds_lars_excluding_biases_and_norms():
     clone = make_optimizer(model, tcfg)
     clone.load_state_dict(state)
     assert torch.equal(clone.state_dict()["state"][0]["mu"], state["state"][0]["mu"])
+
+
+def test_pretrain_runs_with_trainer_optimizer_lars(tmp_path):
+    """``trainer.optimizer=lars`` (advertised in configs/trainer/default.yaml) trains end to end and
+    checkpoints LARS's state: the momentum buffers and the two groups (biases and norms unadapted)."""
+    from mmssl.cli import main
+    from mmssl.train import checkpoint
+    from tests.conftest import tiny_overrides
+
+    run = tmp_path / "run"
+    assert main(["pretrain", *tiny_overrides(run, "trainer.optimizer=lars", "trainer.lr=0.3")]) == 0
+    _, state = checkpoint.latest(run / "checkpoints")
+    assert state["step"] == 6 and state["config"]["trainer"]["optimizer"] == "lars"
+    groups = state["optimizer"]["param_groups"]
+    assert [g["lars_adaptation"] for g in groups] == [True, False] and groups[0]["trust_coefficient"] == 0.001
+    buffers = [s["mu"] for s in state["optimizer"]["state"].values()]
+    assert buffers and all(torch.isfinite(b).all() for b in buffers) and any(b.abs().sum() > 0 for b in buffers)

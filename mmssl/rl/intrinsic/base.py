@@ -22,7 +22,6 @@ vectors, a small CNN for pixels / MiniGrid grids). Dict observations are read at
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 
@@ -34,6 +33,7 @@ from torch import nn
 
 from mmssl.encoders.obs import encoder_for_space
 from mmssl.errors import ConfigError, ShapeError
+from mmssl.rl.actions import ActionCodec, InverseDynamicsHead
 from mmssl.rl.normalize import RunningMeanStd  # noqa: F401  (re-exported for the rewards)
 from mmssl.rl.storage import Obs, Rollout, flatten_obs
 
@@ -129,30 +129,6 @@ class Pooled(nn.Module):
         return self.encoder(x).pooled
 
 
-class ActionCodec:
-    """Actions as network inputs (one-hot for Discrete, flat floats for Box) and the inverse-model loss."""
-
-    def __init__(self, space: gym.Space):
-        if isinstance(space, gym.spaces.Discrete):
-            self.discrete, self.dim = True, int(space.n)
-        elif isinstance(space, gym.spaces.Box):
-            self.discrete, self.dim = False, int(np.prod(space.shape))
-        else:
-            raise ConfigError(f"intrinsic rewards support Discrete or Box action spaces, not {space}")
-
-    def encode(self, actions: torch.Tensor) -> torch.Tensor:
-        """(B,) or (B, *shape) actions → (B, dim) float."""
-        if self.discrete:
-            return F.one_hot(actions.long().reshape(-1), self.dim).float()
-        return actions.float().reshape(len(actions), -1)
-
-    def inverse_loss(self, prediction: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over discrete actions, MSE for continuous ones."""
-        if self.discrete:
-            return F.cross_entropy(prediction, actions.long().reshape(-1))
-        return F.mse_loss(prediction, self.encode(actions))
-
-
 class IntrinsicReward(nn.Module):
     """Base class of every exploration bonus; see the module docstring for the lifecycle.
 
@@ -164,7 +140,9 @@ class IntrinsicReward(nn.Module):
     discounted intrinsic return ``R_t = γ R_{t-1} + r_t``), ``gamma`` (that filter's discount),
     ``use_agent_features``, ``obs_key``, ``encoder`` (an ``ENCODERS`` spec ``{name, **options}`` for the
     reward's own networks; default from the space, see ``default_encoder_spec``), ``embed_dim``, ``lr``,
-    ``update_epochs``, ``batch_size``.
+    ``update_epochs``, ``batch_size``. A reward takes its own options and forwards ``**common`` here;
+    one whose default differs declares that option itself (RND: ``normalise="return"``), and the
+    registry reads both signatures together (``mmssl.registry.parameters``).
     """
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, num_envs: int, *,
@@ -189,7 +167,7 @@ class IntrinsicReward(nn.Module):
             # the space the encoder reads, for encoder_for_space's dry run (valid grid ids: 0..2)
             self.input_space = (gym.spaces.Box(0, 2, shape, np.int64) if self.grid
                                 else gym.spaces.Box(-1.0, 1.0, shape, np.float32))
-        self.actions = ActionCodec(action_space)
+        self.actions = ActionCodec(action_space, f"intrinsic reward {self.name!r}")
         self.register_buffer("coef", torch.tensor(float(coef), dtype=torch.float64))
         self.coef_decay = coef_decay
         self.bonus_stats = RunningMeanStd()
@@ -198,23 +176,6 @@ class IntrinsicReward(nn.Module):
         self._watched: list[torch.Tensor] = []
         self._last: dict[str, float] = {}
         self.optimizer: torch.optim.Optimizer | None = None
-
-    # Subclasses take ``**common`` and forward it here; merging this signature into theirs keeps
-    # ``INTRINSIC_REWARDS.build`` checking every key (a typo fails with "did you mean …").
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is None:
-            return
-        own = inspect.signature(init)
-        params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
-        if len(params) == len(own.parameters):
-            return
-        names = {p.name for p in params}
-        base = inspect.signature(IntrinsicReward.__init__).parameters.values()
-        params += [p for p in base if p.kind is p.KEYWORD_ONLY and p.name not in names]
-        init.__signature__ = own.replace(parameters=params)
-        init.__annotations__ = {**IntrinsicReward.__init__.__annotations__, **init.__annotations__}
 
     # -- building blocks for subclasses ---------------------------------------------------------
     def make_encoder(self, dim: int | None = None) -> nn.Module:
@@ -242,16 +203,25 @@ class IntrinsicReward(nn.Module):
         feats = rollout.next_features if next_ else rollout.features
         return self.inputs(flatten_obs(obs), None if feats is None else feats.flatten(0, 1))
 
+    def transitions(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(T·N, ...) network inputs of ``obs`` and ``next_obs`` and the (T·N, ...) actions between them."""
+        return self.rollout_inputs(rollout, next_=False), self.rollout_inputs(rollout), rollout.actions.flatten(0, 1)
+
     def make_optimizer(self, modules: list[nn.Module]) -> None:
         self.optimizer = torch.optim.Adam([p for m in modules for p in m.parameters()], lr=self.lr)
 
+    def make_inverse_dynamics(self) -> None:
+        """``self.embedding`` φ: input → (B, embed_dim), and ``self.inverse`` g(φ(s_t), φ(s_{t+1})) ≈ a_t
+        that trains it, so φ keeps what the agent controls (ICM, E3B, NGU)."""
+        self.embedding = self.make_encoder()
+        self.inverse = InverseDynamicsHead(self.embed_dim, self.actions, hidden_dim=64)
+
     def fit_inverse(self, rollout: Rollout, metric: str) -> dict[str, float]:
-        """Train ``self.inverse`` (an inverse-dynamics model) on the rollout's transitions (E3B, NGU)."""
-        x, next_x = self.rollout_inputs(rollout, next_=False), self.rollout_inputs(rollout)
-        actions = rollout.actions.flatten(0, 1)
+        """Train ``self.embedding`` through ``self.inverse`` on the rollout's transitions (E3B, NGU)."""
+        x, next_x, actions = self.transitions(rollout)
 
         def loss_fn(idx):
-            loss = self.inverse.loss(self.inverse(x[idx]), self.inverse(next_x[idx]), actions[idx])
+            loss = self.inverse.loss(self.embedding(x[idx]), self.embedding(next_x[idx]), actions[idx])
             return loss, {metric: loss.item()}
 
         return self.fit(loss_fn, len(x))

@@ -31,9 +31,8 @@ class Counts(IntrinsicReward):
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, num_envs: int,
                  mode: str = "auto", hash_bits: int = 32, max_entries: int = 100_000,
-                 exact_max_elements: int = 1024, seed: int = 0, **common):
-        common.setdefault("normalise", "none")
-        super().__init__(observation_space, action_space, num_envs, **common)
+                 exact_max_elements: int = 1024, seed: int = 0, normalise: str = "none", **common):
+        super().__init__(observation_space, action_space, num_envs, normalise=normalise, **common)
         if mode not in MODES or not 1 <= hash_bits <= 62:
             raise ConfigError(f"counts needs mode in {list(MODES)} and 1 ≤ hash_bits ≤ 62; got {mode!r}, {hash_bits}")
         check_positive("counts", max_entries=max_entries)

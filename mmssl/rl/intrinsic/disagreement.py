@@ -46,8 +46,7 @@ class Disagreement(IntrinsicReward):
         return preds.var(0).mean(-1).reshape(rollout.shape)
 
     def learn(self, rollout: Rollout) -> dict[str, float]:
-        x, next_x = self.rollout_inputs(rollout, next_=False), self.rollout_inputs(rollout)
-        actions = rollout.actions.flatten(0, 1)
+        x, next_x, actions = self.transitions(rollout)
         with torch.no_grad():
             target = self.embed(next_x)
 

@@ -7,7 +7,6 @@ import torch
 
 from mmssl.registry import INTRINSIC_REWARDS
 from mmssl.rl.intrinsic.base import IntrinsicReward, check_positive
-from mmssl.rl.intrinsic.icm import InverseDynamics
 from mmssl.rl.storage import Rollout
 
 
@@ -27,13 +26,13 @@ class E3B(IntrinsicReward):
         super().__init__(observation_space, action_space, num_envs, **common)
         check_positive("e3b", ridge=ridge)
         self.ridge = ridge
-        self.inverse = InverseDynamics(self.make_encoder(), self.embed_dim, self.actions)
-        self.make_optimizer([self.inverse])
+        self.make_inverse_dynamics()
+        self.make_optimizer([self.embedding, self.inverse])
         eye = torch.eye(self.embed_dim) / ridge
         self.register_buffer("cov_inverse", eye.repeat(num_envs, 1, 1))
 
     def step_bonus(self, obs, actions, next_obs, dones, features):
-        u = self.inverse(self.inputs(next_obs, features))  # (N, D)
+        u = self.embedding(self.inputs(next_obs, features))  # (N, D)
         cu = torch.einsum("nij,nj->ni", self.cov_inverse, u)
         bonus = (u * cu).sum(-1)
         self.cov_inverse -= torch.einsum("ni,nj->nij", cu, cu) / (1 + bonus)[:, None, None]

@@ -97,10 +97,8 @@ class GoalSimilarity(IntrinsicReward):
                  checkpoint: str | None = None, encoders: dict | None = None, projections: dict | None = None,
                  obs_modality: str = IMAGE, goal_modality: str = TEXT, goal_key: str | None = "mission",
                  goal: list | None = None, mode: str = "similarity", image_size: int | None = None,
-                 agent_tile: int | None = None, **common):
-        common.setdefault("normalise", "none")
-        common.setdefault("coef", 0.1)
-        super().__init__(observation_space, action_space, num_envs, **common)
+                 agent_tile: int | None = None, coef: float = 0.1, normalise: str = "none", **common):
+        super().__init__(observation_space, action_space, num_envs, coef=coef, normalise=normalise, **common)
         if self.use_agent_features:
             raise ConfigError("goal_similarity embeds observations with its own cross-modal encoder; "
                               "set use_agent_features=false")

@@ -1,4 +1,4 @@
-"""Intrinsic Curiosity Module, and the inverse-dynamics embedding that NGU and E3B reuse."""
+"""Intrinsic Curiosity Module."""
 
 from __future__ import annotations
 
@@ -7,26 +7,8 @@ import torch
 from torch import nn
 
 from mmssl.registry import INTRINSIC_REWARDS
-from mmssl.rl.intrinsic.base import ActionCodec, IntrinsicReward
+from mmssl.rl.intrinsic.base import IntrinsicReward
 from mmssl.rl.storage import Rollout
-
-
-class InverseDynamics(nn.Module):
-    """φ trained to predict a_t from (φ(s_t), φ(s_{t+1})): an embedding of what the agent controls.
-
-    ``encoder``: inputs (B, ...) → φ (B, D); ``head``: (B, 2D) → action logits / values (B, A).
-    """
-
-    def __init__(self, encoder: nn.Module, dim: int, actions: ActionCodec, hidden: int = 64):
-        super().__init__()
-        self.encoder, self.actions = encoder, actions
-        self.head = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Linear(hidden, actions.dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
-    def loss(self, phi: torch.Tensor, next_phi: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return self.actions.inverse_loss(self.head(torch.cat([phi, next_phi], -1)), actions)
 
 
 @INTRINSIC_REWARDS.register("icm", modalities=("obs",))
@@ -43,24 +25,22 @@ class ICM(IntrinsicReward):
                  forward_weight: float = 0.2, **common):
         super().__init__(observation_space, action_space, num_envs, **common)
         self.forward_weight = forward_weight
-        self.inverse = InverseDynamics(self.make_encoder(), self.embed_dim, self.actions)
+        self.make_inverse_dynamics()
         self.forward_model = nn.Sequential(nn.Linear(self.embed_dim + self.actions.dim, self.embed_dim), nn.ReLU(),
                                            nn.Linear(self.embed_dim, self.embed_dim))
-        self.make_optimizer([self.inverse, self.forward_model])
+        self.make_optimizer([self.embedding, self.inverse, self.forward_model])
 
     def errors(self, x, next_x, actions):
         """(B,) forward errors, (B, D) φ(s), (B, D) φ(s')."""
-        phi, next_phi = self.inverse(x), self.inverse(next_x)
+        phi, next_phi = self.embedding(x), self.embedding(next_x)
         predicted = self.forward_model(torch.cat([phi, self.actions.encode(actions)], -1))
         return 0.5 * (predicted - next_phi.detach()).square().sum(-1), phi, next_phi
 
     def batch_bonus(self, rollout: Rollout) -> torch.Tensor:
-        x, next_x = self.rollout_inputs(rollout, next_=False), self.rollout_inputs(rollout)
-        return self.errors(x, next_x, rollout.actions.flatten(0, 1))[0].reshape(rollout.shape)
+        return self.errors(*self.transitions(rollout))[0].reshape(rollout.shape)
 
     def learn(self, rollout: Rollout) -> dict[str, float]:
-        x, next_x = self.rollout_inputs(rollout, next_=False), self.rollout_inputs(rollout)
-        actions = rollout.actions.flatten(0, 1)
+        x, next_x, actions = self.transitions(rollout)
 
         def loss_fn(idx):
             forward_err, phi, next_phi = self.errors(x[idx], next_x[idx], actions[idx])

@@ -24,10 +24,8 @@ class MixedIntrinsicReward(IntrinsicReward):
     """
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, num_envs: int,
-                 rewards: dict | None = None, **common):
-        common.setdefault("coef", 1.0)
-        common.setdefault("normalise", "none")
-        super().__init__(observation_space, action_space, num_envs, **common)
+                 rewards: dict | None = None, coef: float = 1.0, normalise: str = "none", **common):
+        super().__init__(observation_space, action_space, num_envs, coef=coef, normalise=normalise, **common)
         if not rewards:
             raise ConfigError("intrinsic reward 'mix' needs rewards: {slot: {name: ..., weight: ...}, ...}")
         parts, self.weights = {}, {}

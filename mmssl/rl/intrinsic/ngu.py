@@ -8,7 +8,6 @@ import torch
 from mmssl.errors import ConfigError
 from mmssl.registry import INTRINSIC_REWARDS
 from mmssl.rl.intrinsic.base import IntrinsicReward, RunningMeanStd, check_positive
-from mmssl.rl.intrinsic.icm import InverseDynamics
 from mmssl.rl.intrinsic.rnd import RND
 from mmssl.rl.storage import Rollout
 
@@ -37,8 +36,8 @@ class NGU(IntrinsicReward):
         check_positive("ngu", kernel_epsilon=kernel_epsilon, c=c, max_similarity=max_similarity)
         self.k, self.capacity, self.kernel_epsilon, self.cluster_distance = k, capacity, kernel_epsilon, cluster_distance
         self.c, self.max_similarity, self.max_modulation = c, max_similarity, max_modulation
-        self.inverse = InverseDynamics(self.make_encoder(), self.embed_dim, self.actions)
-        self.make_optimizer([self.inverse])
+        self.make_inverse_dynamics()
+        self.make_optimizer([self.embedding, self.inverse])
         self.rnd = RND(observation_space, action_space, num_envs, coef=1.0, normalise="none",
                        use_agent_features=self.use_agent_features, obs_key=self.obs_key, embed_dim=self.embed_dim,
                        lr=self.lr, update_epochs=self.update_epochs, batch_size=self.batch_size) if lifelong else None
@@ -72,10 +71,10 @@ class NGU(IntrinsicReward):
 
     def step_bonus(self, obs, actions, next_obs, dones, features):
         next_x = self.inputs(next_obs, features)
-        e = self.inverse(next_x)
+        e = self.embedding(next_x)
         empty = (self.fill == 0).nonzero().flatten()
         if len(empty):
-            first = e if self.use_agent_features else self.inverse(self.inputs(obs, None))
+            first = e if self.use_agent_features else self.embedding(self.inputs(obs, None))
             self.write(first[empty], empty)
         bonus = self.episodic(e)
         self.write(e, torch.arange(self.num_envs, device=e.device))

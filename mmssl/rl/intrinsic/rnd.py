@@ -24,9 +24,8 @@ class RND(IntrinsicReward):
     """
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, num_envs: int,
-                 obs_clip: float = 5.0, update_proportion: float = 1.0, **common):
-        common.setdefault("normalise", "return")
-        super().__init__(observation_space, action_space, num_envs, **common)
+                 obs_clip: float = 5.0, update_proportion: float = 1.0, normalise: str = "return", **common):
+        super().__init__(observation_space, action_space, num_envs, normalise=normalise, **common)
         check_positive("rnd", obs_clip=obs_clip, update_proportion=update_proportion)
         self.obs_clip, self.update_proportion = obs_clip, update_proportion
         self.target, self.predictor = self.make_encoder(), self.make_encoder()

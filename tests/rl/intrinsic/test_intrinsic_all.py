@@ -95,6 +95,42 @@ def test_build_rejects_unknown_and_bad_options():
         reward.compute(rollout)
 
 
+@pytest.mark.parametrize("name", [*GENERIC, "mix"])
+def test_registry_reads_the_real_signature(name):
+    """The registry reads each reward's own signature, base options included through ``**common``: the
+    defaults it reports (and the generated configs hold) are the ones the built reward uses."""
+    import inspect
+
+    from mmssl.config import constructor_defaults
+
+    cls = INTRINSIC_REWARDS.get(name).obj
+    assert "__signature__" not in vars(cls.__init__)
+    defaults = {p.name: p.default for p in INTRINSIC_REWARDS.parameters(name)}
+    assert {"coef", "coef_decay", "normalise", "embed_dim", "obs_key", "batch_size"} <= set(defaults)
+    extra = {"rewards": {"rnd": {"weight": 1.0}}} if name == "mix" else {}
+    reward = INTRINSIC_REWARDS.build(name, SPACES["vector"], ACTIONS, 2, **extra)
+    assert (reward.coef.item(), reward.normalise_mode, reward.embed_dim, reward.batch_size) == pytest.approx(
+        (defaults["coef"], defaults["normalise"], defaults["embed_dim"], defaults["batch_size"]))
+    assert constructor_defaults(cls)["normalise"] == defaults["normalise"]
+    assert inspect.signature(cls.__init__).parameters.keys() <= {*defaults, "self", "common"}
+
+
+def test_rewards_declare_their_own_defaults():
+    defaults = {name: {p.name: p.default for p in INTRINSIC_REWARDS.parameters(name)} for name in INTRINSIC_REWARDS.names()}
+    assert defaults["rnd"]["normalise"] == "return" and defaults["icm"]["normalise"] == "rms"
+    assert (defaults["mix"]["coef"], defaults["mix"]["normalise"]) == (1.0, "none")
+    assert (defaults["goal_similarity"]["coef"], defaults["counts"]["normalise"]) == (0.1, "none")
+
+
+def test_base_options_are_checked_by_name_and_type():
+    with pytest.raises(ConfigError, match=r"intrinsic reward 'icm' has no option 'embd_dim' \(did you mean 'embed_dim'\?\)"):
+        build("icm", SPACES["vector"], embd_dim=8)
+    with pytest.raises(ConfigError, match=r"intrinsic reward 'e3b' option 'lr' must be float, got 'fast'"):
+        build("e3b", SPACES["vector"], lr="fast")
+    with pytest.raises(ConfigError, match=r"intrinsic reward 'mix' has no option 'normalize' \(did you mean 'normalise'\?\)"):
+        INTRINSIC_REWARDS.build("mix", SPACES["vector"], ACTIONS, 2, normalize="none", rewards={"rnd": {}})
+
+
 def test_state_dict_round_trip_gives_identical_bonus():
     space = SPACES["pixels"]
     rollout = make_rollout(space)
