@@ -1,0 +1,1 @@
+import mmssl  # noqa: F401
