@@ -1,1 +1,0 @@
-import mmssl  # noqa: F401
