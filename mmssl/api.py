@@ -12,11 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
 from mmssl.registry import AUGMENTATIONS, DATASETS, ENCODERS, INTRINSIC_REWARDS, OBJECTIVES
+
+if TYPE_CHECKING:
+    from mmssl.augment.base import Augmentation
+    from mmssl.data.base import DatasetSplits
+    from mmssl.encoders.base import Encoder
+    from mmssl.objectives.base import Objective
+    from mmssl.rl.intrinsic.base import IntrinsicReward
 
 Overrides = Sequence[str] | Mapping[str, Any] | DictConfig
 
@@ -59,50 +66,50 @@ def _config(name: str, cfg_or_overrides: Overrides) -> DictConfig:
     return cfg_or_overrides if isinstance(cfg_or_overrides, DictConfig) else compose(name, cfg_or_overrides)
 
 
-def pretrain(cfg_or_overrides: Overrides = ()) -> dict:
+def pretrain(cfg_or_overrides: Overrides = ()) -> dict[str, Any]:
     """Self-supervised pretraining, then probes: ``mmssl pretrain`` as a function. Returns the summary."""
     from mmssl.train.pretrain import run
 
     return run(_config("pretrain", cfg_or_overrides))
 
 
-def rl(cfg_or_overrides: Overrides = ()) -> dict:
+def rl(cfg_or_overrides: Overrides = ()) -> dict[str, Any]:
     """PPO with registry encoders, auxiliary objectives and intrinsic rewards: ``mmssl rl`` as a function."""
     from mmssl.rl.run import run
 
     return run(_config("rl", cfg_or_overrides))
 
 
-def finetune(run_dir: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> dict:
+def finetune(run_dir: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> dict[str, Any]:
     """Few-label fine-tuning of a pretrained run (folder or checkpoint): ``mmssl finetune`` as a function."""
     from mmssl.finetune import run
 
     return run(run_dir, as_overrides(overrides))
 
 
-def build_encoder(name: str, **options: Any):
+def build_encoder(name: str, **options: Any) -> Encoder:
     """A registered encoder (``mmssl list encoders``), options checked against its signature."""
     return ENCODERS.build(name, **options)
 
 
-def build_objective(name: str, encoders: Mapping, **options: Any):
+def build_objective(name: str, encoders: Mapping[str, Encoder], **options: Any) -> Objective:
     """A registered objective on ``encoders`` (``{modality: Encoder}``), options checked against its signature."""
     import torch.nn as nn
 
-    encoders = encoders if isinstance(encoders, nn.ModuleDict) else nn.ModuleDict(dict(encoders))
-    return OBJECTIVES.build(name, encoders, **options)
+    modules = encoders if isinstance(encoders, nn.ModuleDict) else nn.ModuleDict(dict(encoders))
+    return OBJECTIVES.build(name, modules, **options)
 
 
-def build_augmentation(name: str, **options: Any):
+def build_augmentation(name: str, **options: Any) -> Augmentation:
     """A registered batched augmentation (tensor in, tensor out)."""
     return AUGMENTATIONS.build(name, **options)
 
 
-def build_dataset(name: str, **options: Any):
+def build_dataset(name: str, **options: Any) -> DatasetSplits:
     """A registered dataset builder's splits (``DatasetSplits``)."""
     return DATASETS.build(name, **options)
 
 
-def build_intrinsic_reward(name: str, *args: Any, **options: Any):
+def build_intrinsic_reward(name: str, *args: Any, **options: Any) -> IntrinsicReward:
     """A registered intrinsic reward (constructed as the RL runner does: observation/action spaces first)."""
     return INTRINSIC_REWARDS.build(name, *args, **options)

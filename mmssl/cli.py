@@ -83,6 +83,23 @@ def cmd_eval(target: str, overrides: list[str] | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
+    parser = _parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    try:
+        _dispatch(parser, argv)
+        return 0
+    except MMSSLError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message holds
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with resume=true run_dir=<the run folder>", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    """``mmssl``'s own parser: the pass-through commands (which parse their arguments themselves), eval, list."""
     parser = argparse.ArgumentParser(prog="mmssl", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,39 +109,34 @@ def main(argv: list[str] | None = None) -> int:
     eval_parser.add_argument("target")
     eval_parser.add_argument("overrides", nargs="*", help="data=<option> data.<key>=… eval.<key>=…")
     sub.add_parser("list", help="list registered entries").add_argument("kind")
-    if not argv or argv[0] in ("-h", "--help"):
-        parser.print_help()
-        return 0
-    try:
-        if argv[0] in ("-sc", "--shell-completion"):  # the installed bash hook asking for completions
-            from mmssl import cli_hydra
+    return parser
 
-            cli_hydra.query_from_shell()
-            return 0
-        if argv[0] in PASS_THROUGH:
-            try:
-                module = importlib.import_module(PASS_THROUGH[argv[0]])
-            except ModuleNotFoundError as exc:
-                raise MMSSLError(f"`mmssl {argv[0]}` is not available in this build ({exc})") from None
-            from mmssl import cli_hydra
 
-            if argv[0] in cli_hydra.CONFIG_NAMES:
-                cli_hydra.main(argv[0], argv[1:], module.main)
-            else:
-                module.main(argv[1:])
-            return 0
-        args = parser.parse_args(argv)
-        if args.command == "list":
-            cmd_list(args.kind)
-        elif args.command == "eval":
-            cmd_eval(args.target, args.overrides)
-        return 0
-    except MMSSLError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message holds
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; resume with resume=true run_dir=<the run folder>", file=sys.stderr)
-        return 130
+def _dispatch(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Run the command ``argv[0]``: shell completion, a pass-through module (through Hydra's flags for the
+    commands that compose a config), ``list`` or ``eval``."""
+    if argv[0] in ("-sc", "--shell-completion"):  # the installed bash hook asking for completions
+        from mmssl import cli_hydra
+
+        cli_hydra.query_from_shell()
+        return
+    if argv[0] in PASS_THROUGH:
+        try:
+            module = importlib.import_module(PASS_THROUGH[argv[0]])
+        except ModuleNotFoundError as exc:
+            raise MMSSLError(f"`mmssl {argv[0]}` is not available in this build ({exc})") from None
+        from mmssl import cli_hydra
+
+        if argv[0] in cli_hydra.CONFIG_NAMES:
+            cli_hydra.main(argv[0], argv[1:], module.main)
+        else:
+            module.main(argv[1:])
+        return
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        cmd_list(args.kind)
+    elif args.command == "eval":
+        cmd_eval(args.target, args.overrides)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ suggestions, and run folders are mmssl's (Hydra writes no ``outputs/`` folder an
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from collections.abc import Callable
@@ -28,17 +29,7 @@ CONFIG_NAMES = {"pretrain": "pretrain", "rl": "rl"}
 
 def main(command: str, argv: list[str], run: Callable[[list[str]], object]) -> None:
     """Parse Hydra's flags from ``argv``, then print help/config/info, install completion or run (once or a sweep)."""
-    from hydra._internal.utils import get_args_parser
-
-    parser = get_args_parser()
-    parser.prog = f"mmssl {command}"
-    parser.error = _parse_error  # an unknown flag is one error line, not argparse's usage block
-    from mmssl import __version__
-
-    for action in parser._actions:  # --version names mmssl, not Hydra
-        if action.dest == "version":
-            action.version = f"mmssl {__version__}"
-    args = parser.parse_args(argv)
+    args = _flag_parser(command).parse_args(argv)
     name = args.config_name or CONFIG_NAMES[command]
     if args.config_dir:
         config.add_config_dir(args.config_dir)
@@ -58,6 +49,21 @@ def main(command: str, argv: list[str], run: Callable[[list[str]], object]) -> N
     if args.multirun:
         return multirun(command, name, overrides, run)
     run(overrides)
+
+
+def _flag_parser(command: str) -> argparse.ArgumentParser:
+    """Hydra's own flag parser as ``mmssl <command>``: an unknown flag is one error line, ``--version`` names mmssl."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.prog = f"mmssl {command}"
+    parser.error = _parse_error  # an unknown flag is one error line, not argparse's usage block
+    from mmssl import __version__
+
+    for action in parser._actions:  # --version names mmssl, not Hydra
+        if action.dest == "version":
+            action.version = f"mmssl {__version__}"
+    return parser
 
 
 def _parse_error(message: str):

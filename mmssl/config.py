@@ -11,8 +11,10 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -57,7 +59,7 @@ def search_dirs() -> list[Path]:
 
 
 @contextmanager
-def hydra_context():
+def hydra_context() -> Iterator[Any]:
     """Hydra initialised on :func:`search_dirs` (plus registry entries without a YAML file, as structured configs)."""
     from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
     from hydra._internal.hydra import Hydra
@@ -104,7 +106,7 @@ def store_registry_configs() -> None:
             store.store(group=group, name=entry.name, node=node, provider="mmssl registry")
 
 
-def constructor_defaults(obj) -> dict:
+def constructor_defaults(obj: Callable[..., Any]) -> dict[str, Any]:
     """The keyword defaults of a registered class or factory that a config can hold (plain data only)."""
     from mmssl.registry import parameters
 
@@ -117,7 +119,7 @@ def constructor_defaults(obj) -> dict:
     return out
 
 
-def _plain(value) -> bool:
+def _plain(value: object) -> bool:
     if value is None or isinstance(value, bool | int | float | str):
         return True
     if isinstance(value, list | tuple):
@@ -139,7 +141,13 @@ def _plugin_overrides(overrides: list[str]) -> list[str]:
             value = OverridesParser.create().parse_override(override).value()
         except Exception:
             raise ConfigError(f"cannot parse override {override!r}; write plugins=[my_pkg.mmssl_ext,other]") from None
-        names.extend([value] if isinstance(value, str) else list(value or []))
+        if isinstance(value, str):
+            names.append(value)
+        elif isinstance(value, list):
+            names.extend(str(v) for v in value)
+        elif value is not None:
+            raise ConfigError(f"bad override {override!r}: plugins is a list of module names, "
+                              "e.g. plugins=[my_pkg.mmssl_ext,other]")
     return names
 
 
@@ -184,7 +192,7 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfi
     _apply_encoder_choices(cfg, encoder_choices)
     from mmssl import constraints
 
-    constraints.check(OmegaConf.to_container(cfg), overrides, OmegaConf.to_container(base, resolve=True))
+    constraints.check(to_container(cfg), overrides, to_container(base))
     if "logger" in cfg and isinstance(cfg.logger, DictConfig) and "mode" in cfg.logger:
         from mmssl.logging import RunLogger
 
@@ -237,7 +245,7 @@ def _apply_encoder_choices(cfg: DictConfig, chosen: dict[str, list[str]]) -> Non
         OmegaConf.update(cfg, f"encoder.{modality}", node, merge=False)
 
 
-def _native_sample_rate(path, fallback=16000) -> int:
+def _native_sample_rate(path: str, fallback: int = 16000) -> int:
     from mmssl.data.audio import folder_sample_rate  # lazily: config sits below data
 
     return folder_sample_rate(path, fallback)
@@ -267,7 +275,7 @@ def _check_syntax(override: str) -> None:
         raise ConfigError(f"cannot parse override {override!r}: {value!r} is not Hydra override syntax{hint}") from None
 
 
-def _same_kind(default, value) -> bool:
+def _same_kind(default: object, value: object) -> bool:
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, int):
@@ -292,7 +300,7 @@ def _compose(name: str, overrides: list[str]) -> DictConfig:
             raise ConfigError(_explain(exc, name, overrides)) from None
 
 
-def _explain(exc: Exception, name: str, overrides: list[str] = ()) -> str:
+def _explain(exc: Exception, name: str, overrides: Sequence[str] = ()) -> str:
     text = " ".join(str(exc).split())
     if m := re.search(r"Could not override '([^']+)'", text):
         key = m.group(1)
@@ -333,9 +341,9 @@ def compose_keys(name: str, overrides: list[str] | tuple[str, ...] = ()) -> list
         cfg = hydra_compose(config_name=name, overrides=list(overrides))
     keys: list[str] = []
 
-    def walk(node, prefix):
+    def walk(node: DictConfig, prefix: str) -> None:
         for k, v in node.items():
-            full = f"{prefix}{k}"
+            full = prefix + str(k)
             keys.append(full)
             if isinstance(v, DictConfig):
                 walk(v, full + ".")
@@ -365,13 +373,16 @@ def config_groups(name: str) -> dict[str, list[str]]:
     return {g: group_options(g) for g in groups}
 
 
-def to_container(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` as plain, resolved data (what run folders store)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)  # a DictConfig's container is a dict (only a ListConfig's is a list)
+    return data  # type: ignore[return-value]  # OmegaConf types keys as DictKeyType (str, int, Enum, …)
 
 
-def registry_kwargs(node: DictConfig | dict, drop: tuple[str, ...] = ("name",)) -> dict:
+def registry_kwargs(node: DictConfig | dict[str, Any], drop: tuple[str, ...] = ("name",)) -> dict[str, Any]:
     """A config node as keyword arguments for ``Registry.build`` (without ``name`` and listed keys)."""
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    data = to_container(node) if isinstance(node, DictConfig) else dict(node)
     return {k: v for k, v in data.items() if k not in drop}
 
 
@@ -380,7 +391,7 @@ def registry_kwargs(node: DictConfig | dict, drop: tuple[str, ...] = ("name",)) 
 NOT_FROM_STORED = {"download": False, "weights": None, "pretrained": None}
 
 
-def stored_config(config, source: str | Path) -> DictConfig:
+def stored_config(config: object, source: str | Path) -> DictConfig:
     """A config read back from a run folder or checkpoint, as inert data for rebuilding models.
 
     Stored configs are written fully resolved (``to_container``), so an interpolation (``${oc.env:…}``,
@@ -393,7 +404,7 @@ def stored_config(config, source: str | Path) -> DictConfig:
         raise ConfigError(f"{source} holds no config mapping; is it a run folder of `mmssl pretrain`?")
     load_plugins(config.get("plugins") or [])
 
-    def inert(node, path):
+    def inert(node: Any, path: str) -> Any:
         if isinstance(node, dict):
             return {str(k): (NOT_FROM_STORED[k] if k in NOT_FROM_STORED and v not in (None, False) else inert(v, f"{path}{k}."))
                     for k, v in node.items()}
@@ -405,4 +416,5 @@ def stored_config(config, source: str | Path) -> DictConfig:
                               "resolve it (restore the run's own config)")
         return node
 
-    return OmegaConf.create(inert(config, ""))
+    data: dict[str, Any] = inert(config, "")
+    return OmegaConf.create(data)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import OmegaConf
@@ -31,6 +32,9 @@ from mmssl.errors import MMSSLError
 from mmssl.io import atomic_write
 from mmssl.plugins import load_plugins
 from mmssl.train import checkpoint
+
+if TYPE_CHECKING:
+    from mmssl.inference import LoadedRun
 
 FORMAT = "mmssl-encoders/1"
 CONFIG = "config.json"
@@ -183,7 +187,7 @@ def is_export(directory: str | Path) -> bool:
         return False
 
 
-def load_export(directory: str | Path):
+def load_export(directory: str | Path) -> LoadedRun:
     """An export folder as ``mmssl.inference.LoadedRun``: encoders, the joint space when exported, input spec."""
     from omegaconf import OmegaConf
     from safetensors import SafetensorError

@@ -20,9 +20,10 @@ rather than inside training machinery; exports carry it as ``joint.safetensors``
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -45,9 +46,14 @@ DATASET_IMAGE_SIZE = {"digits": 8, "trimodal_digits": 8, "fashion_mnist": 28}
 #: how joint-space heads are rebuilt: the keyword arguments of a binding objective that shape them
 JOINT_KEYS = ("projection_dim", "hidden_dim", "projection_layers")
 
+#: encoders by modality (a plain mapping or an ``nn.ModuleDict``)
+Modules = Mapping[str, nn.Module] | nn.ModuleDict
+#: what ``embed`` reads: a tensor of already-read items, or files / folders / manifests / texts
+Inputs = torch.Tensor | np.ndarray | str | Path | Sequence[str | Path]
+
 
 # -- finding a run's checkpoint ----------------------------------------------------------------------
-def find_checkpoint(target: str | Path) -> tuple[Path, Path, dict]:
+def find_checkpoint(target: str | Path) -> tuple[Path, Path, dict[str, Any]]:
     """(run folder, checkpoint path, checkpoint state) for a run folder (its newest valid checkpoint) or a file."""
     path = Path(target)
     if path.is_dir():
@@ -71,7 +77,7 @@ class JointSpace(nn.Module):
     hidden_dim, projection_layers, "input_dims"}`` — enough to rebuild it without the objective.
     """
 
-    def __init__(self, spec: Mapping):
+    def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__()
         self.spec = dict(spec)
         dims = self.spec["input_dims"]
@@ -95,39 +101,56 @@ class JointSpace(nn.Module):
         return float(self.log_scales[key].detach().clamp(max=np.log(100)).exp())
 
     @classmethod
-    def from_objective(cls, objective: nn.Module, node: Mapping, encoders: Mapping[str, nn.Module]) -> JointSpace:
+    def from_objective(cls, objective: nn.Module, node: Mapping[str, Any], encoders: Modules) -> JointSpace:
         """The heads and scales of a trained binding objective (``node``: its config entry), weights copied."""
+        projections, log_scales = objective.projections, objective.log_scales
+        biases = getattr(objective, "biases", None) or nn.ParameterDict()
+        if not (isinstance(projections, nn.ModuleDict) and isinstance(log_scales, nn.ParameterDict)
+                and isinstance(biases, nn.ParameterDict)):
+            raise ConfigError(f"objective {node['name']!r} has joint-space heads of an unknown kind; a binding objective "
+                              "holds projections (nn.ModuleDict) and log_scales / biases (nn.ParameterDict)")
         defaults = {p.name: p.default for p in parameters(type(objective))}
-        spec = {"objective": str(node["name"]), "modalities": list(objective.projections),
-                "pairs": list(objective.log_scales), "biases": len(getattr(objective, "biases", {})) > 0,
-                "input_dims": {m: int(encoders[m].dim) for m in objective.projections}}
+        spec = {"objective": str(node["name"]), "modalities": list(projections),
+                "pairs": list(log_scales), "biases": len(biases) > 0,
+                "input_dims": {m: _encoder_dim(encoders[m]) for m in projections}}
         spec |= {k: int(node.get(k, defaults.get(k))) for k in JOINT_KEYS}
         joint = cls(spec)
-        state = {f"heads.{k}": v for k, v in objective.projections.state_dict().items()}
-        state |= {f"log_scales.{k}": v for k, v in objective.log_scales.state_dict().items()}
+        state = {f"heads.{k}": v for k, v in projections.state_dict().items()}
+        state |= {f"log_scales.{k}": v for k, v in log_scales.state_dict().items()}
         if spec["biases"]:
-            state |= {f"biases.{k}": v for k, v in objective.biases.state_dict().items()}
+            state |= {f"biases.{k}": v for k, v in biases.state_dict().items()}
         checkpoint.load_matching(joint, state, what=f"objective {node['name']!r} joint space")
         return joint.eval()
 
 
+def _encoder_dim(encoder: nn.Module) -> int:
+    """``encoder.dim`` (the pooled feature size every ``Encoder`` declares), or a one-line error."""
+    dim = getattr(encoder, "dim", None)
+    if dim is None:
+        raise ConfigError(f"{type(encoder).__name__} has no `dim`; joint-space heads need mmssl Encoders")
+    return int(dim)
+
+
 def joint_objective(model: nn.Module) -> tuple[str, nn.Module] | None:
     """(slot, objective) of the first objective with joint-space heads (``projections`` + ``log_scales``)."""
-    for slot, objective in model.objectives.items():
+    objectives = getattr(model, "objectives", None)
+    if not isinstance(objectives, nn.ModuleDict):
+        return None
+    for slot, objective in objectives.items():
         if hasattr(objective, "projections") and hasattr(objective, "log_scales"):
             return slot, objective
     return None
 
 
 # -- what the encoders read --------------------------------------------------------------------------
-def input_spec(cfg: Mapping, encoders: Mapping[str, nn.Module]) -> dict[str, dict]:
+def input_spec(cfg: Mapping[str, Any], encoders: Modules) -> dict[str, dict[str, Any]]:
     """How each modality's files must be read for ``encoders`` trained on ``cfg``'s data.
 
     image: ``channels`` (the encoder's in_channels) and ``size`` (the training images' side);
     audio: ``sample_rate`` (the encoder's) and ``clip_seconds``; text: ``context_length``.
     """
     data = cfg.get("data") or {}
-    spec: dict[str, dict] = {}
+    spec: dict[str, dict[str, Any]] = {}
     if IMAGE in encoders:
         size = data.get("size") or data.get("image_size") or DATASET_IMAGE_SIZE.get(str(data.get("name")))
         if size is None and getattr(encoders[IMAGE], "image_size", None):
@@ -146,7 +169,7 @@ def _extensions(modality: str) -> tuple[str, ...]:
     return {IMAGE: IMAGE_EXTENSIONS, AUDIO: AUDIO_EXTENSIONS, TEXT: TEXT_EXTENSIONS}.get(modality, ())
 
 
-def guess_modality(inputs: Sequence[str | Path]) -> str:
+def guess_modality(inputs: Iterable[str | Path]) -> str:
     """The modality of a list of files / folders by their extensions, or a one-line error."""
     found = set()
     for item in inputs:
@@ -162,42 +185,50 @@ def guess_modality(inputs: Sequence[str | Path]) -> str:
     return found.pop()
 
 
-def collect(modality: str, inputs) -> list[str]:
+def collect(modality: str, inputs: str | Path | Iterable[str | Path]) -> list[str]:
     """The items behind ``inputs``: file paths (image, audio) or strings (text), in a stable order."""
     if isinstance(inputs, str | Path):
         inputs = [inputs]
-    items: list[str] = []
-    for item in inputs:
-        p = Path(item) if modality != TEXT or Path(str(item)).suffix.lower() in TEXT_EXTENSIONS + MANIFEST_EXTENSIONS else None
-        if p is not None and p.is_dir():
-            files = sorted(q for q in p.rglob("*") if q.suffix.lower() in _extensions(modality))
-            if not files:
-                raise DataError(f"no {modality} files ({', '.join(_extensions(modality))}) under {p}")
-            items += [str(q) for q in files]
-        elif p is not None and p.suffix.lower() in MANIFEST_EXTENSIONS and p.is_file():
-            from mmssl.data.manifest import read_rows
-
-            rows = read_rows(p)
-            if not rows or modality not in rows[0]:
-                raise DataError(f"manifest {p} has no {modality!r} column (columns: {sorted(rows[0]) if rows else []})")
-            cells = [str(r[modality]) for r in rows]
-            items += cells if modality == TEXT else [c if Path(c).is_absolute() else str(p.parent / c) for c in cells]
-        elif p is not None and modality == TEXT and p.is_file():
-            from mmssl.data.text import read_lines
-
-            items += read_lines(p)[0]
-        elif modality == TEXT:
-            items.append(str(item))
-        else:
-            if not p.is_file():
-                raise DataError(f"{p} is not a file, folder or manifest; pass {modality} files, a folder of them or a manifest")
-            items.append(str(p))
+    items = [x for item in inputs for x in _collect_one(modality, item)]
     if not items:
         raise DataError(f"no {modality} inputs given")
     return items
 
 
-def read_items(modality: str, items: Sequence[str], spec: Mapping) -> torch.Tensor:
+def _collect_one(modality: str, item: str | Path) -> list[str]:
+    """The items behind one input: a folder's files, a manifest's column, a text file's lines, or the input itself
+    (a file; for text, a string not named like a ``.txt`` / manifest file)."""
+    if modality == TEXT and Path(str(item)).suffix.lower() not in TEXT_EXTENSIONS + MANIFEST_EXTENSIONS:
+        return [str(item)]
+    p = Path(item)
+    if p.is_dir():
+        files = sorted(q for q in p.rglob("*") if q.suffix.lower() in _extensions(modality))
+        if not files:
+            raise DataError(f"no {modality} files ({', '.join(_extensions(modality))}) under {p}")
+        return [str(q) for q in files]
+    if p.suffix.lower() in MANIFEST_EXTENSIONS and p.is_file():
+        return _manifest_column(modality, p)
+    if modality == TEXT:  # a text file's lines, or a string that only looks like a file name
+        from mmssl.data.text import read_lines
+
+        return list(read_lines(p)[0]) if p.is_file() else [str(item)]
+    if not p.is_file():
+        raise DataError(f"{p} is not a file, folder or manifest; pass {modality} files, a folder of them or a manifest")
+    return [str(p)]
+
+
+def _manifest_column(modality: str, path: Path) -> list[str]:
+    """The ``modality`` column of a ``.csv`` / ``.jsonl`` manifest: texts, or file paths resolved against its folder."""
+    from mmssl.data.manifest import read_rows
+
+    rows = read_rows(path)
+    if not rows or modality not in rows[0]:
+        raise DataError(f"manifest {path} has no {modality!r} column (columns: {sorted(rows[0]) if rows else []})")
+    cells = [str(r[modality]) for r in rows]
+    return cells if modality == TEXT else [c if Path(c).is_absolute() else str(path.parent / c) for c in cells]
+
+
+def read_items(modality: str, items: Sequence[str], spec: Mapping[str, Any]) -> torch.Tensor:
     """Read ``items`` into one batch tensor the encoder takes (images (B, C, H, W) in [0, 1], audio (B, samples), text ids)."""
     if modality == TEXT:
         from mmssl.encoders.text import tokenize
@@ -224,11 +255,11 @@ class LoadedRun:
     encoders: nn.ModuleDict
     joint: JointSpace | None
     config: DictConfig
-    inputs: dict[str, dict]
+    inputs: dict[str, dict[str, Any]]
     source: Path
     run_dir: Path | None = None
     step: int = 0
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def heads(self) -> nn.ModuleDict:
@@ -239,7 +270,7 @@ class LoadedRun:
     def modalities(self) -> list[str]:
         return list(self.encoders)
 
-    def to(self, device) -> LoadedRun:
+    def to(self, device: str | torch.device) -> LoadedRun:
         self.encoders.to(device)
         if self.joint is not None:
             self.joint.to(device)
@@ -268,10 +299,13 @@ class LoadedRun:
         device = next(encoder.parameters()).device
         if x.dtype == torch.uint8:
             x = x.float() / 255
-        z = encoder(x.to(device)).pooled
-        return (self.joint.project(modality, z) if self.uses_joint(modality, joint) else z.float()).cpu()
+        z: torch.Tensor = encoder(x.to(device)).pooled
+        if self.uses_joint(modality, joint) and self.joint is not None:  # uses_joint implies a joint space
+            return self.joint.project(modality, z).cpu()
+        return z.float().cpu()
 
-    def batches(self, modality: str, inputs, batch_size: int = 256) -> Iterator[tuple[list[str] | None, torch.Tensor]]:
+    def batches(self, modality: str, inputs: Inputs,
+                batch_size: int = 256) -> Iterator[tuple[list[str] | None, torch.Tensor]]:
         """(items, read batch) chunks of ``inputs`` (a tensor is chunked as it is, with items None)."""
         if isinstance(inputs, torch.Tensor | np.ndarray):
             x = torch.as_tensor(inputs)
@@ -283,7 +317,7 @@ class LoadedRun:
             chunk = items[start:start + batch_size]
             yield chunk, read_items(modality, chunk, self.inputs.get(modality, {}))
 
-    def embed(self, modality: str, inputs, batch_size: int = 256, joint: bool | None = None,
+    def embed(self, modality: str, inputs: Inputs, batch_size: int = 256, joint: bool | None = None,
               progress: bool = False) -> torch.Tensor:
         """(N, D) embeddings of ``inputs`` (see the module docstring); joint-space by default where the run has one."""
         self.uses_joint(modality, joint)  # fail before reading anything
@@ -325,7 +359,7 @@ class LoadedRun:
         z = self.embed(TEXT, torch.as_tensor(read_items(TEXT, prompts, self.inputs[TEXT])), joint=True)
         return F.normalize(z.view(len(classes), len(templates), -1).mean(dim=1), dim=1)
 
-    def classify(self, modality: str, inputs, classes: Sequence[str], templates: Sequence[str] | None = None,
+    def classify(self, modality: str, inputs: Inputs, classes: Sequence[str], templates: Sequence[str] | None = None,
                  batch_size: int = 256) -> torch.Tensor:
         """Zero-shot class indices (N,): ``argmax_c cos(z_i, t_c)`` against the class prompts."""
         class_text = self.class_embeddings(classes, templates)
@@ -335,7 +369,7 @@ class LoadedRun:
         return (self.embed(modality, inputs, batch_size, joint=True) @ class_text.T).argmax(dim=1)
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool) -> Any:  # a tqdm bar (tqdm ships no type information)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="item", disable=not enabled, leave=False)
@@ -407,7 +441,7 @@ def main(argv: list[str]) -> Path:
     import argparse
 
     class Parser(argparse.ArgumentParser):
-        def error(self, message: str):
+        def error(self, message: str) -> NoReturn:
             raise MMSSLError(f"mmssl embed: {message}; usage: mmssl embed RUN INPUTS… --out FILE.npy|.parquet|.safetensors "
                              "[--modality image|audio|text] [--batch-size N] [--pooled]")
 

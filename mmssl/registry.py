@@ -14,14 +14,27 @@ import types
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from mmssl.errors import ConfigError
+
+if TYPE_CHECKING:  # what each registry builds (for type checkers only: these modules sit above this one)
+    from mmssl.augment.base import Augmentation
+    from mmssl.data.base import DatasetSplits
+    from mmssl.encoders.base import Encoder
+    from mmssl.objectives.base import Objective
+    from mmssl.rl.intrinsic.base import IntrinsicReward
+
+#: what ``Registry.build`` returns (the base class of the registry's entries)
+T = TypeVar("T")
+#: a registered class or factory, returned unchanged by ``register``
+C = TypeVar("C", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
 class Entry:
     name: str
-    obj: Callable
+    obj: Callable[..., Any]
     modalities: tuple[str, ...]
     sequence: bool
 
@@ -41,7 +54,7 @@ def _suggest(name: str, options: list[str]) -> str:
 _SIMPLE_TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
 
 
-def _type_ok(value, annotation) -> bool:
+def _type_ok(value: object, annotation: Any) -> bool:
     """True when ``value`` plausibly fits ``annotation``; unknown annotations are accepted."""
     if annotation is inspect.Parameter.empty or annotation is typing.Any:
         return True
@@ -63,33 +76,34 @@ def _type_ok(value, annotation) -> bool:
     return True
 
 
-class Registry:
-    """A named collection of buildable classes (or factory functions)."""
+class Registry(Generic[T]):
+    """A named collection of buildable classes (or factory functions) that make ``T``s."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, modalities: tuple[str, ...] | None = None, sequence: bool = False):
-        """Class decorator: ``@REG.register("name", modalities=("image",))``.
+    def register(self, name: str, modalities: tuple[str, ...] | None = None,
+                 sequence: bool = False) -> Callable[[C], C]:
+        """Class decorator: ``@REG.register("name", modalities=("image",))``; returns the class unchanged.
 
         ``modalities`` (what the entry reads) and ``sequence`` (whether it reads (B, T, ...) sequences) are
         declared here, once, and set on the class; a class registered without them keeps what it inherits.
         """
 
-        def decorator(obj):
+        def decorator(obj: C) -> C:
             old = self._entries.get(name)
             if old is not None and _qualname(old.obj) != _qualname(obj):  # re-importing a module is fine
                 raise ConfigError(f"{self.kind} {name!r} is registered twice ({_qualname(old.obj)} and {_qualname(obj)})")
             mods = modalities if modalities is not None else tuple(getattr(obj, "modalities", ()))
             self._entries[name] = Entry(name, obj, tuple(mods), sequence or bool(getattr(obj, "sequence", False)))
             if inspect.isclass(obj):
-                obj.registry_name = name
+                setattr(obj, "registry_name", name)  # noqa: B010  (any class: not an attribute it declares)
                 # declared once, in the decorator: the class reads the same facts (Objective.resolve_modality)
                 if modalities is not None:
-                    obj.modalities = tuple(modalities)
+                    setattr(obj, "modalities", tuple(modalities))  # noqa: B010
                 if sequence:
-                    obj.sequence = True
+                    setattr(obj, "sequence", True)  # noqa: B010
             return obj
 
         return decorator
@@ -111,17 +125,18 @@ class Registry:
             raise ConfigError(f"unknown {self.kind} {name!r}; {_suggest(str(name), list(self._entries))}")
         return self._entries[name]
 
-    def build(self, name: str, *args, **kwargs):
+    def build(self, name: str, *args: Any, **kwargs: Any) -> T:
         """Instantiate ``name`` after checking ``kwargs`` against its signature."""
         entry = self.get(name)
         self.check_kwargs(name, kwargs, positional=len(args))
-        return entry.obj(*args, **kwargs)
+        built: T = entry.obj(*args, **kwargs)
+        return built
 
     def parameters(self, name: str) -> list[inspect.Parameter]:
         """The constructor parameters of ``name`` as ``build`` reads them (see ``parameters``)."""
         return parameters(self.get(name).obj)
 
-    def check_kwargs(self, name: str, kwargs: dict, positional: int = 0) -> None:
+    def check_kwargs(self, name: str, kwargs: dict[str, Any], positional: int = 0) -> None:
         params = self.parameters(name)
         if any(p.kind is p.VAR_KEYWORD for p in params):
             return
@@ -188,28 +203,28 @@ def _resolved(fn: Callable) -> list[inspect.Parameter]:
     return [p.replace(annotation=hints.get(p.name, inspect.Parameter.empty)) for p in sig.parameters.values()]
 
 
-def _qualname(obj) -> str:
+def _qualname(obj: object) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
-def _hints(fn) -> dict:
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
     try:
         return typing.get_type_hints(fn)
     except Exception:  # unresolved forward references: skip type checks rather than fail
         return {}
 
 
-def _type_name(annotation) -> str:
+def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-ENCODERS = Registry("encoder")
-OBJECTIVES = Registry("objective")
-AUGMENTATIONS = Registry("augmentation")
-DATASETS = Registry("dataset")
-INTRINSIC_REWARDS = Registry("intrinsic reward")
+ENCODERS: Registry[Encoder] = Registry("encoder")
+OBJECTIVES: Registry[Objective] = Registry("objective")
+AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation")
+DATASETS: Registry[DatasetSplits] = Registry("dataset")  # entries are builder functions
+INTRINSIC_REWARDS: Registry[IntrinsicReward] = Registry("intrinsic reward")
 
-REGISTRIES = {
+REGISTRIES: dict[str, Registry[Any]] = {
     "encoders": ENCODERS,
     "objectives": OBJECTIVES,
     "augmentations": AUGMENTATIONS,

@@ -22,39 +22,54 @@ _KEYS = {"value", "values", "probabilities", "distribution", "min", "max", "q"}
 
 
 def violations(parameters: dict) -> list[str]:
-    """What is wrong with ``parameters`` against the schema (empty when nothing is)."""
+    """What is wrong with ``parameters`` against the schema (empty when nothing is): one line per bad parameter."""
     out = []
     for name, p in parameters.items():
-        if not isinstance(p, dict):
-            out.append(f"{name}: must be a mapping like {{values: [...]}} or {{min: , max: }}")
-            continue
-        if unknown := sorted(set(p) - _KEYS):
-            out.append(f"{name}: unknown field(s) {', '.join(unknown)} (use {', '.join(sorted(_KEYS))})")
-            continue
-        try:
-            kind = distribution(p)
-        except ValueError as exc:
-            out.append(f"{name}: {exc}")
-            continue
-        if kind == "categorical":
-            if not isinstance(p["values"], list) or not p["values"]:
-                out.append(f"{name}: values must be a non-empty list")
-            elif "probabilities" in p and (len(p["probabilities"]) != len(p["values"])
-                                           or not math.isclose(sum(p["probabilities"]), 1.0, abs_tol=1e-6)):
-                out.append(f"{name}: probabilities must have one entry per value and sum to 1")
-        elif kind != "constant":
-            lo, hi = p.get("min"), p.get("max")
-            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lo, hi)):
-                out.append(f"{name}: {kind} needs numeric min and max")
-            elif lo >= hi:
-                out.append(f"{name}: min ({lo}) must be below max ({hi})")
-            elif "log" in kind and lo <= 0:
-                out.append(f"{name}: {kind} needs min > 0 (got {lo})")
-            elif kind.startswith("q_") and not (isinstance(p.get("q"), int | float) and p["q"] > 0):
-                out.append(f"{name}: {kind} needs a step q > 0")
-            elif kind == "int_uniform" and not all(isinstance(v, int) for v in (lo, hi)):
-                out.append(f"{name}: int_uniform needs integer min and max")
+        problem = _violation(p)
+        if problem is not None:
+            out.append(f"{name}: {problem}")
     return out
+
+
+def _violation(p: object) -> str | None:
+    """What is wrong with one parameter's spec, or None."""
+    if not isinstance(p, dict):
+        return "must be a mapping like {values: [...]} or {min: , max: }"
+    if unknown := sorted(set(p) - _KEYS):
+        return f"unknown field(s) {', '.join(unknown)} (use {', '.join(sorted(_KEYS))})"
+    try:
+        kind = distribution(p)
+    except ValueError as exc:
+        return str(exc)
+    if kind == "categorical":
+        return _categorical_violation(p)
+    return None if kind == "constant" else _range_violation(kind, p)
+
+
+def _categorical_violation(p: dict) -> str | None:
+    """``values`` must be a non-empty list; ``probabilities``, when given, one per value summing to 1."""
+    if not isinstance(p["values"], list) or not p["values"]:
+        return "values must be a non-empty list"
+    if "probabilities" in p and (len(p["probabilities"]) != len(p["values"])
+                                 or not math.isclose(sum(p["probabilities"]), 1.0, abs_tol=1e-6)):
+        return "probabilities must have one entry per value and sum to 1"
+    return None
+
+
+def _range_violation(kind: str, p: dict) -> str | None:
+    """A range needs numeric ``min < max``; log ranges ``min > 0``, quantised ones ``q > 0``, int ones integers."""
+    lo, hi = p.get("min"), p.get("max")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lo, hi)):
+        return f"{kind} needs numeric min and max"
+    if lo >= hi:
+        return f"min ({lo}) must be below max ({hi})"
+    if "log" in kind and lo <= 0:
+        return f"{kind} needs min > 0 (got {lo})"
+    if kind.startswith("q_") and not (isinstance(p.get("q"), int | float) and p["q"] > 0):
+        return f"{kind} needs a step q > 0"
+    if kind == "int_uniform" and not all(isinstance(v, int) for v in (lo, hi)):
+        return "int_uniform needs integer min and max"
+    return None
 
 
 def distribution(p: dict) -> str:

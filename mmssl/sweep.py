@@ -117,6 +117,26 @@ def _culprit(program: str, extra: list[str], probes: dict, exc: ConfigError) -> 
 
 def validate(spec: dict, extra: list[str] = (), allow_any_command: bool = False) -> str:
     """Check the spec against wandb's schema and every parameter value against the config; returns the program."""
+    params = _check_structure(spec)
+    program = program_of(spec, allow_any_command)  # before anything else runs or is imported
+    violations = search.violations(params)
+    if violations:
+        raise ConfigError(f"invalid sweep spec: {'; '.join(' '.join(v.split()) for v in violations)[:300]}")
+    if spec["method"] == "bayes" and not (spec.get("metric") or {}).get("name"):
+        raise ConfigError("a bayes sweep needs `metric: {name: ..., goal: maximize|minimize}` to optimise")
+    probes = _probes(params)
+    for name, value, overrides in _value_checks(probes):
+        try:
+            compose(program, [*extra, *overrides])
+        except ConfigError as exc:
+            if name is None:  # the first values together: find the parameter that breaks alone
+                name, value = _culprit(program, extra, probes, exc)
+            raise ConfigError(f"sweep parameter {name!r} value {value!r}: {exc}") from None
+    return program
+
+
+def _check_structure(spec: dict) -> dict:
+    """The spec's ``parameters`` after checking ``method`` and that every parameter is a flat mapping."""
     method = spec.get("method")
     if method not in METHODS:
         raise ConfigError(f"sweep method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -128,23 +148,29 @@ def validate(spec: dict, extra: list[str] = (), allow_any_command: bool = False)
             raise ConfigError(f"sweep parameter {name!r} must be a mapping like {{values: [...]}} or {{min: , max: }}")
         if "parameters" in cfg:
             raise ConfigError(f"sweep parameter {name!r}: write nested config keys as dotted names (trainer.lr)")
-    program = program_of(spec, allow_any_command)  # before anything else runs or is imported
-    violations = search.violations(params)
-    if violations:
-        raise ConfigError(f"invalid sweep spec: {'; '.join(' '.join(v.split()) for v in violations)[:300]}")
-    if method == "bayes" and not (spec.get("metric") or {}).get("name"):
-        raise ConfigError("a bayes sweep needs `metric: {name: ..., goal: maximize|minimize}` to optimise")
+    return params
+
+
+def _probes(params: dict) -> dict[str, list]:
+    """``{parameter: values to check}`` (:func:`mmssl.search.probe_values`), a bad range as a one-line error."""
     probes = {}
     for name, cfg in params.items():
         try:
             probes[name] = search.probe_values(cfg)
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"sweep parameter {name!r}: {exc}") from None
-    # parameters combine (objective=byol makes objective.byol.* exist): compose every parameter's first value
-    # together, then change one parameter at a time. compose's type check only looks at the kind of a
-    # value, so among non-strings one value per Python type stands for the rest (keeps validation fast)
+    return probes
+
+
+def _value_checks(probes: dict[str, list]) -> list[tuple[str | None, object, list[str]]]:
+    """The override lists to compose: (parameter, value, overrides), the first with every first value (None, None).
+
+    Parameters combine (objective=byol makes objective.byol.* exist): every parameter's first value is composed
+    together, then one parameter changes at a time. compose's type check only looks at the kind of a value,
+    so among non-strings one value per Python type stands for the rest (keeps validation fast).
+    """
     first = [override(name, values[0]) for name, values in probes.items()]
-    checks = [(None, None, first)]
+    checks: list[tuple[str | None, object, list[str]]] = [(None, None, first)]
     for name, values in probes.items():
         others = [o for o, n in zip(first, probes) if n != name]
         kinds = {type(values[0])}
@@ -152,14 +178,7 @@ def validate(spec: dict, extra: list[str] = (), allow_any_command: bool = False)
             if isinstance(value, str) or type(value) not in kinds:
                 kinds.add(type(value))
                 checks.append((name, value, [*others, override(name, value)]))
-    for name, value, overrides in checks:
-        try:
-            compose(program, [*extra, *overrides])
-        except ConfigError as exc:
-            if name is None:  # the first values together: find the parameter that breaks alone
-                name, value = _culprit(program, extra, probes, exc)
-            raise ConfigError(f"sweep parameter {name!r} value {value!r}: {exc}") from None
-    return program
+    return checks
 
 
 # ---------------------------------------------------------------- expansion and commands
@@ -256,8 +275,6 @@ def run_local(spec: dict, out: Path, seeds: int = 1, workers: int = 1, count: in
               extra: list[str] = (), dry_run: bool = False, sampler_seed: int = 0, resamples: int = 2000,
               allow_any_command: bool = False) -> dict:
     """Validate, expand, run and report a spec locally; returns the report (``mmssl.report.report``)."""
-    from mmssl import report as rep
-
     extra = list(extra)
     if seeds < 1 or workers < 1:
         raise ConfigError(f"--seeds and --workers must be at least 1, got {seeds} and {workers}")
@@ -267,19 +284,9 @@ def run_local(spec: dict, out: Path, seeds: int = 1, workers: int = 1, count: in
     if spec.get("early_terminate"):
         console("note: early_terminate is applied by wandb agents only; local runs go to completion")
     sweep = LocalSweep(spec, out, seeds, workers, extra)
-    bayes = spec["method"] == "bayes"
-    configs = [] if bayes else expand(spec, count, sampler_seed)
-    n_configs = (count or spec.get("run_cap") or 0) if bayes else len(configs)
-    if bayes and not n_configs:
-        raise ConfigError("a bayes sweep needs a run count: --count N or `run_cap: N` in the spec")
-    total = n_configs * (1 if "seed" in spec["parameters"] else seeds)
+    configs, n_configs, total = _plan(spec, seeds, count, sampler_seed)
     if dry_run:
-        # a bayes sweep's first draw has no results to use; later ones depend on them
-        shown = configs or [search.Search(spec["parameters"], "bayes", sampler_seed).ask()]
-        for i, params in enumerate(shown):
-            for job in sweep.jobs(i, params):
-                print(shlex.join(job["command"]))
-        console(f"dry run: {n_configs} configurations × {seeds} seeds = {total} runs; nothing started")
+        _dry_run(sweep, configs, n_configs, total, sampler_seed)
         return {}
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"sweep folder {out} is not empty; pass a new --out")
@@ -287,10 +294,39 @@ def run_local(spec: dict, out: Path, seeds: int = 1, workers: int = 1, count: in
     (out / "sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     console(f"sweep {spec['name']}: {n_configs} configurations × {seeds} seeds = {total} runs, "
             f"{workers} at a time, in {out}")
-    if bayes:
+    if spec["method"] == "bayes":
         _run_bayes(sweep, spec, n_configs, total, sampler_seed)
     else:
         sweep.run([job for i, params in enumerate(configs) for job in sweep.jobs(i, params)], total)
+    return _report(sweep, out, resamples)
+
+
+def _plan(spec: dict, seeds: int, count: int | None, sampler_seed: int) -> tuple[list[dict], int, int]:
+    """(configurations drawn up front — none for bayes, whose draws depend on results —, their count, runs)."""
+    bayes = spec["method"] == "bayes"
+    configs = [] if bayes else expand(spec, count, sampler_seed)
+    n_configs = (count or spec.get("run_cap") or 0) if bayes else len(configs)
+    if bayes and not n_configs:
+        raise ConfigError("a bayes sweep needs a run count: --count N or `run_cap: N` in the spec")
+    total = n_configs * (1 if "seed" in spec["parameters"] else seeds)
+    return configs, n_configs, total
+
+
+def _dry_run(sweep: LocalSweep, configs: list[dict], n_configs: int, total: int, sampler_seed: int) -> None:
+    """Print the commands of the configurations known up front; start nothing."""
+    # a bayes sweep's first draw has no results to use; later ones depend on them
+    shown = configs or [search.Search(sweep.spec["parameters"], "bayes", sampler_seed).ask()]
+    for i, params in enumerate(shown):
+        for job in sweep.jobs(i, params):
+            print(shlex.join(job["command"]))
+    console(f"dry run: {n_configs} configurations × {sweep.seeds} seeds = {total} runs; nothing started")
+
+
+def _report(sweep: LocalSweep, out: Path, resamples: int) -> dict:
+    """The report (``mmssl.report.report``) of the sweep's finished runs, grouped by the swept parameters."""
+    from mmssl import report as rep
+
+    spec = sweep.spec
     ok = sorted((r for r in sweep.records if r["returncode"] == 0 and rep.is_run_dir(Path(r["run_dir"]))),
                 key=lambda r: r["run_dir"])
     if not ok:

@@ -12,12 +12,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from mmssl.data.lazy import LazyColumn, check_on_error
 from mmssl.errors import DataError
 from mmssl.types import Batch
+
+#: one modality's items: a tensor in memory, or a column of files decoded when a batch is drawn
+Column = torch.Tensor | LazyColumn
 
 
 class ArrayDataset:
@@ -28,9 +32,9 @@ class ArrayDataset:
     reads those files (``materialize()`` reads them all once: ``data.cache=memory``).
     """
 
-    def __init__(self, data: Mapping[str, torch.Tensor], labels: torch.Tensor | None = None,
-                 classes: list[str] | None = None, name: str = "dataset", extra: Mapping | None = None,
-                 groups: list[str] | None = None):
+    def __init__(self, data: Mapping[str, Column], labels: torch.Tensor | None = None,
+                 classes: list[str] | None = None, name: str = "dataset", extra: Mapping[str, Any] | None = None,
+                 groups: list[str] | None = None) -> None:
         if not data:
             raise DataError(f"{name}: no modalities given")
         sizes = {k: len(v) for k, v in data.items()}
@@ -73,7 +77,7 @@ class ArrayDataset:
         labels = None if self.labels is None else self.labels[idx]
         return Batch(data, labels)
 
-    def _column(self, v, idx) -> torch.Tensor:
+    def _column(self, v: Column, idx: torch.Tensor) -> torch.Tensor:
         if not isinstance(v, LazyColumn) or self.on_error == "stop":
             return v[idx]
         items, good, errors = v.read(idx)
@@ -93,7 +97,8 @@ class ArrayDataset:
             batch = self.batch(idx)
             return batch.data, batch.labels, [], idx
         ok = torch.ones(len(idx), dtype=torch.bool)
-        raw, errors = {}, []
+        raw: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        errors: list[str] = []
         for k, v in self.data.items():
             if isinstance(v, LazyColumn):
                 items, good, bad = v.read(idx)
@@ -102,10 +107,10 @@ class ArrayDataset:
             else:
                 raw[k] = (v[idx], None)
         data = {}
-        for k, (items, good) in raw.items():
+        for k, (rows, rows_ok) in raw.items():
             if not ok.all():  # a lazy column's items hold only its own good rows
-                items = items[ok[good]] if good is not None else items[ok]
-            data[k] = _as_float(items)
+                rows = rows[ok[rows_ok]] if rows_ok is not None else rows[ok]
+            data[k] = _as_float(rows)
         labels = None if self.labels is None else self.labels[idx][ok]
         return data, labels, errors, idx[ok]
 
@@ -125,11 +130,12 @@ class ArrayDataset:
             return self, []
         check_on_error(on_error)
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in self.data}
-        keep, errors = [], []
+        keep: list[torch.Tensor] = []
+        errors: list[str] = []
         for start in range(0, len(self), chunk):
             idx = torch.arange(start, min(start + chunk, len(self)))
             ok = torch.ones(len(idx), dtype=torch.bool)
-            read = {}
+            read: dict[str, torch.Tensor] = {}
             for k, v in self.data.items():
                 if isinstance(v, LazyColumn):
                     items, good, bad = v.read(idx)
@@ -185,7 +191,8 @@ class DatasetSplits:
         return DatasetSplits(train, test, self.meta | ({"skipped_files": skipped} if skipped else {}), self.stream)
 
 
-def split_indices(n: int, test_fraction: float, seed: int, labels: torch.Tensor | None = None):
+def split_indices(n: int, test_fraction: float, seed: int,
+                  labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded train/test index split, stratified by label when labels are given."""
     if not 0 < test_fraction < 1:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")

@@ -57,6 +57,61 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def _checked_rows(p: Path, group_column: str | None) -> tuple[list[dict], list[str]]:
+    """(rows, modalities present) of manifest ``p``; every row has every present modality (and its group)."""
+    rows = read_rows(p)
+    if not rows:
+        raise DataError(f"manifest {p} has no rows")
+    mods = [m for m in MANIFEST_MODALITIES if any(m in r for r in rows)]
+    if not mods:
+        raise DataError(f"manifest {p} has none of the columns {list(MANIFEST_MODALITIES)}")
+    for number, row in enumerate(rows, 1):
+        absent = [m for m in mods if row.get(m) in (None, "")]
+        if absent:
+            raise DataError(f"manifest {p} row {number} has no {absent}; every row needs {mods} (or drop the column)")
+    if group_column is not None and any(row.get(group_column) in (None, "") for row in rows):
+        first = next(i for i, r in enumerate(rows, 1) if r.get(group_column) in (None, ""))
+        raise DataError(f"manifest {p} row {first} has no {group_column!r} (data.group_column); fill it in every row")
+    for number, row in enumerate(rows, 1):
+        if TEXT in mods and not isinstance(row[TEXT], str | int | float):
+            raise DataError(f"manifest {p} row {number}: text must be a string, got {type(row[TEXT]).__name__}")
+    return rows, mods
+
+
+def _columns(p: Path, rows: list[dict], mods: list[str], image_size: int, channels: int, sample_rate: int | None,
+             clip_seconds: float, context_length: int, allow_outside_root: bool,
+             max_pixels: int | None) -> tuple[dict, int | None]:
+    """({modality: lazy column}, the audio sample rate used): every path checked before any file is read."""
+    from mmssl.data.audio import DEFAULT_SAMPLE_RATE, native_sample_rate
+    from mmssl.data.lazy import AudioFiles, ImageFiles, TextStrings
+
+    paths = {m: [confined(p, r[m], n, m, allow_outside_root) for n, r in enumerate(rows, 1)]
+             for m in (IMAGE, AUDIO) if m in mods}
+    data = {}
+    if IMAGE in mods:
+        data[IMAGE] = ImageFiles(paths[IMAGE], image_size, channels, max_pixels=max_pixels)
+    if AUDIO in mods:
+        if sample_rate is None:  # the clips' own rate when they agree, else 16 kHz
+            sample_rate = native_sample_rate(paths[AUDIO]) or DEFAULT_SAMPLE_RATE
+        data[AUDIO] = AudioFiles(paths[AUDIO], sample_rate, int(round(clip_seconds * sample_rate)))
+    if TEXT in mods:
+        data[TEXT] = TextStrings([str(r[TEXT]) for r in rows], context_length)
+    return data, sample_rate
+
+
+def _labels(p: Path, rows: list[dict], label_column: str) -> tuple[torch.Tensor | None, list[str] | None]:
+    """(labels (N,), class names) from ``label_column`` — numeric names in numeric order —, or (None, None)
+    when no row has one; some rows labelled and others not is an error."""
+    if not any(r.get(label_column) not in (None, "") for r in rows):
+        return None, None
+    missing = [i for i, r in enumerate(rows, 1) if r.get(label_column) in (None, "")]
+    if missing:
+        raise DataError(f"manifest {p} row {missing[0]} has no {label_column!r}; label every row or none")
+    names = [str(r[label_column]) for r in rows]
+    classes = sorted(set(names), key=lambda n: (0, int(n), "") if n.isdigit() else (1, 0, n))
+    return torch.tensor([classes.index(n) for n in names]), classes
+
+
 def confined(manifest: Path, cell, row: int, column: str, allow_outside_root: bool = False) -> Path:
     """The file a path cell names (relative to the manifest's folder), refused if it leaves that folder."""
     if not isinstance(cell, str):
@@ -88,49 +143,15 @@ def manifest(path: str, seed: int = 0, test_fraction: float = 0.2, label_column:
     pixels are refused before decoding. ``cache="memory"`` reads every file now; ``"none"`` keeps the rows as an index and reads each batch's
     files when it is drawn (in ``data.num_workers`` DataLoader workers).
     """
-    from mmssl.data.audio import DEFAULT_SAMPLE_RATE, native_sample_rate
-    from mmssl.data.lazy import AudioFiles, ImageFiles, TextStrings
-
     p = Path(path)
-    rows = read_rows(p)
-    if not rows:
-        raise DataError(f"manifest {p} has no rows")
-    mods = [m for m in MANIFEST_MODALITIES if any(m in r for r in rows)]
-    if not mods:
-        raise DataError(f"manifest {p} has none of the columns {list(MANIFEST_MODALITIES)}")
-    for number, row in enumerate(rows, 1):
-        absent = [m for m in mods if row.get(m) in (None, "")]
-        if absent:
-            raise DataError(f"manifest {p} row {number} has no {absent}; every row needs {mods} (or drop the column)")
-    if group_column is not None and any(row.get(group_column) in (None, "") for row in rows):
-        first = next(i for i, r in enumerate(rows, 1) if r.get(group_column) in (None, ""))
-        raise DataError(f"manifest {p} row {first} has no {group_column!r} (data.group_column); fill it in every row")
-    for number, row in enumerate(rows, 1):
-        if TEXT in mods and not isinstance(row[TEXT], str | int | float):
-            raise DataError(f"manifest {p} row {number}: text must be a string, got {type(row[TEXT]).__name__}")
+    rows, mods = _checked_rows(p, group_column)
     if limit:
         names = [str(r.get(label_column, "")) for r in rows]
         ids = {n: i for i, n in enumerate(sorted(set(names)))}
         rows = [rows[i] for i in stratified_limit(len(rows), torch.tensor([ids[n] for n in names]), int(limit), seed).tolist()]
-    paths = {m: [confined(p, r[m], n, m, allow_outside_root) for n, r in enumerate(rows, 1)]
-             for m in (IMAGE, AUDIO) if m in mods}  # every path checked before any file is read
-    data = {}
-    if IMAGE in mods:
-        data[IMAGE] = ImageFiles(paths[IMAGE], image_size, channels, max_pixels=max_pixels)
-    if AUDIO in mods:
-        if sample_rate is None:  # the clips' own rate when they agree, else 16 kHz
-            sample_rate = native_sample_rate(paths[AUDIO]) or DEFAULT_SAMPLE_RATE
-        data[AUDIO] = AudioFiles(paths[AUDIO], sample_rate, int(round(clip_seconds * sample_rate)))
-    if TEXT in mods:
-        data[TEXT] = TextStrings([str(r[TEXT]) for r in rows], context_length)
-    labels = classes = None
-    if any(r.get(label_column) not in (None, "") for r in rows):
-        missing = [i for i, r in enumerate(rows, 1) if r.get(label_column) in (None, "")]
-        if missing:
-            raise DataError(f"manifest {p} row {missing[0]} has no {label_column!r}; label every row or none")
-        names = [str(r[label_column]) for r in rows]
-        classes = sorted(set(names), key=lambda n: (0, int(n), "") if n.isdigit() else (1, 0, n))
-        labels = torch.tensor([classes.index(n) for n in names])
+    data, sample_rate = _columns(p, rows, mods, image_size, channels, sample_rate, clip_seconds, context_length,
+                                 allow_outside_root, max_pixels)
+    labels, classes = _labels(p, rows, label_column)
     groups = [str(r[group_column]) for r in rows] if group_column is not None else None
     full = ArrayDataset(data, labels, classes, f"manifest:{p}", groups=groups)
     meta = {"sample_rate": sample_rate} if AUDIO in mods else {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -41,7 +43,7 @@ class Encoder(nn.Module):
             )
 
 
-def open_clip_config(arch: str) -> dict:
+def open_clip_config(arch: str) -> dict[str, Any]:
     """open_clip's model config for ``arch`` (its ``embed_dim``, ``vision_cfg``, ``text_cfg``), or a one-line error."""
     import open_clip
 
@@ -49,4 +51,5 @@ def open_clip_config(arch: str) -> dict:
         from mmssl.registry import _suggest
 
         raise ConfigError(f"unknown open_clip architecture {arch!r}; {_suggest(arch, open_clip.list_models())}")
-    return open_clip.get_model_config(arch)
+    config: dict[str, Any] = open_clip.get_model_config(arch)  # open_clip is untyped; a dict for listed names
+    return config

@@ -289,16 +289,7 @@ def _fill_from_space(space: gym.Space, spec: dict) -> dict:
     if name is None:
         raise ConfigError("the agent encoder spec needs a 'name' (`mmssl list encoders`)")
     if name == "dict":
-        if not isinstance(space, gym.spaces.Dict):
-            raise ConfigError(f"encoder 'dict' expects a Dict observation space, but the env's observation space is "
-                              f"{space}; use an encoder for that space (mlp, nature_cnn, impala_cnn, minigrid)")
-        subs = dict(spec.get("encoders") or {})
-        unknown = sorted(set(subs) - set(space.spaces))
-        if unknown:
-            raise ConfigError(f"encoder 'dict' has entries {unknown} that the env's observation space {space} lacks; "
-                              f"its keys are {sorted(space.spaces)}")
-        spec["encoders"] = {k: _fill_from_space(space.spaces[k], v) for k, v in subs.items()}
-        return spec
+        return _fill_dict_from_space(space, spec)
     accepted = {p.name for p in ENCODERS.parameters(name)}
     shape = tuple(getattr(space, "shape", None) or ())
     guesses: dict = {}
@@ -315,6 +306,20 @@ def _fill_from_space(space: gym.Space, spec: dict) -> dict:
     for key, value in guesses.items():
         if key in accepted and key not in spec:
             spec[key] = value
+    return spec
+
+
+def _fill_dict_from_space(space: gym.Space, spec: dict) -> dict:
+    """The ``dict`` encoder's spec with each per-key entry filled from that key's sub-space of a Dict ``space``."""
+    if not isinstance(space, gym.spaces.Dict):
+        raise ConfigError(f"encoder 'dict' expects a Dict observation space, but the env's observation space is "
+                          f"{space}; use an encoder for that space (mlp, nature_cnn, impala_cnn, minigrid)")
+    subs = dict(spec.get("encoders") or {})
+    unknown = sorted(set(subs) - set(space.spaces))
+    if unknown:
+        raise ConfigError(f"encoder 'dict' has entries {unknown} that the env's observation space {space} lacks; "
+                          f"its keys are {sorted(space.spaces)}")
+    spec["encoders"] = {k: _fill_from_space(space.spaces[k], v) for k, v in subs.items()}
     return spec
 
 

@@ -112,17 +112,8 @@ def crossmodal_report(encoders: dict[str, Encoder], split: ArrayDataset, batch_s
     if len(set(dims.values())) != 1:
         raise DataError(f"embedding sizes differ across modalities {dims}; pass the objective's projections "
                         "so every modality lands in one joint space")
-    labels, results = split.labels, {}
-    for a, b in itertools.permutations(mods, 2):
-        sim = z[a] @ z[b].T
-        for k, v in recall_at_k(sim, labels, labels).items():
-            results[f"retrieval/{a}_to_{b}/R@{k}"] = v
-        if not split.is_lazy and _unique_rows(split.data[a]) and _unique_rows(split.data[b]):  # lazy: files not in memory
-            for k, v in exact_recall_at_k(sim).items():
-                results[f"retrieval_exact/{a}_to_{b}/R@{k}"] = v
-    results["retrieval/mean_R@1"] = float(np.mean([v for k, v in results.items()
-                                                   if k.startswith("retrieval/") and k.endswith("/R@1")]))
-    class_text = None
+    labels = split.labels
+    results = _retrieval(z, split, labels)
     if TEXT in mods and split.classes:
         head = projections[TEXT] if projections is not None and TEXT in projections else None
         class_text = class_text_embeddings(encoders[TEXT], split.classes, split.data[TEXT].shape[1], head, templates)
@@ -133,6 +124,22 @@ def crossmodal_report(encoders: dict[str, Encoder], split: ArrayDataset, batch_s
         plots = Path(run_dir) / "plots"
         similarity_heatmaps(z, labels, plots / "crossmodal_similarity.png")
         joint_embedding_plot(z, labels, plots / "crossmodal_embedding.png", split.classes)
+    return results
+
+
+def _retrieval(z: dict[str, torch.Tensor], split: ArrayDataset, labels: torch.Tensor) -> dict[str, float]:
+    """Class-level R@K of every ordered pair of ``z``'s modalities, exact-item R@K where the pair is 1:1 (in-memory
+    items all distinct), and ``retrieval/mean_R@1``."""
+    results: dict[str, float] = {}
+    for a, b in itertools.permutations(z, 2):
+        sim = z[a] @ z[b].T
+        for k, v in recall_at_k(sim, labels, labels).items():
+            results[f"retrieval/{a}_to_{b}/R@{k}"] = v
+        if not split.is_lazy and _unique_rows(split.data[a]) and _unique_rows(split.data[b]):  # lazy: files not in memory
+            for k, v in exact_recall_at_k(sim).items():
+                results[f"retrieval_exact/{a}_to_{b}/R@{k}"] = v
+    results["retrieval/mean_R@1"] = float(np.mean([v for k, v in results.items()
+                                                   if k.startswith("retrieval/") and k.endswith("/R@1")]))
     return results
 
 

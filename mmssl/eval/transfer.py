@@ -45,20 +45,7 @@ READ_KEYS = {AUDIO: {"sample_rate": "sample_rate", "clip_seconds": "clip_seconds
 # -- config ------------------------------------------------------------------------------------------
 def eval_config(run_config: Mapping, overrides: list[str], inputs: Mapping[str, Mapping] | None = None) -> DictConfig:
     """The run's config with its ``data`` and ``eval`` nodes replaced/edited by ``overrides`` (see module doc)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    parser, parsed = OverridesParser.create(), []
-    for text in overrides:
-        try:
-            parsed += parser.parse_overrides([text])
-        except HydraException:
-            raise ConfigError(f"cannot parse override {text!r}; write key=value (Hydra syntax: quote values with "
-                              "special characters, e.g. data.group_pattern='^(\\w+)_')") from None
-    for o, text in zip(parsed, overrides):
-        if o.key_or_group.split(".")[0] not in ("data", "eval"):
-            raise ConfigError(f"mmssl eval takes data and eval overrides (e.g. data=image_folder data.root=DIR "
-                              f"eval.task=regression), got {text!r}")
+    parsed = _parse_eval_overrides(overrides)
     swap = any(o.key_or_group == "data" for o in parsed)
     composable = [t for o, t in zip(parsed, overrides) if swap or o.key_or_group.startswith("eval")]
     composed = compose("pretrain", composable)
@@ -78,26 +65,51 @@ def eval_config(run_config: Mapping, overrides: list[str], inputs: Mapping[str, 
                 if modality in (inputs or {}) and key in data and f"data.{key}" not in given:
                     data[key] = (inputs or {})[modality][source]
     else:
-        data = OmegaConf.create(OmegaConf.to_container(cfg.get("data") or {}, resolve=True))
-        for o in parsed:
-            if not o.key_or_group.startswith("data."):
-                continue
-            key = o.key_or_group[len("data."):]
-            current = OmegaConf.select(data, key, default="__missing__")
-            if current == "__missing__" and not o.is_add():
-                close = difflib.get_close_matches(key, list(data), n=3, cutoff=0.6)
-                hint = f"did you mean {', '.join('data.' + c for c in close)}? " if close else ""
-                raise ConfigError(f"the run's data ({data.get('name')!r}) has no key {key!r}; {hint}(use +data.{key}=… "
-                                  "to add it, or data=<option> for another dataset)")
-            value = o.value()
-            if isinstance(current, bool | int | float) and not isinstance(value, type(current)) and not (
-                    isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool)):
-                raise ConfigError(f"bad override data.{key}={value!r}: must be {type(current).__name__} (run value {current!r})")
-            OmegaConf.update(data, key, value, merge=False)
+        data = _edited_data(OmegaConf.create(OmegaConf.to_container(cfg.get("data") or {}, resolve=True)), parsed)
     cfg.data = data
     if cfg.eval.get("task", "classification") not in TASKS:
         raise ConfigError(f"eval.task must be one of {', '.join(TASKS)}, got {cfg.eval.task!r}")
     return cfg
+
+
+def _parse_eval_overrides(overrides: list[str]) -> list:
+    """Hydra's parsed ``overrides`` (``Override`` objects), each a ``data`` or ``eval`` key, or a one-line error."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser, parsed = OverridesParser.create(), []
+    for text in overrides:
+        try:
+            parsed += parser.parse_overrides([text])
+        except HydraException:
+            raise ConfigError(f"cannot parse override {text!r}; write key=value (Hydra syntax: quote values with "
+                              "special characters, e.g. data.group_pattern='^(\\w+)_')") from None
+    for o, text in zip(parsed, overrides):
+        if o.key_or_group.split(".")[0] not in ("data", "eval"):
+            raise ConfigError(f"mmssl eval takes data and eval overrides (e.g. data=image_folder data.root=DIR "
+                              f"eval.task=regression), got {text!r}")
+    return parsed
+
+
+def _edited_data(data: DictConfig, parsed: list) -> DictConfig:
+    """The run's own ``data`` node with the ``data.<key>=…`` overrides applied: each key must exist (``+data.key``
+    adds one) and keep the type of the run's value."""
+    for o in parsed:
+        if not o.key_or_group.startswith("data."):
+            continue
+        key = o.key_or_group[len("data."):]
+        current = OmegaConf.select(data, key, default="__missing__")
+        if current == "__missing__" and not o.is_add():
+            close = difflib.get_close_matches(key, list(data), n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join('data.' + c for c in close)}? " if close else ""
+            raise ConfigError(f"the run's data ({data.get('name')!r}) has no key {key!r}; {hint}(use +data.{key}=… "
+                              "to add it, or data=<option> for another dataset)")
+        value = o.value()
+        if isinstance(current, bool | int | float) and not isinstance(value, type(current)) and not (
+                isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool)):
+            raise ConfigError(f"bad override data.{key}={value!r}: must be {type(current).__name__} (run value {current!r})")
+        OmegaConf.update(data, key, value, merge=False)
+    return data
 
 
 def result_name(cfg: DictConfig) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,6 +25,9 @@ from mmssl.encoders.base import Encoder
 from mmssl.errors import ConfigError
 from mmssl.registry import AUGMENTATIONS
 from mmssl.types import Batch, ObjectiveOutput
+
+if TYPE_CHECKING:  # importing mmssl.augment registers every augmentation: not at import time
+    from mmssl.augment.base import Augmentation
 
 #: the augmentation each modality gets when an objective is not told otherwise
 DEFAULT_AUGMENT = {"image": "simclr", "audio": "audio_default", "text": "text_default", "obs": "random_shift"}
@@ -35,7 +39,7 @@ class Objective(nn.Module):
     modalities: tuple[str, ...] = ()
     sequence: bool = False
 
-    def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None):
+    def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None) -> None:
         super().__init__()
         self.modality = self.resolve_modality(encoders, modality)
 
@@ -56,7 +60,7 @@ class Objective(nn.Module):
             raise ConfigError(f"objective {name!r} needs an encoder for {modality!r}; configured: {sorted(encoders)}")
         return modality
 
-    def build_augment(self, augment: str | None, augment_kwargs: Mapping | None = None) -> nn.Module:
+    def build_augment(self, augment: str | None, augment_kwargs: Mapping[str, Any] | None = None) -> Augmentation:
         """The registered augmentation ``augment`` (or this modality's default) built with its kwargs."""
         name = augment or DEFAULT_AUGMENT.get(self.modality, "identity")
         return AUGMENTATIONS.build(name, **dict(augment_kwargs or {}))
@@ -89,7 +93,8 @@ class Objective(nn.Module):
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """``target ← m·target + (1-m)·online`` for parameters; buffers (BatchNorm statistics) are copied."""
-    t_params, o_params = list(target.parameters()), list(online.parameters())
+    t_params: list[torch.Tensor] = list(target.parameters())
+    o_params: list[torch.Tensor] = list(online.parameters())
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, o_params, alpha=1 - momentum)
     for tb, ob in zip(target.buffers(), online.buffers()):

@@ -18,6 +18,10 @@ class RunningMeanStd(nn.Module):
     first, so every rank keeps the statistics of the union of all ranks' batches.
     """
 
+    mean: torch.Tensor  # buffers (registered in __init__), declared for type checkers
+    var: torch.Tensor
+    count: torch.Tensor
+
     def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4, sync_ranks: bool = False):
         super().__init__()
         self.sync_ranks = sync_ranks

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -36,6 +37,7 @@ from mmssl.errors import ConfigError, ShapeError
 from mmssl.rl.actions import ActionCodec, InverseDynamicsHead
 from mmssl.rl.normalize import RunningMeanStd  # noqa: F401  (re-exported for the rewards)
 from mmssl.rl.storage import Obs, Rollout, flatten_obs
+from mmssl.types import EncoderOutput
 
 NORMALISE = ("none", "rms", "std", "return")
 
@@ -74,7 +76,11 @@ class Preprocess(nn.Module):
     observations become one-hot vectors; vectors are flattened to (B, D).
     """
 
-    def __init__(self, space: gym.Space):
+    kind: str
+    shape: tuple[int, ...]  # what forward returns per item: (D,) or (C, H, W)
+    channels_last: bool
+
+    def __init__(self, space: gym.Space) -> None:
         super().__init__()
         if isinstance(space, gym.spaces.Discrete):
             self.kind, self.shape = "discrete", (int(space.n),)
@@ -103,12 +109,12 @@ class Preprocess(nn.Module):
 
 def is_symbolic_grid(space: gym.Space) -> bool:
     """MiniGrid-style symbolic grids: (H, W, 3) integer (object, colour, state) ids on a small square grid."""
-    shape = getattr(space, "shape", None) or ()
+    shape: tuple[int, ...] = getattr(space, "shape", None) or ()
     return (isinstance(space, gym.spaces.Box) and np.issubdtype(space.dtype, np.integer) and len(shape) == 3
             and shape[2] == 3 and shape[0] == shape[1] <= 15)
 
 
-def default_encoder_spec(shape: tuple[int, ...], grid: bool) -> dict:
+def default_encoder_spec(shape: tuple[int, ...], grid: bool) -> dict[str, Any]:
     """The obs encoder (``ENCODERS`` name) for an input: ``minigrid`` for symbolic grids, ``mlp`` for
     vectors, ``nature_cnn`` for images of at least 36 pixels a side and ``impala_cnn`` for smaller ones."""
     if grid:
@@ -121,12 +127,13 @@ def default_encoder_spec(shape: tuple[int, ...], grid: bool) -> dict:
 class Pooled(nn.Module):
     """An ``Encoder`` seen as a plain module: input → ``pooled`` (B, dim)."""
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x).pooled
+        out: EncoderOutput = self.encoder(x)
+        return out.pooled
 
 
 class IntrinsicReward(nn.Module):
@@ -145,10 +152,16 @@ class IntrinsicReward(nn.Module):
     registry reads both signatures together (``mmssl.registry.parameters``).
     """
 
+    coef: torch.Tensor  # buffers (registered in __init__), declared for type checkers
+    intrinsic_return: torch.Tensor
+    #: the embedding φ and inverse-dynamics head of rewards that train them with ``fit_inverse`` (ICM, E3B, NGU)
+    embedding: nn.Module
+    inverse: InverseDynamicsHead
+
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, num_envs: int, *,
                  coef: float = 0.01, coef_decay: float = 1.0, normalise: str = "rms", gamma: float = 0.99,
                  use_agent_features: bool = False, obs_key: str | None = None, encoder: dict | None = None,
-                 embed_dim: int = 64, lr: float = 1e-3, update_epochs: int = 1, batch_size: int = 256):
+                 embed_dim: int = 64, lr: float = 1e-3, update_epochs: int = 1, batch_size: int = 256) -> None:
         super().__init__()
         if normalise not in NORMALISE:
             raise ConfigError(f"normalise must be one of {list(NORMALISE)}, got {normalise!r}")
@@ -161,8 +174,8 @@ class IntrinsicReward(nn.Module):
         self.preprocess = None if use_agent_features else Preprocess(self.space)
         # symbolic grids stay integer ids (the minigrid encoder embeds them); everything else is preprocessed
         self.grid = not use_agent_features and is_symbolic_grid(self.space)
-        if not use_agent_features:
-            shape = self.space.shape if self.grid else self.preprocess.shape
+        if self.preprocess is not None:  # not use_agent_features: the reward's own networks read observations
+            shape = tuple(self.space.shape or ()) if self.grid else self.preprocess.shape
             self.encoder_spec = dict(encoder or default_encoder_spec(shape, self.grid))
             # the space the encoder reads, for encoder_for_space's dry run (valid grid ids: 0..2)
             self.input_space = (gym.spaces.Box(0, 2, shape, np.int64) if self.grid
@@ -189,11 +202,13 @@ class IntrinsicReward(nn.Module):
 
     def inputs(self, obs: Obs | None, features: torch.Tensor | None) -> torch.Tensor:
         """(B, ...) network input: agent features, or the preprocessed observation at ``obs_key``."""
-        if self.use_agent_features:
+        if self.preprocess is None:  # use_agent_features
             if features is None:
                 raise ConfigError(f"{self.name} has use_agent_features=true but the rollout carries no features; "
                                   "have the agent store them or set use_agent_features=false")
             return features.float()
+        if obs is None:
+            raise ConfigError(f"{self.name} reads observations (use_agent_features=false) but was given obs=None")
         x = select_obs(obs, self.obs_key)
         return x.long() if self.grid else self.preprocess(x)
 
@@ -216,11 +231,17 @@ class IntrinsicReward(nn.Module):
         self.embedding = self.make_encoder()
         self.inverse = InverseDynamicsHead(self.embed_dim, self.actions, hidden_dim=64)
 
+    def _optimizer(self) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            raise ConfigError(f"{self.name} trains networks but has no optimizer; call make_optimizer(modules) "
+                              "in its __init__")
+        return self.optimizer
+
     def fit_inverse(self, rollout: Rollout, metric: str) -> dict[str, float]:
         """Train ``self.embedding`` through ``self.inverse`` on the rollout's transitions (E3B, NGU)."""
         x, next_x, actions = self.transitions(rollout)
 
-        def loss_fn(idx):
+        def loss_fn(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
             loss = self.inverse.loss(self.embedding(x[idx]), self.embedding(next_x[idx]), actions[idx])
             return loss, {metric: loss.item()}
 
@@ -230,12 +251,13 @@ class IntrinsicReward(nn.Module):
         """``update_epochs`` passes of shuffled minibatches of ``n`` samples; mean of each metric."""
         totals: dict[str, float] = {}
         steps = 0
+        optimizer = self._optimizer()
         for _ in range(self.update_epochs):
             for idx in torch.randperm(n, device=self.coef.device).split(self.batch_size):
                 loss, metrics = loss_fn(idx)
-                self.optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                self.optimizer.step()
+                optimizer.step()
                 steps += 1
                 for k, v in metrics.items():
                     totals[k] = totals.get(k, 0.0) + v
