@@ -124,7 +124,7 @@ class Trainer:
         """The schedule and counters of the loop over ``self.optimizer``, run by ``tcfg`` (the ``trainer`` keys:
         steps, warmup_steps, final_lr_fraction, amp, grad_clip, nonfinite, log_every, checkpoint_every,
         eval_every, keep_checkpoints, progress, channels_last); ``prefix`` names those keys in errors."""
-        self.tcfg = tcfg
+        self.tcfg, self.key_prefix = tcfg, prefix
         total = int(tcfg.steps)
         if total < 1:
             raise ConfigError(f"{prefix}steps must be ≥ 1, got {total}")
@@ -340,7 +340,7 @@ class Trainer:
             return False
         bad = [slot for slot, out in outputs.items() if not torch.isfinite(out.loss).all()] or ["(all terms finite: gradient)"]
         message = (f"non-finite {what} at step {self.step + 1} from objective term(s) {bad}; "
-                   f"lower trainer.lr, set trainer.grad_clip, or trainer.nonfinite=skip")
+                   f"lower {self.key_prefix}lr, set {self.key_prefix}grad_clip, or {self.key_prefix}nonfinite=skip")
         if self.tcfg.nonfinite == "skip" and self.consecutive_skips < MAX_CONSECUTIVE_SKIPS:
             self.skipped_steps += 1
             self.consecutive_skips += 1
