@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, whatever the message holds
         return 2
     except KeyboardInterrupt:
-        print("interrupted; resume with resume=true run_dir=<the run folder>", file=sys.stderr)
+        how = "the same command with resume=true name=<the folder's name>" if argv[0] == "finetune" else \
+            "resume=true run_dir=<the run folder>"
+        print(f"interrupted; resume with {how}", file=sys.stderr)
         return 130
 
 

@@ -275,6 +275,44 @@ def _check_syntax(override: str) -> None:
         raise ConfigError(f"cannot parse override {override!r}: {value!r} is not Hydra override syntax{hint}") from None
 
 
+def config_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a config (groups and leaves), for "did you mean" hints."""
+    out: list[str] = []
+    for k, v in node.items():
+        out.append(f"{prefix}{k}")
+        if isinstance(v, DictConfig | dict):
+            out += config_keys(v, f"{prefix}{k}.")
+    return out
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str], known: list[str] | tuple[str, ...] = (),
+                    where: str = "the config") -> None:
+    """Edit ``cfg`` (a composed or stored config) in place with ``key=value`` overrides, read by Hydra's
+    override grammar as on any command line; the key must exist (``+``: may be new) and keep the type of
+    the value it replaces. ``known``: more key names for the "did you mean" hint; ``where``: where the keys
+    are listed, for the messages."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for text in overrides:
+        _check_syntax(text)
+        override = parser.parse_override(text)
+        key = override.key_or_group
+        current = OmegaConf.select(cfg, key, default=_UNSET)
+        if override.is_delete() or (current is _UNSET and not override.is_add()):
+            close = difflib.get_close_matches(key, config_keys(cfg) + list(known), n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            verb = "cannot delete" if override.is_delete() else "unknown config key"
+            raise ConfigError(f"{verb} {key!r}; {hint}(keys: {where})")
+        value = override.value()
+        if isinstance(current, bool | int | float) and not _same_kind(current, value):
+            raise ConfigError(f"bad override {text!r}: {key} must be {type(current).__name__} (current value {current!r})")
+        OmegaConf.update(cfg, key, value, merge=False)
+
+
+_UNSET = object()
+
+
 def _same_kind(default: object, value: object) -> bool:
     if isinstance(default, bool):
         return isinstance(value, bool)

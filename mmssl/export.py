@@ -43,14 +43,6 @@ CONFIG = "config.json"
 JOINT = "joint.safetensors"
 
 
-def _find_checkpoint(target: Path) -> tuple[Path, dict]:
-    """The newest valid checkpoint of a run folder (or its checkpoints/ folder), or the given file."""
-    from mmssl.inference import find_checkpoint
-
-    _, path, state = find_checkpoint(target)
-    return path, state
-
-
 def encoder_weights(model_state: dict, modality: str) -> dict[str, torch.Tensor]:
     """``encoders.<modality>.*`` entries of a pretraining model's state dict, prefix removed."""
     prefix = f"encoders.{modality}."
@@ -67,7 +59,9 @@ def export(target: str | Path, out: str | Path, force: bool = False) -> Path:
         raise MMSSLError(f"--out {out} is a file, not a folder; pass a folder path")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise MMSSLError(f"--out {out} is not empty; pass --force to overwrite or choose another folder")
-    path, state = _find_checkpoint(Path(target))
+    from mmssl.inference import find_checkpoint  # lazily: inference reads exports through this module
+
+    _, path, state = find_checkpoint(target)
     config = state.get("config") if isinstance(state, dict) else None
     if isinstance(config, dict):  # inert data: no resolvers, downloads or init weights
         config = OmegaConf.to_container(stored_config(config, path))

@@ -37,6 +37,7 @@ from mmssl.rl.normalize import ObsNormalizer, RewardScaler
 from mmssl.rl.storage import Rollout, RolloutBuffer, flatten_obs
 from mmssl.train import distributed
 from mmssl.train.checkpoint import capture_rng, restore_rng
+from mmssl.train.schedule import linear_decay
 
 INTEGRATIONS = ("add", "value_head")
 
@@ -260,8 +261,7 @@ class PPO:
         a = self.cfg.agent
         start = time.perf_counter()
         if a.anneal_lr:  # CleanRL: linear decay to 0 over the run
-            frac = 1.0 - self.update_index / self.num_updates
-            self.optimizer.param_groups[0]["lr"] = frac * float(a.learning_rate)
+            self.optimizer.param_groups[0]["lr"] = linear_decay(self.num_updates)(self.update_index) * float(a.learning_rate)
         data = self.collect()
         stats = self.optimise(data)
 

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import mmssl_envs
 from mmssl.config import compose, to_container
-from mmssl.errors import ConfigError, NonFiniteError
+from mmssl.errors import ConfigError
 from mmssl.io import atomic_write
 from mmssl.logging import RunLogger, console, drop_metrics_after
 from mmssl.rl.ppo import PPO, to_tensor
@@ -118,17 +118,13 @@ def _train(cfg: DictConfig, ppo: PPO, run_dir: Path, found: tuple[Path, dict] | 
 def save(ppo: PPO, cfg: DictConfig, ckpt_dir: Path) -> Path:
     """Checkpoint the run (refusing non-finite weights: a checkpoint is only ever a state worth resuming)."""
     state = ppo.state_dict()
-    bad = [f"{part}.{name}" for part in ("agent", "aux", "intrinsic")
-           for name in checkpoint.nonfinite_tensors(state[part])]
-    if bad:
-        raise NonFiniteError(f"weights became non-finite by update {ppo.update_index} ({', '.join(bad[:3])}); no "
-                             f"checkpoint written, the last good one in {ckpt_dir} is intact")
     # every rank's own envs, RNGs and normaliser state, so a resumed multi-rank run continues exactly
     per_rank = distributed.gather_objects(state) if ppo.world > 1 else []
     path = ckpt_dir / f"step_{ppo.global_step:09d}.pt"
     if ppo.rank == 0:
-        checkpoint.save({"ppo": state, "ppo_per_rank": per_rank, "config": to_container(cfg)}, path)
-        checkpoint.prune(ckpt_dir, int(cfg.keep_checkpoints), current=path)
+        checkpoint.save_checked({"ppo": state, "ppo_per_rank": per_rank, "config": to_container(cfg)}, path,
+                                int(cfg.keep_checkpoints), {part: state[part] for part in ("agent", "aux", "intrinsic")},
+                                f"update {ppo.update_index}")
     if ppo.world > 1:
         torch.distributed.barrier()
     return path

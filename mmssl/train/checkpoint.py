@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmssl.errors import MMSSLError
+from mmssl.errors import MMSSLError, NonFiniteError
 from mmssl.io import atomic_write
 
 
@@ -140,6 +140,21 @@ def prune(directory: str | Path, keep: int, current: str | Path | None = None) -
     for stale in Path(directory).glob(".step_*.pt*tmp*"):
         stale.unlink(missing_ok=True)
     return damaged
+
+
+def save_checked(state: dict, path: str | Path, keep: int, weights: dict[str, dict], when: str,
+                 what: str = "weights") -> Path:
+    """Save ``state`` to ``path`` atomically and prune its folder to ``keep`` checkpoints, refusing (one
+    ``NonFiniteError`` line, nothing written) when a tensor of ``weights`` (part name → state dict; ``""``:
+    no prefix) holds a NaN or Inf: a checkpoint is only ever a state worth resuming."""
+    path = Path(path)
+    bad = [f"{part}.{name}" if part else name for part, tensors in weights.items() for name in nonfinite_tensors(tensors)]
+    if bad:
+        raise NonFiniteError(f"{what} became non-finite by {when} ({', '.join(bad[:3])}); no checkpoint written, "
+                             f"the last good one in {path.parent} is intact")
+    path = save(state, path)
+    prune(path.parent, keep, current=path)
+    return path
 
 
 def nonfinite_tensors(tensors) -> list[str]:

@@ -14,7 +14,6 @@ are functions of progress).
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from mmssl.logging import RunLogger, console
 from mmssl.train import checkpoint, distributed
 from mmssl.train.build import SSLModel, build_data, build_model
 from mmssl.train.optim import LARS
+from mmssl.train.schedule import warmup_cosine
 from mmssl.types import Batch
 
 #: a run whose every step is non-finite (NaN data, NaN BatchNorm statistics) would otherwise skip forever
@@ -43,18 +43,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but CUDA is not available; use device=cpu or device=auto")
     return torch.device(name)
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int, final_fraction: float):
-    """LR multiplier: linear warmup to 1 over ``warmup_steps``, then cosine to ``final_fraction``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def make_optimizer(model: torch.nn.Module, tcfg: DictConfig) -> torch.optim.Optimizer:
@@ -86,7 +74,19 @@ def autocast(device: torch.device, amp: str):
 
 
 class Trainer:
-    """Runs ``cfg`` in ``run_dir``: build, (resume), train, checkpoint, evaluate."""
+    """Runs ``cfg`` in ``run_dir``: build, (resume), train, checkpoint, evaluate.
+
+    The loop (``fit``, ``train_step``, ``save``, ``try_resume``) is shared by every run that minimises a
+    loss over batches; a subclass (``mmssl.finetune.trainer.FinetuneTrainer``) builds its own model, sets
+    ``model`` (what is checkpointed), ``forward_module``, ``optimizer``, calls ``_init_loop(settings)`` and
+    overrides the hooks: ``batches()`` (its batches from ``self.step`` on), ``forward(batch) -> (loss,
+    {term: ObjectiveOutput})``, ``after_step()``, ``train_mode()``, ``log_metrics(loss, outputs, grad_norm,
+    steps_per_second) -> dict`` (at log steps, before that step's checkpoint: a hook may validate there and
+    set ``self.stop`` to end the run early) and ``extra_state()`` / ``load_extra_state(state)`` (what else
+    an exact resume needs, stored under the checkpoint's ``task`` key).
+    """
+
+    description = "pretrain"  # the progress bar's label
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -118,14 +118,22 @@ class Trainer:
         if self.world > 1:
             torch.manual_seed(int(cfg.seed) + self.rank)  # per-rank augmentation streams
         self.optimizer = make_optimizer(self.model, cfg.trainer)
-        total = int(cfg.trainer.steps)
+        self._init_loop(cfg.trainer)
+
+    def _init_loop(self, tcfg: DictConfig, prefix: str = "trainer.") -> None:
+        """The schedule and counters of the loop over ``self.optimizer``, run by ``tcfg`` (the ``trainer`` keys:
+        steps, warmup_steps, final_lr_fraction, amp, grad_clip, nonfinite, log_every, checkpoint_every,
+        eval_every, keep_checkpoints, progress, channels_last); ``prefix`` names those keys in errors."""
+        self.tcfg, self.key_prefix = tcfg, prefix
+        total = int(tcfg.steps)
         if total < 1:
-            raise ConfigError(f"trainer.steps must be ≥ 1, got {total}")
+            raise ConfigError(f"{prefix}steps must be ≥ 1, got {total}")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(int(cfg.trainer.warmup_steps), total, float(cfg.trainer.final_lr_fraction)))
-        if cfg.trainer.nonfinite not in ("raise", "skip"):
-            raise ConfigError(f"trainer.nonfinite must be raise or skip, got {cfg.trainer.nonfinite!r}")
+            self.optimizer, warmup_cosine(int(tcfg.warmup_steps), total, float(tcfg.final_lr_fraction)))
+        if tcfg.nonfinite not in ("raise", "skip"):
+            raise ConfigError(f"{prefix}nonfinite must be raise or skip, got {tcfg.nonfinite!r}")
         self.step = 0
+        self.stop = False  # set by a hook (early stopping) to end the run before tcfg.steps
         self.skipped_steps = 0
         self.consecutive_skips = 0
         self.resumed = False
@@ -136,7 +144,8 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------
     def state(self) -> dict:
         model_state, optimizer_state = distributed.full_state_dict(self.model, self.optimizer)  # collective under FSDP
-        return {
+        extra = self.extra_state()
+        return ({"task": extra} if extra else {}) | {
             "model": model_state,
             "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(),
@@ -153,12 +162,9 @@ class Trainer:
         state = self.state()  # collective when distributed: every rank contributes its RNG state
         path = None
         if self.rank == 0:
-            bad = checkpoint.nonfinite_tensors(state["model"])
-            if bad:
-                raise NonFiniteError(f"model weights became non-finite by step {self.step} ({', '.join(bad[:3])}); no "
-                                     f"checkpoint written, the last good one in {self.ckpt_dir} is intact")
-            path = checkpoint.save(state, self.ckpt_dir / f"step_{self.step:08d}.pt")
-            checkpoint.prune(self.ckpt_dir, int(self.cfg.trainer.keep_checkpoints), current=path)
+            path = checkpoint.save_checked(state, self.ckpt_dir / f"step_{self.step:08d}.pt",
+                                           int(self.tcfg.keep_checkpoints), {"": state["model"]},
+                                           f"step {self.step}", what="model weights")
         self.saved_step = self.step
         if self.world > 1:
             torch.distributed.barrier()
@@ -182,6 +188,7 @@ class Trainer:
         self.saved_step = self.step
         loaders = state.get("loader_per_rank") or []
         self.loader_state = loaders[self.rank] if len(loaders) == self.world else None
+        self.load_extra_state(state.get("task") or {})
         console(f"resumed from {path} at step {self.step}")
         self.resumed = True
         return True
@@ -216,9 +223,9 @@ class Trainer:
 
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, dict, torch.Tensor] | None:
         """One optimiser update; returns (loss, per-objective outputs, grad norm), or None when skipped."""
-        tcfg = self.cfg.trainer
+        tcfg = self.tcfg
         with autocast(self.device, str(tcfg.amp)):
-            loss, outputs = self.forward_module(batch)
+            loss, outputs = self.forward(batch)
         self.optimizer.zero_grad(set_to_none=True)
         if self._nonfinite(loss, outputs, "loss"):
             return None
@@ -230,20 +237,52 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self.consecutive_skips = 0
-        self.model.after_step(self.step / int(tcfg.steps))
+        self.after_step()
         return loss, outputs, grad_norm
 
+    # -- hooks (pretraining's; see the class docstring) -------------------------------------------
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict]:
+        """(loss, {term: ObjectiveOutput}) of one batch, run through ``forward_module`` (DDP/FSDP)."""
+        return self.forward_module(batch)
+
+    def after_step(self) -> None:
+        """After each optimiser update: EMA / momentum updates, as functions of progress."""
+        self.model.after_step(self.step / int(self.tcfg.steps))
+
+    def train_mode(self) -> None:
+        self.model.train()
+
+    def log_metrics(self, loss: torch.Tensor, outputs: dict, grad_norm: torch.Tensor, steps_per_second: float) -> dict:
+        """The record logged at a log step (every rank calls it: the loss is averaged over ranks)."""
+        # the per-rank (local-loss) values average to the global-batch loss; every rank takes part
+        metrics = {"train/loss": distributed.mean_over_ranks(loss).item(),
+                   "train/lr": self.scheduler.get_last_lr()[0],
+                   "train/grad_norm": float(grad_norm),
+                   "train/steps_per_second": steps_per_second,
+                   "data/decode_errors": self.decode_errors}
+        for slot, out in outputs.items():
+            metrics[f"train/{slot}/loss"] = out.loss.item()
+            metrics |= {f"train/{slot}/{k}": v for k, v in out.metrics.items()}
+        return metrics
+
+    def extra_state(self) -> dict:
+        """What else an exact resume needs (checkpoint key ``task``; pretraining: nothing)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore what ``extra_state`` returned."""
+
     def fit(self, logger: RunLogger) -> None:
-        cfg, tcfg = self.cfg, self.cfg.trainer
+        cfg, tcfg = self.cfg, self.tcfg
         total = int(tcfg.steps)
         if cfg.resume and not self.resumed:
             self.try_resume()
-        if self.step >= total:
+        if self.step >= total or self.stop:
             return
         batches = self.batches()
-        self.model.train()
+        self.train_mode()
         bar = tqdm(total=total, initial=self.step, disable=not tcfg.progress or self.rank != 0, mininterval=1.0,
-                   desc="pretrain", dynamic_ncols=True)
+                   desc=self.description, dynamic_ncols=True)
         start, start_step = time.perf_counter(), self.step
         while self.step < total:
             result = self.train_step(next(batches))
@@ -252,19 +291,14 @@ class Trainer:
             loss, outputs, grad_norm = result
             bar.update(1)
             if self.step % int(tcfg.log_every) == 0 or self.step == total:
-                # the per-rank (local-loss) values average to the global-batch loss; every rank takes part
-                metrics = {"train/loss": distributed.mean_over_ranks(loss).item(),
-                           "train/lr": self.scheduler.get_last_lr()[0],
-                           "train/grad_norm": float(grad_norm),
-                           "train/steps_per_second": (self.step - start_step) / (time.perf_counter() - start),
-                           "data/decode_errors": self.decode_errors}
-                for slot, out in outputs.items():
-                    metrics[f"train/{slot}/loss"] = out.loss.item()
-                    metrics |= {f"train/{slot}/{k}": v for k, v in out.metrics.items()}
+                metrics = self.log_metrics(loss, outputs, grad_norm,
+                                           (self.step - start_step) / (time.perf_counter() - start))
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
                 logger.log(metrics, self.step)
             if int(tcfg.checkpoint_every) and self.step % int(tcfg.checkpoint_every) == 0:
                 self.save()
+            if self.stop:
+                break
             if int(tcfg.eval_every) and self.step % int(tcfg.eval_every) == 0 and self.step < total:
                 model = self.eval_model()  # collective under FSDP, so every rank calls it
                 if self.rank == 0:
@@ -272,7 +306,7 @@ class Trainer:
 
                     logger.log({f"eval/{k}": v for k, v in evaluate(model, self.data, cfg, baselines=False).items()},
                                self.step)
-                self.model.train()
+                self.train_mode()
         bar.close()
         if self.saved_step != self.step:  # written once: the loop may just have saved this very step
             self.save()
@@ -291,7 +325,7 @@ class Trainer:
         return model
 
     def _clip(self) -> torch.Tensor:
-        clip = self.cfg.trainer.grad_clip
+        clip = self.tcfg.grad_clip
         params = [p for p in self.model.parameters() if p.grad is not None]
         if clip is None:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
@@ -306,8 +340,8 @@ class Trainer:
             return False
         bad = [slot for slot, out in outputs.items() if not torch.isfinite(out.loss).all()] or ["(all terms finite: gradient)"]
         message = (f"non-finite {what} at step {self.step + 1} from objective term(s) {bad}; "
-                   f"lower trainer.lr, set trainer.grad_clip, or trainer.nonfinite=skip")
-        if self.cfg.trainer.nonfinite == "skip" and self.consecutive_skips < MAX_CONSECUTIVE_SKIPS:
+                   f"lower {self.key_prefix}lr, set {self.key_prefix}grad_clip, or {self.key_prefix}nonfinite=skip")
+        if self.tcfg.nonfinite == "skip" and self.consecutive_skips < MAX_CONSECUTIVE_SKIPS:
             self.skipped_steps += 1
             self.consecutive_skips += 1
             self.optimizer.zero_grad(set_to_none=True)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mmssl.errors import ConfigError, DataError
-from mmssl.finetune import (
+from mmssl.finetune.parts import (
     adapt_images,
     balanced_subset,
     carve_validation,
@@ -124,7 +124,7 @@ def test_adapt_images_resizes_and_converts_channels():
 
 
 def test_augment_specs_per_modality():
-    from mmssl.finetune import _build_augment
+    from mmssl.finetune.trainer import build_augment as _build_augment
 
     spec = {"image": {"name": "simclr", "crop_scale": [0.8, 1.0]}, "audio": {"name": "audio_default", "noise_p": 0.0}}
     assert type(_build_augment(spec, "audio", None, "weak_augment")).__name__ == "AudioDefault"
