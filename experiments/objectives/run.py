@@ -1,17 +1,24 @@
-"""Every image objective on digits under one step budget: probes, effective rank, mean ± std over seeds.
+"""Every image objective on digits or Fashion-MNIST under one step budget: probes, rank, k-means NMI, wall-clock.
 
     python experiments/objectives/run.py                       # 3 seeds, 300 steps each (~25 min on 2 cores)
     python experiments/objectives/run.py --seeds 0 --steps 50  # a quick look
     python experiments/objectives/run.py --data fashion_mnist  # when /usr/share/datasets/fashion-mnist exists
+    python experiments/objectives/run.py --encoder vit --objectives mae ijepa data2vec simclr --tag _vit
 
-Each run is `mmssl pretrain objective=<name>` with the same encoder (convnet width 16), batch 128,
-AdamW with warmup + cosine, and the data's augmentation; runs are in-process (one import) and their
-folders kept under runs/objectives/ (a finished run is reused, so an interrupted study continues). Writes results_<data>.md (table) and results_<data>.png (bar plot).
+Each run is `mmssl pretrain objective=<name>` with the same encoder (convnet width 16, or with ``--encoder
+vit`` the `vit_tiny` ViT: width 64, depth 4, 2×2 patches on digits, 4×4 on 28×28), batch 128, AdamW with
+warmup + cosine, and the data's augmentation; runs are in-process (one import) and their folders kept under
+runs/objectives/ (a finished run is reused, so an interrupted study continues). Per run: the linear probe,
+kNN and effective rank of the pretraining summary, k-means NMI of the test features (`mmssl eval`'s
+k-means: k = number of classes, 10 restarts, seeded, on L2-normalised features; cached in the run folder's
+eval/) and the pretraining wall-clock (the summary's ``time/train_seconds``: build + training, before the
+evaluation). Writes results_<data><tag>.md (table), .json (per-seed values and mean/std), .csv and .png.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 from pathlib import Path
@@ -19,17 +26,43 @@ from pathlib import Path
 import torch
 
 from mmssl.config import compose
+from mmssl.eval.transfer import run as eval_run
 from mmssl.train.pretrain import run
 
 HERE = Path(__file__).parent
 IMAGE_OBJECTIVES = ["simclr", "byol", "moco_v2", "moco_v3", "dcl", "triplet", "simsiam", "barlow_twins", "vicreg",
                     "masked_image", "rotation", "autoencoder", "vae", "cpc"]
+#: (summary key, column header, format) of the table, in order; "nmi" and "seconds" are added per run
+METRICS = [("eval/image/ssl/linear_probe_accuracy", "linear probe", ".4f"), ("eval/image/ssl/knn_accuracy", "kNN", ".4f"),
+           ("eval/image/ssl/effective_rank", "effective rank", ".1f"), ("nmi", "k-means NMI", ".4f"),
+           ("seconds", "pretrain s", ".0f")]
+RESIZED = ("autoencoder", "vae", "context_encoder", "bigan")  # objectives with their own decoder/generator resolution
+#: per-data objective settings without which a default cannot run (recipe=ijepa_digits: 4×4 patches leave no
+#: context around four blocks of the official 15–20 % scale)
+DATA_OVERRIDES = {("ijepa", "digits"): ["objective.ijepa.target_scale=[0.1,0.2]"]}
 
 
 def folder(args, name: str, seed: int) -> str:
-    """The run folder of one (objective, seed); the step budget is part of it (300 steps: the original layout)."""
+    """The run folder of one (objective, seed); the step budget (300: the original layout) and a ViT are part of it."""
     budget = "" if args.steps == 300 else f"_{args.steps}steps"
-    return f"runs/objectives/{args.data}{budget}/{name}/seed{seed}"
+    return f"runs/objectives/{args.data}{budget}{'_vit' if args.encoder == 'vit' else ''}/{name}/seed{seed}"
+
+
+def encoder_overrides(args) -> list[str]:
+    if args.encoder == "vit":
+        return ["encoder=vit_tiny"] + ([] if args.data == "digits" else ["encoder.image.patch_size=4"])
+    return ["encoder.image.width=16"]
+
+
+def kmeans_nmi(run_dir: Path, rep: str = "ssl") -> float:
+    """k-means NMI of a run's test features (``rep``: ssl, raw or random), computed once by `mmssl eval` and cached."""
+    cached = run_dir / "eval" / "study_kmeans" / "results.json"
+    if cached.exists():
+        results = json.loads(cached.read_text())["results"]
+    else:
+        results, _ = eval_run(run_dir, ["eval.name=study_kmeans", f"eval.baselines={str(rep != 'ssl').lower()}",
+                                        "eval.plot=false"])
+    return results[f"image/{rep}/kmeans_nmi"]
 
 
 def main() -> None:
@@ -37,47 +70,71 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--data", default="digits")
+    parser.add_argument("--encoder", default="convnet", choices=["convnet", "vit"])
     parser.add_argument("--objectives", nargs="+", default=IMAGE_OBJECTIVES)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tag", default="", help="suffix of the result files (results_<data><tag>.md/png)")
+    parser.add_argument("--tag", default="", help="suffix of the result files (results_<data><tag>.md/json/csv/png)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = [f"data={args.data}"] + (["data.limit=10000"] if args.data == "fashion_mnist" else [])
     results: dict[str, list[dict]] = {}
     for name in args.objectives:
         for seed in args.seeds:
+            run_dir = Path(folder(args, name, seed))
             overrides = [*data, f"objective={name}", f"seed={seed}", f"trainer.steps={args.steps}",
-                         "trainer.warmup_steps=20", "data.batch_size=128", "encoder.image.width=16",
+                         "trainer.warmup_steps=20", "data.batch_size=128", *encoder_overrides(args),
                          "eval.plot=false", "eval.baselines=false", "logger.mode=disabled", "trainer.progress=false",
-                         f"run_dir={folder(args, name, seed)}"]
-            if name in ("autoencoder", "vae") and args.data != "digits":
+                         f"run_dir={run_dir}"]
+            if name in RESIZED and args.data != "digits":
                 overrides.append(f"objective.{name}.image_size=28")
-            done = Path(folder(args, name, seed)) / "summary.json"
+            overrides += DATA_OVERRIDES.get((name, args.data), [])
+            done = run_dir / "summary.json"
             summary = json.loads(done.read_text()) if done.exists() else run(compose("pretrain", overrides))
+            summary = summary | {"nmi": kmeans_nmi(run_dir), "seconds": summary["time/train_seconds"], "seed": seed}
             results.setdefault(name, []).append(summary)  # a finished run (its summary.json) is reused
-    base_dir = Path(f"runs/objectives/{args.data}/baselines")  # raw pixels and a random encoder: one run, reused
+    # raw pixels and a random-init encoder of the same architecture: one run (seed 0), reused
+    base_dir = Path(f"runs/objectives/{args.data}/baselines{'_vit' if args.encoder == 'vit' else ''}")
     baseline = json.loads((base_dir / "summary.json").read_text()) if (base_dir / "summary.json").exists() else \
         run(compose("pretrain", [*data, "trainer.steps=1", "eval.plot=false", "logger.mode=disabled",
-                                 "encoder.image.width=16", "trainer.progress=false", f"run_dir={base_dir}"]))
+                                 *encoder_overrides(args), "trainer.progress=false", f"run_dir={base_dir}"]))
+    baselines = {rep: {"eval/image/ssl/linear_probe_accuracy": baseline[f"eval/image/{rep}/linear_probe_accuracy"],
+                       "eval/image/ssl/knn_accuracy": baseline[f"eval/image/{rep}/knn_accuracy"],
+                       "nmi": kmeans_nmi(base_dir, rep)} for rep in ("raw", "random")}
 
     def stat(name: str, key: str) -> tuple[float, float]:
         values = [s[key] for s in results[name]]
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     rows = sorted(results, key=lambda n: -stat(n, "eval/image/ssl/linear_probe_accuracy")[0])
-    lines = [f"{args.data}, {args.steps} steps, batch 128, convnet width 16, seeds {args.seeds} (mean ± std).",
-             f"Command: `python experiments/objectives/run.py --data {args.data} --steps {args.steps} "
-             f"--seeds {' '.join(map(str, args.seeds))}"
-             + (f" --objectives {' '.join(args.objectives)} --tag {args.tag}`" if args.tag else "`"), "",
-             "| objective | linear probe | kNN | effective rank |", "|---|---:|---:|---:|",
-             f"| *raw pixels* | {baseline['eval/image/raw/linear_probe_accuracy']:.4f} | "
-             f"{baseline['eval/image/raw/knn_accuracy']:.4f} | – |",
-             f"| *random-init encoder* | {baseline['eval/image/random/linear_probe_accuracy']:.4f} | "
-             f"{baseline['eval/image/random/knn_accuracy']:.4f} | – |"]
+    arch = "vit_tiny (width 64, depth 4)" if args.encoder == "vit" else "convnet width 16"
+    command = (f"python experiments/objectives/run.py --data {args.data} --steps {args.steps} --seeds "
+               f"{' '.join(map(str, args.seeds))}" + (" --encoder vit" if args.encoder == "vit" else "")
+               + (f" --objectives {' '.join(args.objectives)} --tag {args.tag}" if args.tag else ""))
+    lines = [f"{args.data}, {args.steps} steps, batch 128, {arch}, seeds {args.seeds} (mean ± std); "
+             "pretrain s = wall-clock of build + training on the shared 2-core CPU, as measured.",
+             f"Command: `{command}`", "",
+             "| objective | " + " | ".join(h for _, h, _ in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
+    for rep, label in (("raw", "*raw pixels*"), ("random", f"*random-init {args.encoder}*")):
+        cells = [format(baselines[rep][k], f) if k in baselines[rep] else "–" for k, _, f in METRICS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    table = {}
     for name in rows:
-        lp, kn, er = (stat(name, f"eval/image/ssl/{m}") for m in ("linear_probe_accuracy", "knn_accuracy", "effective_rank"))
-        lines.append(f"| {name} | {lp[0]:.4f} ± {lp[1]:.4f} | {kn[0]:.4f} ± {kn[1]:.4f} | {er[0]:.1f} ± {er[1]:.1f} |")
-    (HERE / f"results_{args.data}{args.tag}.md").write_text("\n".join(lines) + "\n")
+        stats = {k: stat(name, k) for k, _, _ in METRICS}
+        table[name] = {k: {"mean": m, "std": s, "per_seed": [r[k] for r in results[name]]} for k, (m, s) in stats.items()}
+        lines.append(f"| {name} | " + " | ".join(f"{stats[k][0]:{f}} ± {stats[k][1]:{f}}" for k, _, f in METRICS) + " |")
+    stem = HERE / f"results_{args.data}{args.tag}"
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    stem.with_suffix(".json").write_text(json.dumps(
+        {"data": args.data, "steps": args.steps, "encoder": args.encoder, "seeds": args.seeds, "command": command,
+         "baselines": baselines, "objectives": table}, indent=2) + "\n")
+    with stem.with_suffix(".csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["objective"] + [f"{h} {s}" for _, h, _ in METRICS for s in ("mean", "std")])
+        for rep in ("raw", "random"):
+            writer.writerow([f"{rep} ({args.encoder})" if rep == "random" else rep]
+                            + [x for k, _, _ in METRICS for x in ((baselines[rep][k], "") if k in baselines[rep] else ("", ""))])
+        for name in rows:
+            writer.writerow([name] + [x for k, _, _ in METRICS for x in (table[name][k]["mean"], table[name][k]["std"])])
     print("\n".join(lines))
 
     import matplotlib
@@ -85,17 +142,24 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    means = [stat(n, "eval/image/ssl/linear_probe_accuracy") for n in rows]
-    ax.bar(rows, [m for m, _ in means], yerr=[s for _, s in means], capsize=3, color="C0", label="linear probe")
-    ax.axhline(baseline["eval/image/raw/linear_probe_accuracy"], color="k", ls="--", lw=1, label="raw pixels")
-    ax.axhline(baseline["eval/image/random/linear_probe_accuracy"], color="C3", ls=":", lw=1, label="random-init encoder")
-    lo = min(m for m, _ in means) - 0.03
-    ax.set(ylim=(max(0.0, lo), 1.0), ylabel="test accuracy", title=f"objectives on {args.data} ({args.steps} steps)")
-    ax.tick_params(axis="x", rotation=45)
-    ax.legend(fontsize=8, loc="lower left")
+    fig, (ax, ax_t) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [3, 1.3]})
+    x = range(len(rows))
+    for i, (key, label) in enumerate((("eval/image/ssl/linear_probe_accuracy", "linear probe"), ("nmi", "k-means NMI"))):
+        means = [stat(n, key) for n in rows]
+        ax.bar([j + (i - 0.5) * 0.4 for j in x], [m for m, _ in means], 0.4, yerr=[s for _, s in means], capsize=2,
+               color=f"C{i}", label=label)
+    ax.axhline(baselines["raw"]["eval/image/ssl/linear_probe_accuracy"], color="k", ls="--", lw=1, label="raw pixels (probe)")
+    ax.axhline(baselines["random"]["eval/image/ssl/linear_probe_accuracy"], color="C3", ls=":", lw=1,
+               label=f"random-init {args.encoder} (probe)")
+    ax.set_xticks(list(x), rows, rotation=45, ha="right")
+    ax.set(ylim=(0.0, 1.0), ylabel="test score", title=f"objectives on {args.data} ({args.steps} steps, {args.encoder})")
+    ax.legend(fontsize=7, loc="lower left")
+    secs = [stat(n, "seconds") for n in rows]
+    ax_t.barh(rows, [m for m, _ in secs], xerr=[s for _, s in secs], color="C7")
+    ax_t.invert_yaxis()
+    ax_t.set(xlabel="pretraining wall-clock (s, shared CPU)")
     fig.tight_layout()
-    fig.savefig(HERE / f"results_{args.data}{args.tag}.png", dpi=110)
+    fig.savefig(stem.with_suffix(".png"), dpi=110)
 
 
 if __name__ == "__main__":
