@@ -8,17 +8,8 @@ import yaml
 
 from mmssl.cli import main
 from mmssl.train import checkpoint
-from tests.conftest import tiny_overrides
 
 FAST = ["steps=4", "eval_every=2", "batch_size=16", "threads=1", "logger.mode=disabled"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pretrain")
-    torch.manual_seed(0)
-    assert main(["pretrain", *tiny_overrides(path)]) == 0
-    return path
 
 
 def _encoder_state(state: dict, prefix: str) -> dict:

@@ -9,19 +9,10 @@ from mmssl.cli import main
 from mmssl.finetune.trainer import FinetuneTrainer
 from mmssl.logging import read_metrics
 from mmssl.train import checkpoint
-from tests.conftest import tiny_overrides
 
 FAST = ["steps=8", "eval_every=2", "checkpoint_every=2", "batch_size=16", "threads=1", "logger.mode=disabled",
         "progress=false"]
 VOLATILE = ("time", "train/steps_per_second")  # wall-clock readings
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pretrain")
-    torch.manual_seed(0)
-    assert main(["pretrain", *tiny_overrides(path)]) == 0
-    return path
 
 
 def _records(folder):
