@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from mmssl import checkpoint
 from mmssl.config import stored_config
 from mmssl.encoders.base import Encoder
 from mmssl.errors import MMSSLError
 from mmssl.io import atomic_write
 from mmssl.plugins import load_plugins
-from mmssl.train import checkpoint
 
 FORMAT = "mmssl-encoders/1"
 CONFIG = "config.json"

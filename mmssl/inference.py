@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from mmssl import checkpoint
 from mmssl.encoders.heads import mlp
 from mmssl.errors import ConfigError, DataError, MMSSLError
-from mmssl.train import checkpoint
 from mmssl.types import AUDIO, IMAGE, TEXT
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")

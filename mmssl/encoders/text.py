@@ -111,8 +111,8 @@ class OpenCLIPText(_TextEncoder):
         self.dim, self.context_length = embed_dim, cfg.context_length
 
     def _load(self, weights: str) -> None:
+        from mmssl.checkpoint import load_matching
         from mmssl.encoders.vision import _load_local_weights
-        from mmssl.train.checkpoint import load_matching
 
         state = _load_local_weights(weights)
         if "token_embedding.weight" in state and "visual.conv1.weight" in state:  # a whole CLIP: drop the image tower

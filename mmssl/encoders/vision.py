@@ -147,7 +147,7 @@ class OpenCLIPVision(_ImageEncoder):
             state = _load_local_weights(weights)
             if any(k.startswith("visual.") for k in state):  # a whole CLIP checkpoint: keep the vision tower
                 state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-            from mmssl.train.checkpoint import load_matching
+            from mmssl.checkpoint import load_matching
 
             load_matching(self.visual, state, what=f"open_clip vision weights {weights}")
         if hasattr(self.visual, "output_tokens"):

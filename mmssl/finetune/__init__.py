@@ -29,6 +29,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from mmssl import checkpoint
 from mmssl.config import compose, registry_kwargs, stored_config, to_container
 from mmssl.data.base import BatchIterator, DatasetSplits
 from mmssl.errors import ConfigError, DataError
@@ -55,7 +56,7 @@ from mmssl.inference import find_checkpoint
 from mmssl.logging import RunLogger, console
 from mmssl.objectives.base import DEFAULT_AUGMENT
 from mmssl.registry import AUGMENTATIONS, OBJECTIVES
-from mmssl.train import checkpoint, distributed, run_folder
+from mmssl.train import distributed, run_folder
 from mmssl.train.build import OBJECTIVE_RUN_KEYS, build_data, build_encoders
 from mmssl.train.trainer import resolve_device, warmup_cosine
 from mmssl.types import IMAGE, Batch

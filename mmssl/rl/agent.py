@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Normal
 
+from mmssl import checkpoint
 from mmssl.encoders.obs import MLPObs, ModalityAdapter, encoder_for_space, layer_init
 from mmssl.errors import ConfigError
 from mmssl.rl.storage import Obs
-from mmssl.train import checkpoint
 
 
 @dataclass

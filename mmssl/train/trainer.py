@@ -23,12 +23,13 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from mmssl import checkpoint
 from mmssl.config import to_container
 from mmssl.data.base import DatasetSplits
 from mmssl.data.loader import Loader
 from mmssl.errors import ConfigError, MMSSLError, NonFiniteError  # noqa: F401  (NonFiniteError: re-exported)
 from mmssl.logging import RunLogger, console
-from mmssl.train import checkpoint, distributed
+from mmssl.train import distributed
 from mmssl.train.build import SSLModel, build_data, build_model
 from mmssl.train.optim import LARS
 from mmssl.types import Batch

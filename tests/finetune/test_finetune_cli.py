@@ -6,8 +6,8 @@ import pytest
 import torch
 import yaml
 
+from mmssl import checkpoint
 from mmssl.cli import main
-from mmssl.train import checkpoint
 from tests.conftest import tiny_overrides
 
 FAST = ["steps=4", "eval_every=2", "batch_size=16", "threads=1", "logger.mode=disabled"]

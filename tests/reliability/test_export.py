@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mmssl import checkpoint
 from mmssl.cli import main
 from mmssl.export import load_encoders
-from mmssl.train import checkpoint
 from mmssl.train.build import build_model
 from tests.conftest import tiny_overrides
 

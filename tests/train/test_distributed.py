@@ -87,7 +87,7 @@ def test_resume_under_ddp_is_bit_identical(tmp_path, strategy):
         extra += ("trainer.optimizer=adamw", "trainer.lr=1e-3")
     straight = _ddp(tmp_path / "straight", *extra)
     _ddp(tmp_path / "stopped", *extra, "trainer.checkpoint_every=2")
-    from mmssl.train import checkpoint
+    from mmssl import checkpoint
 
     ckpts = checkpoint.checkpoints(tmp_path / "stopped" / "checkpoints")
     assert [p.name for p in ckpts] == ["step_00000002.pt", "step_00000004.pt"]
