@@ -200,12 +200,11 @@ def collect(modality: str, inputs) -> list[str]:
 def read_items(modality: str, items: Sequence[str], spec: Mapping) -> torch.Tensor:
     """Read ``items`` into one batch tensor the encoder takes (images (B, C, H, W) in [0, 1], audio (B, samples), text ids)."""
     if modality == TEXT:
-        from mmssl.encoders.text import tokenize
+        from mmssl.data.tokenize import tokenize
 
         return tokenize(list(items), int(spec["context_length"]))
     if modality == AUDIO:
-        from mmssl.data.audio import read_audio
-        from mmssl.data.trimodal import fit_length
+        from mmssl.data.audio import fit_length, read_audio
 
         samples = int(round(float(spec["clip_seconds"]) * int(spec["sample_rate"])))
         return torch.stack([fit_length(read_audio(p, int(spec["sample_rate"])), samples) for p in items])

@@ -63,6 +63,16 @@ def read_audio(path, sample_rate: int | None = None, name: str | None = None) ->
     return wave
 
 
+def fit_length(wave: torch.Tensor, samples: int) -> torch.Tensor:
+    """(n,) → (samples,): centred in zeros when shorter, centre-cropped when longer."""
+    n = len(wave)
+    if n >= samples:
+        start = (n - samples) // 2
+        return wave[start:start + samples]
+    left = (samples - n) // 2
+    return torch.nn.functional.pad(wave, (left, samples - n - left))
+
+
 def _class_order(names: set[str]) -> list[str]:
     """Numeric labels sort as numbers ("2" before "10"), others alphabetically."""
     return sorted(names, key=lambda n: (0, int(n), "") if n.isdigit() else (1, 0, n))

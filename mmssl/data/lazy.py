@@ -165,8 +165,7 @@ class AudioFiles(LazyColumn):
         return len(self.paths)
 
     def decode(self, row: int) -> torch.Tensor:
-        from mmssl.data.audio import read_audio
-        from mmssl.data.trimodal import fit_length
+        from mmssl.data.audio import fit_length, read_audio
 
         return fit_length(read_audio(self.paths[row].decode(), self.sample_rate), self.samples)
 
@@ -192,7 +191,7 @@ class TextStrings(LazyColumn):
         return self.read([row])[0][0]
 
     def read(self, idx):
-        from mmssl.encoders.text import tokenize
+        from mmssl.data.tokenize import tokenize
 
         rows = self.rows[_positions(idx)]
         ids = tokenize(self.strings(rows), self.context_length)  # one batched call

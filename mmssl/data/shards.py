@@ -72,8 +72,7 @@ class SampleDecoder:
 
     def decode(self, sample: dict) -> dict:
         """One sample → {modality: tensor (text stays a string), "label": int?}; raises ``DataError``."""
-        from mmssl.data.audio import read_audio
-        from mmssl.data.trimodal import fit_length
+        from mmssl.data.audio import fit_length, read_audio
 
         out = {}
         for modality, exts in self.keys.items():
@@ -102,7 +101,7 @@ class SampleDecoder:
         return out
 
     def collate(self, decoded: list[dict]) -> tuple[dict, torch.Tensor | None]:
-        from mmssl.encoders.text import tokenize
+        from mmssl.data.tokenize import tokenize
 
         data = {}
         for modality in self.keys:
