@@ -103,10 +103,10 @@ def export(target: str | Path, out: str | Path, force: bool = False) -> Path:
 
 def _joint_space(config: dict, model_state: dict, encoders: dict[str, Encoder], where: str):
     """The run's cross-modal objective's heads and scales as a ``JointSpace``, or None when it has none."""
+    from mmssl.build import OBJECTIVE_RUN_KEYS
     from mmssl.config import registry_kwargs
     from mmssl.inference import JointSpace, joint_objective
     from mmssl.registry import OBJECTIVES
-    from mmssl.train.build import OBJECTIVE_RUN_KEYS
 
     modules = torch.nn.ModuleDict(encoders)
     for slot, node in (config.get("objective") or {}).items():
@@ -155,7 +155,7 @@ def open_clip_vision_tower(directory: str | Path) -> torch.nn.Module:
 
 
 def _build(specs: dict, weights: dict[str, dict[str, torch.Tensor]], where: str) -> dict[str, Encoder]:
-    from mmssl.train.build import build_encoders
+    from mmssl.build import build_encoders
 
     encoders = build_encoders(specs)
     for modality, encoder in encoders.items():

@@ -347,7 +347,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     p = Path(path)
     if p.is_dir() and (p / CONFIG).is_file() and is_export(p):
         return load_export(p).to(device)
-    from mmssl.train.build import build_model
+    from mmssl.build import build_model
 
     run_dir, ckpt_path, state = find_checkpoint(p)
     if not isinstance(state.get("config"), dict) or "model" not in state:

@@ -30,7 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mmssl import checkpoint
+from mmssl.build import OBJECTIVE_RUN_KEYS, build_data, build_encoders
 from mmssl.config import compose, registry_kwargs, stored_config, to_container
+from mmssl.data.adapt import adapt_dataset
 from mmssl.data.base import BatchIterator, DatasetSplits
 from mmssl.errors import ConfigError, DataError
 from mmssl.finetune.parts import (  # noqa: F401  (re-exported: the public pieces live in parts.py)
@@ -40,8 +42,6 @@ from mmssl.finetune.parts import (  # noqa: F401  (re-exported: the public piece
     _per_class_count,
     _unwrap,
     accuracy_and_loss,
-    adapt_dataset,
-    adapt_images,
     balanced_subset,
     carve_validation,
     fit_probe_head,
@@ -57,7 +57,6 @@ from mmssl.logging import RunLogger, console
 from mmssl.objectives.base import DEFAULT_AUGMENT
 from mmssl.registry import AUGMENTATIONS, OBJECTIVES
 from mmssl.train import distributed, run_folder
-from mmssl.train.build import OBJECTIVE_RUN_KEYS, build_data, build_encoders
 from mmssl.train.trainer import resolve_device, warmup_cosine
 from mmssl.types import IMAGE, Batch
 

@@ -63,7 +63,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, strategy):
         assert torch.allclose(ddp[name], value, atol=1e-5, rtol=1e-4), name
     start = compose("pretrain", _overrides(tmp_path / "init"))
     torch.manual_seed(int(start.seed))
-    from mmssl.train.build import build_model
+    from mmssl.build import build_model
 
     initial = build_model(start).state_dict()
     assert any(not torch.equal(initial[k], v) for k, v in single.items())  # training did move the weights
