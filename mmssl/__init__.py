@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from mmssl._version import __version__
 from mmssl.errors import ConfigError, DataError, MMSSLError, ShapeError
 from mmssl.registry import (
     AUGMENTATIONS,
@@ -30,8 +31,6 @@ from mmssl.registry import (
     REGISTRIES,
     Registry,
 )
-
-__version__ = "0.1.0"
 
 register_encoder = ENCODERS.register
 register_objective = OBJECTIVES.register

@@ -33,7 +33,7 @@ def main(command: str, argv: list[str], run: Callable[[list[str]], object]) -> N
     parser = get_args_parser()
     parser.prog = f"mmssl {command}"
     parser.error = _parse_error  # an unknown flag is one error line, not argparse's usage block
-    from mmssl import __version__
+    from mmssl._version import __version__
 
     for action in parser._actions:  # --version names mmssl, not Hydra
         if action.dest == "version":

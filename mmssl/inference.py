@@ -209,7 +209,7 @@ def read_items(modality: str, items: Sequence[str], spec: Mapping) -> torch.Tens
         samples = int(round(float(spec["clip_seconds"]) * int(spec["sample_rate"])))
         return torch.stack([fit_length(read_audio(p, int(spec["sample_rate"])), samples) for p in items])
     if modality == IMAGE:
-        from mmssl.data.lazy import decode_image
+        from mmssl.data.images import decode_image
 
         return torch.stack([decode_image(Path(p), int(spec["size"]), int(spec["channels"])) for p in items]).float() / 255
     raise ConfigError(f"cannot read {modality!r} files; embed image, audio or text (or pass a tensor)")

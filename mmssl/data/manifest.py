@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from mmssl.data.audio import AUDIO_EXTENSIONS, DEFAULT_SAMPLE_RATE, AudioFiles, native_sample_rate
 from mmssl.data.base import ArrayDataset, DatasetSplits, split_dataset, stratified_limit
-from mmssl.data.images import MAX_PIXELS
+from mmssl.data.images import MAX_PIXELS, ImageFiles
 from mmssl.errors import DataError
 from mmssl.registry import DATASETS
 from mmssl.types import AUDIO, IMAGE, TEXT
@@ -73,6 +74,27 @@ def confined(manifest: Path, cell, row: int, column: str, allow_outside_root: bo
     return path
 
 
+def folder_sample_rate(root: str, fallback: int = 16000) -> int:
+    """Config resolver ``${native_sample_rate:${oc.select:data.root,null},16000}``: the files' common rate, else ``fallback``.
+
+    A folder or manifest that cannot be read yet falls back quietly; the loader reports the real problem.
+    """
+    if root is None:
+        return int(fallback)
+    p = Path(str(root))
+    try:
+        if p.is_dir():
+            paths = [q for q in p.rglob("*") if q.suffix.lower() in AUDIO_EXTENSIONS]
+        elif p.is_file():
+            paths = [q if q.is_absolute() else p.parent / q for q in (Path(r["audio"]) for r in read_rows(p) if r.get("audio"))]
+        else:
+            return int(fallback)
+        rate = native_sample_rate(paths)
+    except (DataError, OSError, KeyError):
+        return int(fallback)
+    return int(rate) if rate else int(fallback)
+
+
 @DATASETS.register("manifest", modalities=MANIFEST_MODALITIES)
 def manifest(path: str, seed: int = 0, test_fraction: float = 0.2, label_column: str = "label",
              image_size: int = 32, channels: int = 1, sample_rate: int | None = None, clip_seconds: float = 1.0,
@@ -88,8 +110,7 @@ def manifest(path: str, seed: int = 0, test_fraction: float = 0.2, label_column:
     pixels are refused before decoding. ``cache="memory"`` reads every file now; ``"none"`` keeps the rows as an index and reads each batch's
     files when it is drawn (in ``data.num_workers`` DataLoader workers).
     """
-    from mmssl.data.audio import DEFAULT_SAMPLE_RATE, native_sample_rate
-    from mmssl.data.lazy import AudioFiles, ImageFiles, TextStrings
+    from mmssl.data.lazy import TextStrings
 
     p = Path(path)
     rows = read_rows(p)

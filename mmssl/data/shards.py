@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from mmssl.data.base import ArrayDataset, DatasetSplits, split_indices
-from mmssl.data.lazy import check_on_error, decode_image
+from mmssl.data.images import decode_image
+from mmssl.data.lazy import check_on_error
 from mmssl.errors import DataError
 from mmssl.registry import DATASETS
 from mmssl.types import AUDIO, IMAGE, TEXT
