@@ -223,7 +223,7 @@ def test_open_clip_image_tower_export_loads_into_open_clip(tmp_path):
     from mmssl import checkpoint
     from mmssl.build import build_model
     from mmssl.config import compose, to_container
-    from mmssl.export import open_clip_vision_tower
+    from mmssl.inference import open_clip_vision_tower
 
     cfg = compose("pretrain", ["encoder=open_clip_vit", "encoder.image.embed_dim=16", "encoder.image.config.width=32",
                                "encoder.image.config.layers=1", "encoder.image.config.head_width=16"])
@@ -249,7 +249,7 @@ def open_clip_vision_tower_of_convnet(tmp_path):
     from mmssl import checkpoint
     from mmssl.build import build_model
     from mmssl.config import compose, to_container
-    from mmssl.export import open_clip_vision_tower
+    from mmssl.inference import open_clip_vision_tower
 
     cfg = compose("pretrain", ["encoder.image.width=4"])
     checkpoint.save({"model": build_model(cfg).state_dict(), "config": to_container(cfg), "step": 0},

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from mmssl import checkpoint
 from mmssl.build import build_model
 from mmssl.cli import main
-from mmssl.export import load_encoders
+from mmssl.inference import load_encoders
 from tests.conftest import tiny_overrides
 
 
