@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from mmssl._version import __version__
 from mmssl.errors import ConfigError, DataError, MMSSLError, ShapeError
 from mmssl.registry import (
     AUGMENTATIONS,
@@ -30,8 +31,6 @@ from mmssl.registry import (
     REGISTRIES,
     Registry,
 )
-
-__version__ = "0.1.0"
 
 register_encoder = ENCODERS.register
 register_objective = OBJECTIVES.register
@@ -51,7 +50,7 @@ _LAZY = {
     "build_dataset": "mmssl.api",
     "build_intrinsic_reward": "mmssl.api",
     "load_run": "mmssl.inference",
-    "load_encoders": "mmssl.export",
+    "load_encoders": "mmssl.inference",
     "load_plugins": "mmssl.plugins",
     "Objective": "mmssl.objectives.base",
     "Encoder": "mmssl.encoders.base",
@@ -97,8 +96,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the lazy names as ordinary impo
         rl,
     )
     from mmssl.encoders.base import Encoder
-    from mmssl.export import load_encoders
-    from mmssl.inference import load_run
+    from mmssl.inference import load_encoders, load_run
     from mmssl.objectives.base import Objective
     from mmssl.plugins import load_plugins
     from mmssl.types import Batch, EncoderOutput, ObjectiveOutput

@@ -54,11 +54,11 @@ def cmd_list(kind: str) -> None:
 
 
 def cmd_eval(target: str, overrides: list[str] | None = None) -> None:
+    from mmssl import checkpoint
+    from mmssl.build import build_data, build_model
     from mmssl.config import stored_config
-    from mmssl.eval.report import evaluate, probe_table
+    from mmssl.eval.suite import evaluate, probe_table
     from mmssl.inference import find_checkpoint
-    from mmssl.train import checkpoint
-    from mmssl.train.build import build_data, build_model
 
     if overrides:  # another dataset: RUN/eval/<data name>/, nothing else in the run folder changes
         from mmssl.eval.transfer import results_table, run

@@ -246,7 +246,7 @@ def _apply_encoder_choices(cfg: DictConfig, chosen: dict[str, list[str]]) -> Non
 
 
 def _native_sample_rate(path: str, fallback: int = 16000) -> int:
-    from mmssl.data.audio import folder_sample_rate  # lazily: config sits below data
+    from mmssl.data.manifest import folder_sample_rate  # lazily: the data package loads on first use
 
     return folder_sample_rate(path, fallback)
 

@@ -7,9 +7,10 @@ cross-modal objective (clip, siglip, bind) also gets ``joint.safetensors``: its 
 heads and learned logit scales (``config.json["joint"]`` says how to rebuild them), so zero-shot and
 retrieval work from the export alone. An open_clip image tower is also written as
 ``image.open_clip.safetensors``, keyed as open_clip's own ``VisionTransformer`` (``config.json["open_clip"]``
-holds its ``embed_dim`` and ``vision_cfg``; see ``open_clip_vision_tower``)::
+holds its ``embed_dim`` and ``vision_cfg``; see ``mmssl.inference.open_clip_vision_tower``). Reading an export
+(``load_encoders``, ``load_export``, ``is_export``) lives in ``mmssl.inference``, beside ``load_run``::
 
-    encoders = load_encoders("exports/simclr")        # {"image": ConvNet(...)}
+    encoders = mmssl.load_encoders("exports/simclr")        # {"image": ConvNet(...)}
     features = encoders["image"](images).pooled        # (B, dim)
     run = mmssl.inference.load_run("exports/bind")    # + run.heads, run.embed, run.classify
 
@@ -21,26 +22,26 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import OmegaConf
 
+from mmssl import checkpoint
 from mmssl.config import stored_config
 from mmssl.encoders.base import Encoder
 from mmssl.errors import MMSSLError
+from mmssl.inference import (
+    CONFIG,
+    FORMAT,
+    JOINT,
+    JointSpace,
+    find_checkpoint,
+    input_spec,
+    joint_objective,
+    rebuild_encoders,
+)
 from mmssl.io import atomic_write
 from mmssl.plugins import load_plugins
-from mmssl.train import checkpoint
-
-if TYPE_CHECKING:
-    from mmssl.inference import LoadedRun
-
-FORMAT = "mmssl-encoders/1"
-CONFIG = "config.json"
-
-
-JOINT = "joint.safetensors"
 
 
 def encoder_weights(model_state: dict, modality: str) -> dict[str, torch.Tensor]:
@@ -59,8 +60,6 @@ def export(target: str | Path, out: str | Path, force: bool = False) -> Path:
         raise MMSSLError(f"--out {out} is a file, not a folder; pass a folder path")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise MMSSLError(f"--out {out} is not empty; pass --force to overwrite or choose another folder")
-    from mmssl.inference import find_checkpoint  # lazily: inference reads exports through this module
-
     _, path, state = find_checkpoint(target)
     config = state.get("config") if isinstance(state, dict) else None
     if isinstance(config, dict):  # inert data: no resolvers, downloads or init weights
@@ -76,10 +75,8 @@ def export(target: str | Path, out: str | Path, force: bool = False) -> Path:
     # rebuild and load before writing anything, so a broken checkpoint leaves no half export behind
     plugins = list(config.get("plugins") or [])
     load_plugins(plugins)  # encoders or objectives registered by a plugin
-    encoders = _build(specs, weights, str(path))
+    encoders = rebuild_encoders(specs, weights, str(path))
     joint = _joint_space(config, state["model"], encoders, str(path))
-    from mmssl.inference import input_spec
-
     meta = {"format": FORMAT, "encoders": specs, "inputs": input_spec(config, encoders), "plugins": plugins,
             "step": int(state.get("step", 0)), "source": str(path)}
     out.mkdir(parents=True, exist_ok=True)
@@ -101,10 +98,9 @@ def export(target: str | Path, out: str | Path, force: bool = False) -> Path:
 
 def _joint_space(config: dict, model_state: dict, encoders: dict[str, Encoder], where: str):
     """The run's cross-modal objective's heads and scales as a ``JointSpace``, or None when it has none."""
+    from mmssl.build import OBJECTIVE_RUN_KEYS
     from mmssl.config import registry_kwargs
-    from mmssl.inference import JointSpace, joint_objective
     from mmssl.registry import OBJECTIVES
-    from mmssl.train.build import OBJECTIVE_RUN_KEYS
 
     modules = torch.nn.ModuleDict(encoders)
     for slot, node in (config.get("objective") or {}).items():
@@ -131,96 +127,6 @@ def _open_clip_vision_config(spec: dict) -> dict:
         return {"arch": spec["arch"], "embed_dim": cfg["embed_dim"], "vision_cfg": cfg["vision_cfg"]}
     vision_cfg = dict(image_size=32, patch_size=4, width=128, layers=4, head_width=32) | dict(spec.get("config") or {})
     return {"embed_dim": int(spec.get("embed_dim", 128)), "vision_cfg": vision_cfg}
-
-
-def open_clip_vision_tower(directory: str | Path) -> torch.nn.Module:
-    """The exported image tower as open_clip's own ``VisionTransformer`` (eval mode), weights loaded.
-
-    It reads images normalised as the mmssl encoder does (3 channels, CLIP mean/std by default).
-    """
-    from open_clip.model import CLIPVisionCfg, _build_vision_tower
-    from safetensors.torch import load_file
-
-    d = Path(directory)
-    meta = _read_meta(d)
-    if "open_clip" not in meta or "image" not in meta["open_clip"]:
-        raise MMSSLError(f"{d} holds no open_clip image tower (its image encoder is "
-                         f"{meta['encoders'].get('image', {}).get('name')!r}); export a run with encoder.image.name=open_clip_vision")
-    oc = meta["open_clip"]["image"]
-    tower = _build_vision_tower(int(oc["embed_dim"]), CLIPVisionCfg(**oc["vision_cfg"]))
-    checkpoint.load_matching(tower, load_file(str(d / "image.open_clip.safetensors")), what=f"{d}: open_clip tower")
-    return tower.eval()
-
-
-def _build(specs: dict, weights: dict[str, dict[str, torch.Tensor]], where: str) -> dict[str, Encoder]:
-    from mmssl.train.build import build_encoders
-
-    encoders = build_encoders(specs)
-    for modality, encoder in encoders.items():
-        checkpoint.load_matching(encoder, weights[modality], what=f"{where}: {modality} encoder")
-        encoder.eval()
-    return dict(encoders.items())
-
-
-def _read_meta(d: Path) -> dict:
-    try:
-        meta = json.loads((d / CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MMSSLError(f"{d / CONFIG} is missing or unreadable ({exc}); export with `mmssl export RUN --out DIR`") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("encoders"), dict):
-        raise MMSSLError(f"{d / CONFIG} is not an mmssl encoder export (format {meta.get('format')!r}, expected {FORMAT!r})")
-    load_plugins(meta.get("plugins") or [])  # encoders registered by a plugin need it imported again
-    return meta
-
-
-def is_export(directory: str | Path) -> bool:
-    """Whether ``directory`` holds an ``mmssl export`` (its config.json says so)."""
-    try:
-        return json.loads((Path(directory) / CONFIG).read_text()).get("format") == FORMAT
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
-
-
-def load_export(directory: str | Path) -> LoadedRun:
-    """An export folder as ``mmssl.inference.LoadedRun``: encoders, the joint space when exported, input spec."""
-    from omegaconf import OmegaConf
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from mmssl.inference import JointSpace, LoadedRun, input_spec
-
-    d = Path(directory)
-    meta = _read_meta(d)
-    encoders = torch.nn.ModuleDict(load_encoders(d))
-    joint = None
-    if meta.get("joint"):
-        joint = JointSpace(meta["joint"])
-        try:
-            state = load_file(str(d / JOINT))
-        except (OSError, SafetensorError) as exc:
-            raise MMSSLError(f"cannot read {d / JOINT} ({str(exc).splitlines()[0][:160]}); re-export the run") from None
-        checkpoint.load_matching(joint, state, what=f"{d}: joint space")
-        joint.eval()
-    config = OmegaConf.create({"encoder": meta["encoders"], "data": meta.get("data") or {}, "joint": meta.get("joint")})
-    inputs = meta.get("inputs") or input_spec({}, encoders)
-    return LoadedRun(encoders, joint, config, inputs, d, None, int(meta.get("step", 0)))
-
-
-def load_encoders(directory: str | Path) -> dict[str, Encoder]:
-    """Rebuild the exported encoders (eval mode) from ``directory``: ``{modality: Encoder}``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    d = Path(directory)
-    meta = _read_meta(d)
-    weights = {}
-    for modality in meta["encoders"]:
-        file = d / f"{modality}.safetensors"
-        try:
-            weights[modality] = load_file(str(file))
-        except (OSError, SafetensorError) as exc:
-            raise MMSSLError(f"cannot read {file} ({str(exc).splitlines()[0][:160]}); re-export the run") from None
-    return _build(meta["encoders"], weights, str(d))
 
 
 class _Parser(argparse.ArgumentParser):

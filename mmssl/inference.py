@@ -1,4 +1,5 @@
-"""Use a trained run (or its export) from Python: ``load_run(path) -> LoadedRun``.
+"""Use a trained run (or its export) from Python: ``load_run(path) -> LoadedRun``; read `mmssl export` folders
+(``load_encoders``, ``load_export``, ``open_clip_vision_tower``; ``mmssl.export`` writes them).
 
     run = load_run("runs/bind")                       # a run folder, a step_*.pt file or an `mmssl export` folder
     z = run.embed("image", ["a.png", "b.png"])        # (2, D): joint-space (unit-norm) for cross-modal runs
@@ -31,10 +32,12 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from mmssl import checkpoint
+from mmssl.encoders.base import Encoder
 from mmssl.encoders.heads import mlp
 from mmssl.errors import ConfigError, DataError, MMSSLError
+from mmssl.plugins import load_plugins
 from mmssl.registry import parameters
-from mmssl.train import checkpoint
 from mmssl.types import AUDIO, IMAGE, TEXT
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -231,17 +234,16 @@ def _manifest_column(modality: str, path: Path) -> list[str]:
 def read_items(modality: str, items: Sequence[str], spec: Mapping[str, Any]) -> torch.Tensor:
     """Read ``items`` into one batch tensor the encoder takes (images (B, C, H, W) in [0, 1], audio (B, samples), text ids)."""
     if modality == TEXT:
-        from mmssl.encoders.text import tokenize
+        from mmssl.data.tokenize import tokenize
 
         return tokenize(list(items), int(spec["context_length"]))
     if modality == AUDIO:
-        from mmssl.data.audio import read_audio
-        from mmssl.data.trimodal import fit_length
+        from mmssl.data.audio import fit_length, read_audio
 
         samples = int(round(float(spec["clip_seconds"]) * int(spec["sample_rate"])))
         return torch.stack([fit_length(read_audio(p, int(spec["sample_rate"])), samples) for p in items])
     if modality == IMAGE:
-        from mmssl.data.lazy import decode_image
+        from mmssl.data.images import decode_image
 
         return torch.stack([decode_image(Path(p), int(spec["size"]), int(spec["channels"])) for p in items]).float() / 255
     raise ConfigError(f"cannot read {modality!r} files; embed image, audio or text (or pass a tensor)")
@@ -369,6 +371,104 @@ class LoadedRun:
         return (self.embed(modality, inputs, batch_size, joint=True) @ class_text.T).argmax(dim=1)
 
 
+# -- export folders (written by `mmssl export`) -----------------------------------------------------
+FORMAT = "mmssl-encoders/1"
+CONFIG = "config.json"
+
+
+JOINT = "joint.safetensors"
+
+
+def open_clip_vision_tower(directory: str | Path) -> torch.nn.Module:
+    """The exported image tower as open_clip's own ``VisionTransformer`` (eval mode), weights loaded.
+
+    It reads images normalised as the mmssl encoder does (3 channels, CLIP mean/std by default).
+    """
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    meta = _read_meta(d)
+    if "open_clip" not in meta or "image" not in meta["open_clip"]:
+        raise MMSSLError(f"{d} holds no open_clip image tower (its image encoder is "
+                         f"{meta['encoders'].get('image', {}).get('name')!r}); export a run with encoder.image.name=open_clip_vision")
+    oc = meta["open_clip"]["image"]
+    tower: nn.Module = _build_vision_tower(int(oc["embed_dim"]), CLIPVisionCfg(**oc["vision_cfg"]))
+    checkpoint.load_matching(tower, load_file(str(d / "image.open_clip.safetensors")), what=f"{d}: open_clip tower")
+    tower.eval()
+    return tower
+
+
+def rebuild_encoders(specs: dict, weights: dict[str, dict[str, torch.Tensor]], where: str) -> dict[str, Encoder]:
+    """Encoders from registry specs ``{modality: {name, **options}}`` with ``weights`` loaded (eval mode)."""
+    from mmssl.build import build_encoders
+
+    encoders = build_encoders(specs)
+    for modality, encoder in encoders.items():
+        checkpoint.load_matching(encoder, weights[modality], what=f"{where}: {modality} encoder")
+        encoder.eval()
+    return {m: e for m, e in encoders.items() if isinstance(e, Encoder)}
+
+
+def _read_meta(d: Path) -> dict:
+    try:
+        meta = json.loads((d / CONFIG).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MMSSLError(f"{d / CONFIG} is missing or unreadable ({exc}); export with `mmssl export RUN --out DIR`") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("encoders"), dict):
+        raise MMSSLError(f"{d / CONFIG} is not an mmssl encoder export (format {meta.get('format')!r}, expected {FORMAT!r})")
+    load_plugins(meta.get("plugins") or [])  # encoders registered by a plugin need it imported again
+    return meta
+
+
+def is_export(directory: str | Path) -> bool:
+    """Whether ``directory`` holds an ``mmssl export`` (its config.json says so)."""
+    try:
+        return bool(json.loads((Path(directory) / CONFIG).read_text()).get("format") == FORMAT)
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def load_export(directory: str | Path) -> LoadedRun:
+    """An export folder as ``LoadedRun``: encoders, the joint space when exported, input spec."""
+    from omegaconf import OmegaConf
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    meta = _read_meta(d)
+    encoders = torch.nn.ModuleDict(load_encoders(d))
+    joint = None
+    if meta.get("joint"):
+        joint = JointSpace(meta["joint"])
+        try:
+            state = load_file(str(d / JOINT))
+        except (OSError, SafetensorError) as exc:
+            raise MMSSLError(f"cannot read {d / JOINT} ({str(exc).splitlines()[0][:160]}); re-export the run") from None
+        checkpoint.load_matching(joint, state, what=f"{d}: joint space")
+        joint.eval()
+    config = OmegaConf.create({"encoder": meta["encoders"], "data": meta.get("data") or {}, "joint": meta.get("joint")})
+    inputs = meta.get("inputs") or input_spec({}, encoders)
+    return LoadedRun(encoders, joint, config, inputs, d, None, int(meta.get("step", 0)))
+
+
+def load_encoders(directory: str | Path) -> dict[str, Encoder]:
+    """Rebuild the exported encoders (eval mode) from ``directory``: ``{modality: Encoder}``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    meta = _read_meta(d)
+    weights = {}
+    for modality in meta["encoders"]:
+        file = d / f"{modality}.safetensors"
+        try:
+            weights[modality] = load_file(str(file))
+        except (OSError, SafetensorError) as exc:
+            raise MMSSLError(f"cannot read {file} ({str(exc).splitlines()[0][:160]}); re-export the run") from None
+    return rebuild_encoders(meta["encoders"], weights, str(d))
+
+
 def _progress(total: int, desc: str, enabled: bool) -> Any:  # a tqdm bar (tqdm ships no type information)
     from tqdm.auto import tqdm
 
@@ -377,12 +477,10 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:  # a tqdm bar (tqdm 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     """A run folder, a ``step_*.pt`` checkpoint or an ``mmssl export`` folder → ``LoadedRun`` (eval mode)."""
-    from mmssl.export import CONFIG, is_export, load_export
-
     p = Path(path)
     if p.is_dir() and (p / CONFIG).is_file() and is_export(p):
         return load_export(p).to(device)
-    from mmssl.train.build import build_model
+    from mmssl.build import build_model
 
     run_dir, ckpt_path, state = find_checkpoint(p)
     if not isinstance(state.get("config"), dict) or "model" not in state:

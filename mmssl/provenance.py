@@ -19,7 +19,8 @@ LIBRARIES = ("mmssl", "torch", "torchvision", "torchaudio", "open_clip_torch", "
 
 def environment() -> dict:
     """``{mmssl, git, python, platform, libraries, plugins}`` of this process (no network; git only for a checkout)."""
-    from mmssl import __version__, plugins
+    from mmssl import plugins
+    from mmssl._version import __version__
 
     return {
         "mmssl": __version__,

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from mmssl import plugins
+from mmssl.build import build_data, build_model
 from mmssl.config import compose
 from mmssl.errors import ConfigError
-from mmssl.train.build import build_data, build_model
 
 PLUGIN = '''
 import torch

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmssl.build import build_model
 from mmssl.cli import main
 from mmssl.config import compose, config_dir
-from mmssl.train.build import build_model
 from mmssl.train.optim import LARS
 from mmssl.train.trainer import make_optimizer
 from mmssl.types import Batch

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch  # noqa: E402
 
+from mmssl import checkpoint  # noqa: E402
 from mmssl.config import compose  # noqa: E402
 from mmssl.rl.run import run as rl_run  # noqa: E402
-from mmssl.train import checkpoint  # noqa: E402
 from tests.conftest import tiny_overrides  # noqa: E402
 from tests.reliability.harness import (  # noqa: E402
     KillStats,

@@ -107,9 +107,9 @@ def raw_label_curve(run_dir: Path, seed: int, labels: list[str]) -> dict[str, di
     import torch
     from omegaconf import OmegaConf
 
+    from mmssl.build import build_data
     from mmssl.eval.probes import knn_accuracy, linear_probe_accuracy, raw_features
     from mmssl.finetune.parts import balanced_subset
-    from mmssl.train.build import build_data
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
     data = build_data(cfg)

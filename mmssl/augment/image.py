@@ -48,7 +48,8 @@ def random_resized_crop(x: torch.Tensor, size: tuple[int, int], scale=(0.08, 1.0
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def _gray(x: torch.Tensor) -> torch.Tensor:
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) → (B, 1, H, W) brightness: ITU-R 601 luma for RGB, the input for one channel, else the channel mean."""
     if x.shape[1] == 1:
         return x
     if x.shape[1] != 3:  # 2 or 4+ channels: no luma weights, the channel mean serves as brightness
@@ -68,10 +69,10 @@ def color_jitter(x: torch.Tensor, brightness: float, contrast: float, saturation
     apply = coin(b, p, generator, dev).view(b, 1, 1, 1)
     shape = (b, 1, 1, 1)
     out = x * uniform(b, 1 - brightness, 1 + brightness, generator, dev).view(shape)
-    mean = _gray(out).mean(dim=(1, 2, 3), keepdim=True)
+    mean = grayscale(out).mean(dim=(1, 2, 3), keepdim=True)
     out = (out - mean) * uniform(b, 1 - contrast, 1 + contrast, generator, dev).view(shape) + mean
     if x.shape[1] == 3:
-        g = _gray(out)
+        g = grayscale(out)
         out = (out - g) * uniform(b, 1 - saturation, 1 + saturation, generator, dev).view(shape) + g
         if hue > 0:
             out = _rotate_hue(out, uniform(b, -hue, hue, generator, dev) * 2 * math.pi)
@@ -99,7 +100,7 @@ def random_grayscale(x: torch.Tensor, p: float, generator=None) -> torch.Tensor:
     if x.shape[1] == 1 or p <= 0:
         return x
     mask = coin(x.shape[0], p, generator, x.device).view(-1, 1, 1, 1)
-    return torch.where(mask, _gray(x).expand_as(x), x)
+    return torch.where(mask, grayscale(x).expand_as(x), x)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: tuple[float, float], p: float, kernel_frac: float = 0.1,

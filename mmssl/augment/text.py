@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 
 from mmssl.augment.base import Augmentation, coin
+from mmssl.data.tokenize import EOT_ID, PAD_ID, SOT_ID
 from mmssl.registry import AUGMENTATIONS
 from mmssl.types import TEXT
 
-SOT_ID, EOT_ID, PAD_ID = 49406, 49407, 0
 #: BPE id of "*", standing in for a mask token (open_clip's vocabulary has none)
 MASK_ID = 265
 

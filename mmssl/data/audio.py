@@ -11,6 +11,7 @@ stratified by class.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from mmssl.data.base import (
     split_indices,
     stratified_limit,
 )
+from mmssl.data.lazy import LazyColumn, path_array
 from mmssl.errors import DataError
 from mmssl.registry import DATASETS
 from mmssl.types import AUDIO
@@ -63,6 +65,16 @@ def read_audio(path, sample_rate: int | None = None, name: str | None = None) ->
     return wave
 
 
+def fit_length(wave: torch.Tensor, samples: int) -> torch.Tensor:
+    """(n,) → (samples,): centred in zeros when shorter, centre-cropped when longer."""
+    n = len(wave)
+    if n >= samples:
+        start = (n - samples) // 2
+        return wave[start:start + samples]
+    left = (samples - n) // 2
+    return torch.nn.functional.pad(wave, (left, samples - n - left))
+
+
 def _class_order(names: set[str]) -> list[str]:
     """Numeric labels sort as numbers ("2" before "10"), others alphabetically."""
     return sorted(names, key=lambda n: (0, int(n), "") if n.isdigit() else (1, 0, n))
@@ -81,29 +93,6 @@ def native_sample_rate(paths: list[Path]) -> int | None:
         if len(rates) > 1:
             return None
     return rates.pop() if rates else None
-
-
-def folder_sample_rate(root: str, fallback: int = 16000) -> int:
-    """Config resolver ``${native_sample_rate:${oc.select:data.root,null},16000}``: the files' common rate, else ``fallback``.
-
-    A folder or manifest that cannot be read yet falls back quietly; the loader reports the real problem.
-    """
-    if root is None:
-        return int(fallback)
-    p = Path(str(root))
-    try:
-        if p.is_dir():
-            paths = [q for q in p.rglob("*") if q.suffix.lower() in AUDIO_EXTENSIONS]
-        elif p.is_file():
-            from mmssl.data.manifest import read_rows
-
-            paths = [q if q.is_absolute() else p.parent / q for q in (Path(r["audio"]) for r in read_rows(p) if r.get("audio"))]
-        else:
-            return int(fallback)
-        rate = native_sample_rate(paths)
-    except (DataError, OSError, KeyError):
-        return int(fallback)
-    return int(rate) if rate else int(fallback)
 
 
 def scan_audio_folder(root: str | Path, group_pattern: str | None = None) -> list[tuple[Path, str, str]]:
@@ -146,8 +135,6 @@ def audio_folder(root: str, seed: int = 0, sample_rate: int | None = None, clip_
     ``cache="memory"`` reads every clip now; ``"none"`` keeps only the file index and reads each
     batch's clips when it is drawn (in ``data.num_workers`` DataLoader workers).
     """
-    from mmssl.data.lazy import AudioFiles
-
     items = scan_audio_folder(root, group_pattern)
     classes = _class_order({label for _, label, _ in items})
     if limit:
@@ -174,3 +161,21 @@ def audio_folder(root: str, seed: int = 0, sample_rate: int | None = None, clip_
         train, test = split_indices(len(full), test_fraction, seed, labels)
     return DatasetSplits(full.subset(train, f"audio_folder:{root}/train"), full.subset(test, f"audio_folder:{root}/test"),
                          {"sample_rate": sample_rate}).cached(cache, on_error)
+
+
+class AudioFiles(LazyColumn):
+    """Audio files read with soundfile, mixed to mono, resampled and fitted to float32 (samples,)."""
+
+    dtype = torch.float32
+
+    def __init__(self, paths: Sequence[str | Path] | np.ndarray, sample_rate: int, samples: int):
+        self.paths = paths if isinstance(paths, np.ndarray) else path_array(paths)
+        self.sample_rate, self.samples = int(sample_rate), int(samples)
+        self.item_shape = (self.samples,)
+        super().__init__()
+
+    def total(self) -> int:
+        return len(self.paths)
+
+    def decode(self, row: int) -> torch.Tensor:
+        return fit_length(read_audio(self.paths[row].decode(), self.sample_rate), self.samples)

@@ -7,6 +7,7 @@ fixed by ``seed``.
 from __future__ import annotations
 
 import gzip
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from mmssl.data.base import (
     split_indices,
     stratified_limit,
 )
+from mmssl.data.lazy import LazyColumn, path_array
 from mmssl.errors import DataError
 from mmssl.registry import DATASETS
 from mmssl.types import IMAGE
@@ -215,8 +217,6 @@ def image_folder(root: str, seed: int = 0, size: int = 32, test_fraction: float 
     """
     from torchvision.datasets import ImageFolder
 
-    from mmssl.data.lazy import ImageFiles
-
     try:
         ds = ImageFolder(root, loader=lambda path: path)  # the index only: (path, class) pairs
     except (FileNotFoundError, NotADirectoryError, RuntimeError) as exc:
@@ -231,3 +231,58 @@ def image_folder(root: str, seed: int = 0, size: int = 32, test_fraction: float 
     labels = torch.tensor([ds.samples[i][1] for i in keep])
     full = ArrayDataset({IMAGE: images}, labels, ds.classes, f"image_folder:{root}", groups=groups)
     return DatasetSplits(*split_dataset(full, test_fraction, seed, test_groups)).cached(cache, on_error)
+
+
+class ImageFiles(LazyColumn):
+    """Image files decoded with PIL to uint8 (channels, size, size), resized with antialiasing."""
+
+    dtype = torch.uint8
+
+    def __init__(self, paths: Sequence[str | Path] | np.ndarray, size: int, channels: int = 3, aspect: str = "squash",
+                 max_pixels: int | None = None):
+        if channels not in (1, 3):
+            raise DataError(f"image channels must be 1 (grey) or 3 (RGB), got {channels}")
+        if aspect not in ("squash", "crop"):
+            raise DataError(f"data.aspect must be one of crop, squash, got {aspect!r}")
+        self.paths = paths if isinstance(paths, np.ndarray) else path_array(paths)
+        self.size, self.channels, self.aspect, self.max_pixels = int(size), int(channels), aspect, max_pixels
+        self.item_shape = (self.channels, self.size, self.size)
+        super().__init__()
+
+    def total(self) -> int:
+        return len(self.paths)
+
+    def decode(self, row: int) -> torch.Tensor:
+        return decode_image(self.paths[row].decode(), self.size, self.channels, aspect=self.aspect,
+                            max_pixels=self.max_pixels)
+
+
+def decode_image(source, size: int, channels: int = 3, name: str | None = None, aspect: str = "squash",
+                 max_pixels: int | None = None) -> torch.Tensor:
+    """A path or file object → uint8 (channels, size, size); ``DataError`` naming the file when it is corrupt.
+
+    ``aspect`` "squash" resizes both sides to ``size``; "crop" resizes the shorter side and centre-crops.
+    Paths go through :func:`open_image` (missing files, corrupt files and images over
+    ``max_pixels`` pixels are one-line errors, checked from the header before decoding).
+    """
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.v2 import functional as TF
+
+    mode = "L" if channels == 1 else "RGB"
+    if isinstance(source, str | Path):
+        try:
+            t = TF.pil_to_tensor(open_image(source, MAX_PIXELS if max_pixels is None else max_pixels, mode))
+        except DataError as exc:
+            raise DataError(str(exc).replace("cannot read image", "corrupt image", 1)) from None
+    else:
+        try:
+            with Image.open(source) as img:
+                img.draft(mode, (size, size))  # JPEG: decode at a reduced scale when it can
+                t = TF.pil_to_tensor(img.convert(mode))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise DataError(f"corrupt image {name or 'in a shard'}: {exc}; remove or replace the file") from None
+    if aspect == "crop" and tuple(t.shape[-2:]) != (size, size):
+        t = TF.center_crop(TF.resize(t, size, antialias=True), [size, size])
+    elif tuple(t.shape[-2:]) != (size, size):
+        t = TF.resize(t, [size, size], antialias=True)
+    return t

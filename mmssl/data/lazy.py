@@ -1,10 +1,11 @@
-"""Columns of items read from files on demand: images, audio clips, text lines or strings.
+"""Columns of items read from files on demand, and the text columns (lines or strings).
 
 A column stands in for an (N, ...) tensor inside ``ArrayDataset``: ``column[idx]`` decodes those
 items into a (len(idx), ...) tensor and ``read(idx)`` does the same but reports unreadable items
 instead of raising, so a loader can skip them. Only the index lives in memory — file paths as one
 fixed-width numpy byte array (no per-item Python objects, whose reference counts would make every
-DataLoader worker copy the pages: pytorch/pytorch#13246), or byte offsets into one text file.
+DataLoader worker copy the pages: pytorch/pytorch#13246), or byte offsets into one text file. The
+image and audio columns live with their readers: ``mmssl.data.images.ImageFiles``, ``mmssl.data.audio.AudioFiles``.
 """
 
 from __future__ import annotations
@@ -93,84 +94,6 @@ def path_array(paths: Sequence[str | Path]) -> np.ndarray:
     return np.array([str(p).encode() for p in paths], dtype=np.bytes_)
 
 
-class ImageFiles(LazyColumn):
-    """Image files decoded with PIL to uint8 (channels, size, size), resized with antialiasing."""
-
-    dtype = torch.uint8
-
-    def __init__(self, paths: Sequence[str | Path] | np.ndarray, size: int, channels: int = 3, aspect: str = "squash",
-                 max_pixels: int | None = None):
-        if channels not in (1, 3):
-            raise DataError(f"image channels must be 1 (grey) or 3 (RGB), got {channels}")
-        if aspect not in ("squash", "crop"):
-            raise DataError(f"data.aspect must be one of crop, squash, got {aspect!r}")
-        self.paths = paths if isinstance(paths, np.ndarray) else path_array(paths)
-        self.size, self.channels, self.aspect, self.max_pixels = int(size), int(channels), aspect, max_pixels
-        self.item_shape = (self.channels, self.size, self.size)
-        super().__init__()
-
-    def total(self) -> int:
-        return len(self.paths)
-
-    def decode(self, row: int) -> torch.Tensor:
-        return decode_image(self.paths[row].decode(), self.size, self.channels, aspect=self.aspect,
-                            max_pixels=self.max_pixels)
-
-
-def decode_image(source, size: int, channels: int = 3, name: str | None = None, aspect: str = "squash",
-                 max_pixels: int | None = None) -> torch.Tensor:
-    """A path or file object → uint8 (channels, size, size); ``DataError`` naming the file when it is corrupt.
-
-    ``aspect`` "squash" resizes both sides to ``size``; "crop" resizes the shorter side and centre-crops.
-    Paths go through :func:`mmssl.data.images.open_image` (missing files, corrupt files and images over
-    ``max_pixels`` pixels are one-line errors, checked from the header before decoding).
-    """
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.v2 import functional as TF
-
-    mode = "L" if channels == 1 else "RGB"
-    if isinstance(source, str | Path):
-        from mmssl.data.images import MAX_PIXELS, open_image
-
-        try:
-            t = TF.pil_to_tensor(open_image(source, MAX_PIXELS if max_pixels is None else max_pixels, mode))
-        except DataError as exc:
-            raise DataError(str(exc).replace("cannot read image", "corrupt image", 1)) from None
-    else:
-        try:
-            with Image.open(source) as img:
-                img.draft(mode, (size, size))  # JPEG: decode at a reduced scale when it can
-                t = TF.pil_to_tensor(img.convert(mode))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise DataError(f"corrupt image {name or 'in a shard'}: {exc}; remove or replace the file") from None
-    if aspect == "crop" and tuple(t.shape[-2:]) != (size, size):
-        t = TF.center_crop(TF.resize(t, size, antialias=True), [size, size])
-    elif tuple(t.shape[-2:]) != (size, size):
-        t = TF.resize(t, [size, size], antialias=True)
-    return t
-
-
-class AudioFiles(LazyColumn):
-    """Audio files read with soundfile, mixed to mono, resampled and fitted to float32 (samples,)."""
-
-    dtype = torch.float32
-
-    def __init__(self, paths: Sequence[str | Path] | np.ndarray, sample_rate: int, samples: int):
-        self.paths = paths if isinstance(paths, np.ndarray) else path_array(paths)
-        self.sample_rate, self.samples = int(sample_rate), int(samples)
-        self.item_shape = (self.samples,)
-        super().__init__()
-
-    def total(self) -> int:
-        return len(self.paths)
-
-    def decode(self, row: int) -> torch.Tensor:
-        from mmssl.data.audio import read_audio
-        from mmssl.data.trimodal import fit_length
-
-        return fit_length(read_audio(self.paths[row].decode(), self.sample_rate), self.samples)
-
-
 class TextStrings(LazyColumn):
     """Strings (held as one UTF-8 byte array) tokenised to (context_length,) BPE ids when read."""
 
@@ -192,7 +115,7 @@ class TextStrings(LazyColumn):
         return self.read([row])[0][0]
 
     def read(self, idx):
-        from mmssl.encoders.text import tokenize
+        from mmssl.data.tokenize import tokenize
 
         rows = self.rows[_positions(idx)]
         ids = tokenize(self.strings(rows), self.context_length)  # one batched call

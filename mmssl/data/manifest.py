@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from mmssl.data.audio import AUDIO_EXTENSIONS, DEFAULT_SAMPLE_RATE, native_sample_rate
 from mmssl.data.base import ArrayDataset, DatasetSplits, split_dataset, stratified_limit
 from mmssl.data.images import MAX_PIXELS
 from mmssl.errors import DataError
@@ -82,7 +83,7 @@ def _columns(p: Path, rows: list[dict], mods: list[str], image_size: int, channe
              clip_seconds: float, context_length: int, allow_outside_root: bool,
              max_pixels: int | None) -> tuple[dict, int | None]:
     """({modality: lazy column}, the audio sample rate used): every path checked before any file is read."""
-    from mmssl.data.audio import DEFAULT_SAMPLE_RATE, native_sample_rate
+    from mmssl.data.audio import native_sample_rate
     from mmssl.data.lazy import AudioFiles, ImageFiles, TextStrings
 
     paths = {m: [confined(p, r[m], n, m, allow_outside_root) for n, r in enumerate(rows, 1)]
@@ -126,6 +127,27 @@ def confined(manifest: Path, cell, row: int, column: str, allow_outside_root: bo
             raise DataError(f"manifest {manifest} row {row}: {column} path {cell!r} resolves to {target}, outside the "
                             f"manifest's folder {root}; move the file under it or set data.allow_outside_root=true")
     return path
+
+
+def folder_sample_rate(root: str, fallback: int = 16000) -> int:
+    """Config resolver ``${native_sample_rate:${oc.select:data.root,null},16000}``: the files' common rate, else ``fallback``.
+
+    A folder or manifest that cannot be read yet falls back quietly; the loader reports the real problem.
+    """
+    if root is None:
+        return int(fallback)
+    p = Path(str(root))
+    try:
+        if p.is_dir():
+            paths = [q for q in p.rglob("*") if q.suffix.lower() in AUDIO_EXTENSIONS]
+        elif p.is_file():
+            paths = [q if q.is_absolute() else p.parent / q for q in (Path(r["audio"]) for r in read_rows(p) if r.get("audio"))]
+        else:
+            return int(fallback)
+        rate = native_sample_rate(paths)
+    except (DataError, OSError, KeyError):
+        return int(fallback)
+    return int(rate) if rate else int(fallback)
 
 
 @DATASETS.register("manifest", modalities=MANIFEST_MODALITIES)

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from mmssl.data.base import ArrayDataset, DatasetSplits, split_indices
-from mmssl.data.lazy import check_on_error, decode_image
+from mmssl.data.images import decode_image
+from mmssl.data.lazy import check_on_error
 from mmssl.errors import DataError
 from mmssl.registry import DATASETS
 from mmssl.types import AUDIO, IMAGE, TEXT
@@ -72,8 +73,7 @@ class SampleDecoder:
 
     def decode(self, sample: dict) -> dict:
         """One sample → {modality: tensor (text stays a string), "label": int?}; raises ``DataError``."""
-        from mmssl.data.audio import read_audio
-        from mmssl.data.trimodal import fit_length
+        from mmssl.data.audio import fit_length, read_audio
 
         out = {}
         for modality, exts in self.keys.items():
@@ -102,7 +102,7 @@ class SampleDecoder:
         return out
 
     def collate(self, decoded: list[dict]) -> tuple[dict, torch.Tensor | None]:
-        from mmssl.encoders.text import tokenize
+        from mmssl.data.tokenize import tokenize
 
         data = {}
         for modality in self.keys:

@@ -78,7 +78,7 @@ def text_corpus(path: str, seed: int = 0, context_length: int = 32, test_fractio
     reads and tokenises a batch's lines when it is drawn.
     """
     from mmssl.data.lazy import TextLines
-    from mmssl.encoders.text import tokenize
+    from mmssl.data.tokenize import tokenize
 
     meta = {}
     if cache == "none":

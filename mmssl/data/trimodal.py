@@ -34,20 +34,10 @@ def class_prompts(template: str = "a handwritten {w}", classes: list[str] = DIGI
     return [template.format(w=w, d=i) for i, w in enumerate(classes)]
 
 
-def fit_length(wave: torch.Tensor, samples: int) -> torch.Tensor:
-    """(n,) → (samples,): centred in zeros when shorter, centre-cropped when longer."""
-    n = len(wave)
-    if n >= samples:
-        start = (n - samples) // 2
-        return wave[start:start + samples]
-    left = (samples - n) // 2
-    return torch.nn.functional.pad(wave, (left, samples - n - left))
-
-
 def load_spoken_digits(root: str | Path = SPOKEN_DIGITS_DIR, sample_rate: int = 8000,
                        clip_seconds: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Every clip listed in ``root/manifest.csv`` → waves (M, samples), labels (M,), speakers (M,)."""
-    from mmssl.data.audio import read_audio
+    from mmssl.data.audio import fit_length, read_audio
 
     root = Path(root)
     manifest = root / "manifest.csv"
@@ -75,7 +65,7 @@ def trimodal_digits(seed: int = 0, test_fraction: float = 0.3, test_speaker_frac
     """Digit images + spoken digits (unseen voices at test time) + class prompts, paired by class."""
     from sklearn.datasets import load_digits
 
-    from mmssl.encoders.text import tokenize
+    from mmssl.data.tokenize import tokenize
 
     digits = load_digits()
     images = torch.from_numpy(np.round(digits.images * (255 / 16))).to(torch.uint8).unsqueeze(1)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from mmssl.errors import ConfigError, ShapeError
-from mmssl.types import EncoderOutput
+from mmssl.types import IMAGE, EncoderOutput
 
 
 class Encoder(nn.Module):
@@ -53,3 +54,27 @@ def open_clip_config(arch: str) -> dict[str, Any]:
         raise ConfigError(f"unknown open_clip architecture {arch!r}; {_suggest(arch, open_clip.list_models())}")
     config: dict[str, Any] = open_clip.get_model_config(arch)  # open_clip is untyped; a dict for listed names
     return config
+
+
+class ImageEncoder(Encoder):
+    """An image encoder: reads (B, in_channels, H, W) floats in [0, 1] and normalises them with ``mean``/``std``."""
+
+    modality = IMAGE
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def _set_norm(self, in_channels: int, mean: Sequence[float] | float, std: Sequence[float] | float) -> None:
+        self.in_channels = in_channels
+
+        def as_t(v: Sequence[float] | float) -> torch.Tensor:  # a 3-channel statistic on a 1-channel input becomes its grey average
+            t = torch.as_tensor(v, dtype=torch.float32).flatten()
+            return (t.mean(0, keepdim=True) if len(t) != in_channels else t).expand(in_channels).reshape(1, -1, 1, 1)
+
+        self.register_buffer("mean", as_t(mean).clone(), persistent=False)
+        self.register_buffer("std", as_t(std).clone(), persistent=False)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        self.expect(x, 4, f"images (B, {self.in_channels}, H, W)", channels=self.in_channels)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std

@@ -122,7 +122,7 @@ class GoalMapEncoder(Encoder):
 
     def load_pretrained(self, path: str) -> None:
         """Tile/instruction towers (and joint projections when shapes fit) from a pretraining run or checkpoint."""
-        from mmssl.train import checkpoint
+        from mmssl import checkpoint
 
         p = Path(path)
         found = checkpoint.latest(p / "checkpoints") if p.is_dir() else (p, checkpoint.load(p))

@@ -1,36 +1,20 @@
 """Text encoders over open_clip BPE token ids (B, L): an open_clip text tower and a small bidirectional transformer.
 
-Token ids come from ``tokenize`` (open_clip's ``SimpleTokenizer``, shipped in the package: start token
-49406, end token 49407, padding 0, vocabulary 49408). Both encoders return pooled (B, dim) and
+Token ids come from ``mmssl.data.tokenize.tokenize`` (open_clip's ``SimpleTokenizer``: start token 49406,
+end token 49407, padding 0, vocabulary 49408). Both encoders return pooled (B, dim) and
 per-position tokens (B, L, dim).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 from torch import nn
 
+from mmssl.data.tokenize import PAD_ID, VOCAB_SIZE
 from mmssl.encoders.base import Encoder, open_clip_config
 from mmssl.errors import ConfigError, ShapeError
 from mmssl.registry import ENCODERS
 from mmssl.types import TEXT, EncoderOutput
-
-VOCAB_SIZE = 49408
-SOT_ID, EOT_ID, PAD_ID = 49406, 49407, 0
-
-
-@lru_cache(maxsize=8)
-def _tokenizer(context_length: int):
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer(context_length=context_length)  # reads the BPE vocabulary shipped with open_clip once
-
-
-def tokenize(texts: list[str], context_length: int = 16) -> torch.Tensor:
-    """Strings → (N, context_length) int64 ids with open_clip's BPE tokenizer (truncated texts keep their end token)."""
-    return _tokenizer(context_length)(list(texts))
 
 
 class _TextEncoder(Encoder):
@@ -41,7 +25,7 @@ class _TextEncoder(Encoder):
         self.expect(x, 2, "token ids (B, L)")
         if x.is_floating_point():
             raise ShapeError(f"{type(self).__name__} expects integer token ids, got {x.dtype}; tokenize the text "
-                             "with mmssl.encoders.text.tokenize")
+                             "with mmssl.data.tokenize.tokenize")
         if x.shape[1] > self.context_length:
             raise ShapeError(f"{type(self).__name__} reads at most {self.context_length} tokens, got {x.shape[1]}; "
                              "raise context_length or tokenize shorter")
@@ -111,8 +95,8 @@ class OpenCLIPText(_TextEncoder):
         self.dim, self.context_length = embed_dim, cfg.context_length
 
     def _load(self, weights: str) -> None:
+        from mmssl.checkpoint import load_matching
         from mmssl.encoders.vision import _load_local_weights
-        from mmssl.train.checkpoint import load_matching
 
         state = _load_local_weights(weights)
         if "token_embedding.weight" in state and "visual.conv1.weight" in state:  # a whole CLIP: drop the image tower

@@ -12,30 +12,10 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from mmssl.encoders.base import Encoder, open_clip_config
+from mmssl.encoders.base import ImageEncoder, open_clip_config
 from mmssl.errors import ConfigError
 from mmssl.registry import ENCODERS
 from mmssl.types import IMAGE, EncoderOutput
-
-
-class _ImageEncoder(Encoder):
-    modality = IMAGE
-
-    def _set_norm(self, in_channels: int, mean: Sequence[float] | float, std: Sequence[float] | float) -> None:
-        self.in_channels = in_channels
-
-        def as_t(v):  # a 3-channel statistic on a 1-channel input becomes its grey average
-            t = torch.as_tensor(v, dtype=torch.float32).flatten()
-            return (t.mean(0, keepdim=True) if len(t) != in_channels else t).expand(in_channels).reshape(1, -1, 1, 1)
-
-        self.register_buffer("mean", as_t(mean).clone(), persistent=False)
-        self.register_buffer("std", as_t(std).clone(), persistent=False)
-
-    def check_input(self, x: torch.Tensor) -> None:
-        self.expect(x, 4, f"images (B, {self.in_channels}, H, W)", channels=self.in_channels)
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 def _conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -50,7 +30,7 @@ def _conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 @ENCODERS.register("convnet", modalities=(IMAGE,))
-class ConvNet(_ImageEncoder):
+class ConvNet(ImageEncoder):
     """Small VGG-style conv net for 8×8–64×64 images: three stages (width, 2·width, 4·width), global pool.
 
     Stage 1 keeps the resolution; stages 2 and 3 halve it, and further stride-2 stages are added for
@@ -77,7 +57,7 @@ class ConvNet(_ImageEncoder):
 
 
 @ENCODERS.register("resnet18", modalities=(IMAGE,))
-class ResNet18(_ImageEncoder):
+class ResNet18(ImageEncoder):
     """torchvision ResNet-18 without its classifier; ``cifar_stem`` swaps in a 3×3 stride-1 stem, no max-pool.
 
     tokens: layer4's feature map, (B, H'·W', 512).
@@ -114,7 +94,7 @@ class ResNet18(_ImageEncoder):
 
 
 @ENCODERS.register("open_clip_vision", modalities=(IMAGE,))
-class OpenCLIPVision(_ImageEncoder):
+class OpenCLIPVision(ImageEncoder):
     """An open_clip vision tower by architecture name (``arch="ViT-B-32"``) or a small custom config.
 
     ``config`` (used when ``arch`` is None) is an open_clip ``CLIPVisionCfg`` dict, e.g.
@@ -147,7 +127,7 @@ class OpenCLIPVision(_ImageEncoder):
             state = _load_local_weights(weights)
             if any(k.startswith("visual.") for k in state):  # a whole CLIP checkpoint: keep the vision tower
                 state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-            from mmssl.train.checkpoint import load_matching
+            from mmssl.checkpoint import load_matching
 
             load_matching(self.visual, state, what=f"open_clip vision weights {weights}")
         if hasattr(self.visual, "output_tokens"):

@@ -22,8 +22,7 @@ from einops import rearrange
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
-from mmssl.encoders.base import Encoder
-from mmssl.encoders.vision import _ImageEncoder
+from mmssl.encoders.base import Encoder, ImageEncoder
 from mmssl.errors import ConfigError, ShapeError
 from mmssl.registry import ENCODERS
 from mmssl.types import IMAGE, EncoderOutput
@@ -65,7 +64,7 @@ def require_patch_encoder(encoder: Encoder, objective: str) -> None:
 
 
 @ENCODERS.register("vit", modalities=(IMAGE,))
-class ViT(_ImageEncoder):
+class ViT(ImageEncoder):
     """A small ViT (Dosovitskiy et al. 2021) that can run on a subset of its patches (MAE, I-JEPA, data2vec).
 
     open_clip's pre-norm blocks, fixed 2-D sin/cos positions as in MAE, no class token, mean-pooled.

@@ -77,8 +77,8 @@ def zeroshot_accuracy(z: torch.Tensor, labels: torch.Tensor, class_text: torch.T
 def class_text_embeddings(encoder: Encoder, classes: list[str], context_length: int, head=None,
                           templates: list[str] | None = None) -> torch.Tensor:
     """(C, D) unit-norm mean embedding of every template filled with each class ({w}: name, {d}: index)."""
+    from mmssl.data.tokenize import tokenize
     from mmssl.data.trimodal import PROMPTS
-    from mmssl.encoders.text import tokenize
 
     templates = templates or PROMPTS
     ids = tokenize([t.format(w=w, d=i) for i, w in enumerate(classes) for t in templates], context_length)

@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mmssl.config import compose
+from mmssl.data.adapt import adapt_dataset
 from mmssl.data.base import ArrayDataset, DatasetSplits
 from mmssl.errors import ConfigError, DataError
 from mmssl.eval.probes import extract_features, knn_accuracy, linear_probe_accuracy, raw_features
@@ -182,8 +183,6 @@ def feature_metrics(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray
 # -- the evaluation ----------------------------------------------------------------------------------
 def _adapt(data: DatasetSplits, run: LoadedRun, modalities: list[str]) -> DatasetSplits:
     """The data's items reshaped to what the encoders read (image channels and size), else a clear error."""
-    from mmssl.finetune.parts import adapt_dataset
-
     shapes = {}
     if IMAGE in modalities and IMAGE in run.inputs:
         shapes[IMAGE] = (run.inputs[IMAGE]["channels"], run.inputs[IMAGE]["size"], run.inputs[IMAGE]["size"])
@@ -199,7 +198,7 @@ def _adapt(data: DatasetSplits, run: LoadedRun, modalities: list[str]) -> Datase
 
 def evaluate_on(run: LoadedRun, cfg: DictConfig, out_dir: Path | None = None) -> dict[str, float]:
     """Metrics of ``run``'s frozen encoders on ``cfg.data`` (see the module docstring); plots under ``out_dir``."""
-    from mmssl.train.build import build_data, build_encoders
+    from mmssl.build import build_data, build_encoders
 
     ecfg, task, seed = cfg.eval, str(cfg.eval.get("task", "classification")), int(cfg.get("seed", 0))
     data = build_data(cfg)

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from mmssl import checkpoint
+from mmssl.build import build_data
 from mmssl.config import stored_config, to_container
 from mmssl.data.base import DatasetSplits
 from mmssl.errors import ConfigError
@@ -18,8 +20,7 @@ from mmssl.finetune.parts import accuracy_and_loss, fit_probe_head
 from mmssl.finetune.trainer import FinetuneTrainer, prepare
 from mmssl.inference import find_checkpoint
 from mmssl.logging import RunLogger, console, drop_metrics_after
-from mmssl.train import checkpoint, run_folder
-from mmssl.train.build import build_data
+from mmssl.train import run_folder
 
 
 def finetune(cfg: DictConfig, model_state: Mapping[str, torch.Tensor] | None, out_dir: str | Path,

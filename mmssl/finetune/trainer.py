@@ -21,14 +21,16 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
+from mmssl import checkpoint
+from mmssl.build import OBJECTIVE_RUN_KEYS, build_encoders
 from mmssl.config import registry_kwargs, to_container
+from mmssl.data.adapt import adapt_dataset
 from mmssl.data.base import ArrayDataset, BatchIterator, DatasetSplits
 from mmssl.errors import ConfigError, DataError
 from mmssl.finetune.config import loop_settings
 from mmssl.finetune.parts import (
     Classifier,
     accuracy_and_loss,
-    adapt_dataset,
     balanced_subset,
     carve_validation,
     fixmatch_loss,
@@ -40,8 +42,7 @@ from mmssl.finetune.parts import (
 )
 from mmssl.objectives.base import DEFAULT_AUGMENT
 from mmssl.registry import AUGMENTATIONS, OBJECTIVES
-from mmssl.train import checkpoint, distributed
-from mmssl.train.build import OBJECTIVE_RUN_KEYS, build_encoders
+from mmssl.train import distributed
 from mmssl.train.trainer import Trainer, resolve_device
 from mmssl.types import IMAGE, Batch, ObjectiveOutput
 

@@ -33,11 +33,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from mmssl.collectives import world_size
 from mmssl.encoders.base import Encoder
 from mmssl.encoders.heads import mlp
 from mmssl.errors import ConfigError, ShapeError
 from mmssl.objectives.base import Objective
-from mmssl.objectives.distributed import world_size
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput
 

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmssl.collectives import gather, rank
 from mmssl.encoders.base import Encoder
 from mmssl.encoders.heads import mlp
 from mmssl.errors import ConfigError
 from mmssl.objectives.base import Objective
 from mmssl.objectives.contrastive import float32
-from mmssl.objectives.distributed import gather, rank
 from mmssl.objectives.views import build_multi_crop_augment, encode_views, make_views
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput

@@ -8,11 +8,11 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
+from mmssl.collectives import gather, rank
 from mmssl.encoders.base import Encoder
 from mmssl.encoders.heads import mlp
 from mmssl.errors import ConfigError
 from mmssl.objectives.base import Objective, cosine_momentum, ema_update
-from mmssl.objectives.distributed import gather, rank
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput
 

@@ -4,7 +4,7 @@ Each objective owns one projection head per modality (``projections``, an ``nn.M
 modality) mapping that encoder's pooled output into a joint space, and a learnable logit scale per
 bound pair. The pair losses are open_clip's ``ClipLoss`` and ``SigLipLoss``. Under torch.distributed
 they use open_clip's ``ClipLoss(local_loss=True, gather_with_grad=True)`` arithmetic: the embeddings
-are gathered with gradients (``mmssl.objectives.distributed.gather``) and each rank computes only its
+are gathered with gradients (``mmssl.collectives.gather``) and each rank computes only its
 own rows (its B items against all W·B gathered ones, targets offset by rank·B), so the loss costs
 O(B·W·B) per rank instead of O((W·B)²); DDP's gradient averaging of the per-rank losses gives exactly
 the single-process update on the global batch.
@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmssl.collectives import gather, rank
 from mmssl.encoders.base import Encoder
 from mmssl.encoders.heads import mlp
 from mmssl.errors import ConfigError
 from mmssl.objectives.base import DEFAULT_AUGMENT, Objective
-from mmssl.objectives.distributed import gather, rank
 from mmssl.registry import AUGMENTATIONS, OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput
 

@@ -7,12 +7,12 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
+from mmssl.collectives import gather
 from mmssl.encoders.base import Encoder
 from mmssl.encoders.heads import mlp
 from mmssl.errors import ConfigError
 from mmssl.objectives.base import Objective
 from mmssl.objectives.contrastive import float32, info_nce
-from mmssl.objectives.distributed import gather
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput
 

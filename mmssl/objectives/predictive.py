@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mmssl.augment.image import _gray
+from mmssl.augment.image import grayscale
 from mmssl.encoders.base import Encoder
 from mmssl.encoders.heads import mlp
 from mmssl.errors import ConfigError, ShapeError
@@ -324,7 +324,7 @@ class Colorization(Objective):
         x = self.augment(self.inputs(batch))
         if x.shape[1] != 3:
             raise ShapeError(f"colorization needs RGB images (B, 3, H, W), got {tuple(x.shape)}")
-        gray = _gray(x).expand(-1, 3, -1, -1)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+        gray = grayscale(x).expand(-1, 3, -1, -1)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
         out = encoders[self.modality](gray)
         tokens = out.tokens if out.tokens is not None else out.pooled[:, None, :]
         target = patchify(x - gray, token_grid(tokens.shape[1], *x.shape[-2:]), self.patch)

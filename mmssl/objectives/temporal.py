@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmssl.collectives import gather, rank
 from mmssl.encoders.base import Encoder
 from mmssl.encoders.heads import mlp
 from mmssl.errors import ConfigError, ShapeError
 from mmssl.objectives.base import Objective
 from mmssl.objectives.contrastive import nt_xent
-from mmssl.objectives.distributed import gather, rank
 from mmssl.objectives.predictive import require_tokens, time_steps
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmssl import checkpoint
 from mmssl.encoders.obs import MLPObs, ModalityAdapter, encoder_for_space, layer_init
 from mmssl.errors import ConfigError
 from mmssl.rl.storage import Obs
-from mmssl.train import checkpoint
 
 
 @dataclass

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmssl.collectives import gather, rank
 from mmssl.config import registry_kwargs
 from mmssl.encoders.base import Encoder
 from mmssl.errors import ConfigError
 from mmssl.objectives.base import Objective, ema_update
-from mmssl.objectives.distributed import gather, rank
 from mmssl.registry import OBJECTIVES
 from mmssl.rl.actions import ActionCodec, InverseDynamicsHead
 from mmssl.types import OBS, Batch, ObjectiveOutput

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import mmssl_envs
+from mmssl.checkpoint import capture_rng, restore_rng
 from mmssl.config import registry_kwargs
 from mmssl.errors import ConfigError, NonFiniteError
 from mmssl.registry import INTRINSIC_REWARDS
@@ -36,7 +37,6 @@ from mmssl.rl.aux import build_aux_objectives, rollout_batch
 from mmssl.rl.normalize import ObsNormalizer, RewardScaler
 from mmssl.rl.storage import Rollout, RolloutBuffer, flatten_obs
 from mmssl.train import distributed
-from mmssl.train.checkpoint import capture_rng, restore_rng
 from mmssl.train.schedule import linear_decay
 
 INTEGRATIONS = ("add", "value_head")
@@ -92,7 +92,7 @@ def value_loss(new_value: torch.Tensor, old_value: torch.Tensor, returns: torch.
 
 def normalise_advantages(advantages: torch.Tensor) -> torch.Tensor:
     """``(A - mean) / (std + 1e-8)`` over the minibatch (B,); under torch.distributed over every rank's share."""
-    from mmssl.objectives.distributed import world_size
+    from mmssl.collectives import world_size
 
     if world_size() == 1:
         return (advantages - advantages.mean()) / (advantages.std() + 1e-8)

@@ -23,12 +23,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import mmssl_envs
+from mmssl import checkpoint
 from mmssl.config import compose, to_container
 from mmssl.errors import ConfigError
 from mmssl.io import atomic_write
 from mmssl.logging import RunLogger, console, drop_metrics_after
 from mmssl.rl.ppo import PPO, to_tensor
-from mmssl.train import checkpoint, distributed, run_folder
+from mmssl.train import distributed, run_folder
 
 
 def main(overrides: list[str]) -> None:

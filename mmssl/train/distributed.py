@@ -6,7 +6,7 @@ wrapped by ``wrap``: torch's ``DistributedDataParallel`` (``trainer.distributed=
 all-reduced in buckets, overlapped with backward, averaged over ranks) or FSDP2's ``fully_shard``
 (``fsdp``: parameters, gradients and optimiser state sharded, each encoder tower its own unit).
 Objectives with in-batch negatives or batch statistics gather across ranks with gradients
-(``mmssl.objectives.distributed.gather``) and compute their own rows, so one step at world size W
+(``mmssl.collectives.gather``) and compute their own rows, so one step at world size W
 equals one step at world size 1 on the same global batch. Only rank 0 logs, evaluates and writes
 checkpoints; every rank's RNG state is saved so a resumed run continues exactly.
 
@@ -22,12 +22,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mmssl.collectives import rank, world_size
 from mmssl.errors import ConfigError
-from mmssl.objectives.distributed import rank, world_size
 from mmssl.types import Batch
 
 __all__ = ["init_from_env", "shard", "wrap", "full_state_dict", "load_full_state_dict", "all_finite", "mean_over_ranks",
-           "average_parameters", "broadcast_parameters", "gather_objects", "rank", "world_size", "STRATEGIES"]
+           "average_parameters", "broadcast_parameters", "gather_objects", "STRATEGIES"]
 
 #: values of ``trainer.distributed``
 STRATEGIES = ("ddp", "fsdp")

@@ -41,7 +41,7 @@ def run(cfg: DictConfig) -> dict:
 
 
 def _train(cfg: DictConfig, trainer, run_dir: Path, resume_from: tuple[Path, dict] | None, started: float) -> dict:
-    from mmssl.eval.report import evaluate, probe_table
+    from mmssl.eval.suite import evaluate, probe_table
 
     trainer.run_dir, trainer.ckpt_dir = run_dir, run_dir / "checkpoints"
     if cfg.resume and trainer.try_resume(resume_from):  # a checkpoint that does not fit fails here, before config.yaml is rewritten

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import yaml
 
+from mmssl import checkpoint
 from mmssl.errors import MMSSLError
 from mmssl.logging import console
-from mmssl.train import checkpoint
 
 LOCK = "run.lock"
 #: files whose presence means the folder holds (part of) a run

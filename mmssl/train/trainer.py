@@ -22,13 +22,14 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from mmssl import checkpoint
+from mmssl.build import SSLModel, build_data, build_model
 from mmssl.config import to_container
 from mmssl.data.base import DatasetSplits
 from mmssl.data.loader import Loader
 from mmssl.errors import ConfigError, MMSSLError, NonFiniteError  # noqa: F401  (NonFiniteError: re-exported)
 from mmssl.logging import RunLogger, console
-from mmssl.train import checkpoint, distributed
-from mmssl.train.build import SSLModel, build_data, build_model
+from mmssl.train import distributed
 from mmssl.train.optim import LARS
 from mmssl.train.schedule import warmup_cosine
 from mmssl.types import Batch
@@ -302,7 +303,7 @@ class Trainer:
             if int(tcfg.eval_every) and self.step % int(tcfg.eval_every) == 0 and self.step < total:
                 model = self.eval_model()  # collective under FSDP, so every rank calls it
                 if self.rank == 0:
-                    from mmssl.eval.report import evaluate
+                    from mmssl.eval.suite import evaluate
 
                     logger.log({f"eval/{k}": v for k, v in evaluate(model, self.data, cfg, baselines=False).items()},
                                self.step)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import mmssl.augment  # noqa: F401  (registers)
-from mmssl.augment.text import EOT_ID, SOT_ID
+from mmssl.data.tokenize import EOT_ID, SOT_ID
 from mmssl.registry import AUGMENTATIONS
 
 #: options that switch on every random branch of an augmentation

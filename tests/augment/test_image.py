@@ -1,6 +1,6 @@
 import torch
 
-from mmssl.augment.image import gaussian_blur, random_resized_crop
+from mmssl.augment.image import gaussian_blur, grayscale, random_resized_crop
 from mmssl.registry import AUGMENTATIONS
 
 
@@ -39,3 +39,14 @@ def test_blur_preserves_constant_images_and_smooths():
     spike[..., 6, 6] = 1
     out = gaussian_blur(spike, (1.5, 1.5), p=1.0)
     assert out[..., 6, 6] < 0.5 and abs(out.sum() - 1) < 1e-4
+
+
+def test_grayscale_is_itu_601_luma_for_rgb_and_the_mean_otherwise():
+    rgb = torch.zeros(1, 3, 1, 2)
+    rgb[0, :, 0, 0] = torch.tensor([1.0, 0.0, 0.0])
+    rgb[0, :, 0, 1] = torch.tensor([0.2, 0.4, 0.6])
+    assert torch.allclose(grayscale(rgb).flatten(), torch.tensor([0.299, 0.299 * 0.2 + 0.587 * 0.4 + 0.114 * 0.6]))
+    one = torch.rand(2, 1, 3, 3)
+    assert grayscale(one) is one
+    four = torch.arange(4.0).view(1, 4, 1, 1)
+    assert grayscale(four).item() == 1.5

@@ -140,8 +140,8 @@ def test_trimodal_digits_layout(trimodal):
 
 
 def test_trimodal_digits_unseen_voices_and_class_pairing(trimodal):
+    from mmssl.data.tokenize import tokenize
     from mmssl.data.trimodal import load_spoken_digits
-    from mmssl.encoders.text import tokenize
 
     assert not set(trimodal.meta["test_speakers"]) & set(trimodal.meta["train_speakers"])
     from mmssl.data.trimodal import PROMPTS

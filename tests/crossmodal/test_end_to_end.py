@@ -2,8 +2,8 @@
 
 import pytest
 
+from mmssl.build import build_model
 from mmssl.config import compose
-from mmssl.train.build import build_model
 
 TINY = ["encoder=trimodal", "data=trimodal_digits", "encoder.image.width=4", "encoder.audio.width=4",
         "encoder.text.dim=16", "encoder.text.heads=2"]

@@ -5,8 +5,8 @@ import torch
 
 from mmssl.data.base import ArrayDataset
 from mmssl.data.images import DIGIT_NAMES
+from mmssl.data.tokenize import tokenize
 from mmssl.encoders.base import Encoder
-from mmssl.encoders.text import tokenize
 from mmssl.eval.crossmodal import crossmodal_report, exact_recall_at_k, recall_at_k, zeroshot_accuracy
 from mmssl.types import EncoderOutput
 

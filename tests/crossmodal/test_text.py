@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from mmssl.augment.text import MASK_ID, content_mask, delete_tokens, mask_tokens, swap_tokens
-from mmssl.encoders.text import EOT_ID, PAD_ID, SOT_ID, VOCAB_SIZE, tokenize
+from mmssl.data.tokenize import EOT_ID, PAD_ID, SOT_ID, VOCAB_SIZE, tokenize
 from mmssl.errors import ShapeError
 from mmssl.registry import AUGMENTATIONS, ENCODERS
 

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from mmssl.data.base import DatasetSplits
-from mmssl.data.lazy import ImageFiles, LazyColumn
+from mmssl.data.images import ImageFiles
+from mmssl.data.lazy import LazyColumn
 from mmssl.data.loader import Loader, StepSampler
 from mmssl.errors import ConfigError, DataError
 from mmssl.registry import DATASETS

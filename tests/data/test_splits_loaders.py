@@ -7,13 +7,13 @@ import soundfile as sf
 import torch
 from PIL import Image
 
+from mmssl.build import build_data
 from mmssl.config import compose
 from mmssl.data.audio import audio_folder
 from mmssl.data.base import group_split, stratified_limit
 from mmssl.data.images import image_folder
 from mmssl.data.manifest import manifest
 from mmssl.errors import DataError
-from mmssl.train.build import build_data
 
 
 def test_stratified_limit_keeps_class_proportions_and_is_seeded():

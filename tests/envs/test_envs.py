@@ -119,7 +119,7 @@ def test_mujoco_true_state_is_what_the_observation_shows(monkeypatch, tmp_path):
 
 @pytest.mark.filterwarnings("ignore")
 def test_minigrid_dict_with_the_tokenised_mission():
-    from mmssl.encoders.text import tokenize
+    from mmssl.data.tokenize import tokenize
 
     env = gym.make("mmssl/MiniGridDict-v0", env_id="MiniGrid-GoToDoor-5x5-v0", mission_tokens=16)
     check_env(env, skip_render_check=True)
@@ -136,7 +136,7 @@ def test_mujoco_without_a_headless_renderer_warns_and_renders_nothing(monkeypatc
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MUJOCO_GL", raising=False)
     monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.setattr(envs, "headless_gl", lambda: None)
+    monkeypatch.setattr(envs.factories, "headless_gl", lambda: None)  # make_mujoco looks it up there
     with pytest.warns(UserWarning, match="libegl1 or libosmesa6"):
         env = envs.make_env({"id": "mmssl/MuJoCo-v0", "kwargs": {"env_id": "HalfCheetah-v5"}}, render_mode="rgb_array")
     env.reset(seed=0)

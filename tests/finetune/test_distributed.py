@@ -5,9 +5,9 @@ import os
 import torch
 import torch.multiprocessing as mp
 
+from mmssl import checkpoint
 from mmssl.config import compose, to_container
 from mmssl.finetune import finetune, make_config
-from mmssl.train import checkpoint
 from tests.gloo import free_port
 from tests.train.test_distributed import _overrides
 

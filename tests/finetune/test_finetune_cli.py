@@ -6,8 +6,8 @@ import pytest
 import torch
 import yaml
 
+from mmssl import checkpoint
 from mmssl.cli import main
-from mmssl.train import checkpoint
 
 FAST = ["steps=4", "eval_every=2", "batch_size=16", "threads=1", "logger.mode=disabled"]
 
@@ -126,9 +126,9 @@ def test_speech_transfers_to_a_folder_of_recordings_at_another_rate(tmp_path, ca
 def test_frozen_head_uses_the_probe_solver_and_scores_at_least_the_probe(run_dir):
     from omegaconf import OmegaConf
 
+    from mmssl.build import build_data
     from mmssl.eval.probes import extract_features, linear_probe_accuracy
     from mmssl.inference import load_run
-    from mmssl.train.build import build_data
 
     assert main(["finetune", str(run_dir), "labels=1.0", "mode=frozen", "name=frozen_all", *FAST]) == 0
     summary = json.loads((run_dir / "finetune" / "frozen_all" / "summary.json").read_text())

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
+from mmssl import checkpoint
 from mmssl.cli import main
 from mmssl.finetune.trainer import FinetuneTrainer
 from mmssl.logging import read_metrics
-from mmssl.train import checkpoint
 
 FAST = ["steps=8", "eval_every=2", "checkpoint_every=2", "batch_size=16", "threads=1", "logger.mode=disabled",
         "progress=false"]

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from mmssl.data.adapt import adapt_images
 from mmssl.errors import ConfigError, DataError
 from mmssl.finetune.parts import (
-    adapt_images,
     balanced_subset,
     carve_validation,
     fixmatch_loss,

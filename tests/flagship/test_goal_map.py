@@ -24,7 +24,7 @@ def test_goal_map_without_instruction_reads_env_observations():
 
 def test_frozen_towers_do_not_change(tmp_path):
     # a pretraining checkpoint with an image tower, as `mmssl pretrain` writes it
-    from mmssl.train import checkpoint
+    from mmssl import checkpoint
 
     tower = ENCODERS.build("convnet", in_channels=1, width=4)
     checkpoint.save({"model": {f"encoders.image.{k}": v for k, v in tower.state_dict().items()}, "step": 1},

@@ -220,10 +220,10 @@ def test_export_without_heads_asked_for_zero_shot(bind_run, simclr_run, tmp_path
 def test_open_clip_image_tower_export_loads_into_open_clip(tmp_path):
     from open_clip.model import CLIPVisionCfg, _build_vision_tower  # noqa: F401  (open_clip itself builds the tower)
 
+    from mmssl import checkpoint
+    from mmssl.build import build_model
     from mmssl.config import compose, to_container
-    from mmssl.export import open_clip_vision_tower
-    from mmssl.train import checkpoint
-    from mmssl.train.build import build_model
+    from mmssl.inference import open_clip_vision_tower
 
     cfg = compose("pretrain", ["encoder=open_clip_vit", "encoder.image.embed_dim=16", "encoder.image.config.width=32",
                                "encoder.image.config.layers=1", "encoder.image.config.head_width=16"])
@@ -246,10 +246,10 @@ def test_open_clip_image_tower_export_loads_into_open_clip(tmp_path):
 
 
 def open_clip_vision_tower_of_convnet(tmp_path):
+    from mmssl import checkpoint
+    from mmssl.build import build_model
     from mmssl.config import compose, to_container
-    from mmssl.export import open_clip_vision_tower
-    from mmssl.train import checkpoint
-    from mmssl.train.build import build_model
+    from mmssl.inference import open_clip_vision_tower
 
     cfg = compose("pretrain", ["encoder.image.width=4"])
     checkpoint.save({"model": build_model(cfg).state_dict(), "config": to_container(cfg), "step": 0},

@@ -8,12 +8,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from mmssl import checkpoint
+from mmssl.build import SSLModel
 from mmssl.cli import main
 from mmssl.errors import ConfigError
 from mmssl.objectives.adversarial import region_mask
 from mmssl.registry import OBJECTIVES
-from mmssl.train import checkpoint
-from mmssl.train.build import SSLModel
 from mmssl.train.trainer import make_optimizer
 from tests.conftest import tiny_overrides
 from tests.objectives.conftest import make_batch, make_encoders

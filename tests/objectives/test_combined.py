@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
+from mmssl.build import SSLModel
 from mmssl.config import compose
 from mmssl.logging import RunLogger
 from mmssl.registry import OBJECTIVES
-from mmssl.train.build import SSLModel
 from mmssl.train.trainer import Trainer
 from tests.conftest import tiny_overrides
 from tests.objectives.conftest import make_batch, make_encoders

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmssl.build import OBJECTIVE_RUN_KEYS
 from mmssl.config import compose, config_dir, registry_kwargs
 from mmssl.registry import OBJECTIVES
-from mmssl.train.build import OBJECTIVE_RUN_KEYS
 from mmssl.types import Batch
 from tests.objectives.conftest import make_data, make_encoders
 

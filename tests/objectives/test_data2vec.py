@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmssl.encoders.text import tokenize
+from mmssl.data.tokenize import tokenize
 from mmssl.errors import ConfigError
 from mmssl.objectives.data2vec import ffn_outputs, regression_loss
 from mmssl.objectives.predictive import random_token_mask

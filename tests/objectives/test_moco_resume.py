@@ -2,9 +2,9 @@
 
 import torch
 
+from mmssl import checkpoint
 from mmssl.config import compose
 from mmssl.logging import RunLogger
-from mmssl.train import checkpoint
 from mmssl.train.trainer import Trainer
 from tests.conftest import tiny_overrides
 

@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
+from mmssl import checkpoint
+from mmssl.build import OBJECTIVE_RUN_KEYS, build_encoders, build_model
 from mmssl.cli import main
 from mmssl.config import compose, registry_kwargs
 from mmssl.errors import ConfigError
 from mmssl.logging import RunLogger
 from mmssl.registry import OBJECTIVES
-from mmssl.train import checkpoint
-from mmssl.train.build import OBJECTIVE_RUN_KEYS, build_encoders, build_model
 from mmssl.train.trainer import Trainer
 from mmssl.types import Batch
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mmssl import checkpoint
 from mmssl.logging import RunLogger
-from mmssl.train import checkpoint
 from mmssl.train.trainer import Trainer
 
 FORK = mp.get_context("fork")

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from mmssl import checkpoint
 from mmssl.cli import main
-from mmssl.train import checkpoint
 from tests.conftest import tiny_overrides
 
 

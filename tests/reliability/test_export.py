@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mmssl import checkpoint
+from mmssl.build import build_model
 from mmssl.cli import main
-from mmssl.export import load_encoders
-from mmssl.train import checkpoint
-from mmssl.train.build import build_model
+from mmssl.inference import load_encoders
 from tests.conftest import tiny_overrides
 
 

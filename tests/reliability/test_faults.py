@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import tests.reliability.faults  # noqa: F401  (registers the test_nonfinite objective)
+from mmssl import checkpoint
 from mmssl.cli import main
 from mmssl.config import compose
 from mmssl.logging import RunLogger, read_metrics
-from mmssl.train import checkpoint
 from mmssl.train.trainer import NonFiniteError
 from tests.conftest import tiny_overrides
 from tests.reliability.harness import fit

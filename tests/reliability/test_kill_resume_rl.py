@@ -5,10 +5,10 @@ import time
 import pytest
 import torch
 
+from mmssl import checkpoint
 from mmssl.config import compose
 from mmssl.logging import read_metrics
 from mmssl.rl.run import run
-from mmssl.train import checkpoint
 from tests.reliability.harness import kill_inside_save, kill_until, rl
 
 KILLS = 6

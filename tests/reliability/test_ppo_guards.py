@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import mmssl_envs
+from mmssl import checkpoint
 from mmssl.cli import main
 from mmssl.config import compose
 from mmssl.errors import NonFiniteError
 from mmssl.rl import ppo as ppo_module
 from mmssl.rl.ppo import PPO
 from mmssl.rl.run import run
-from mmssl.train import checkpoint
 
 RL = ["logger.mode=disabled", "progress=false", "eval.episodes=0", "agent.num_envs=2", "agent.num_steps=16",
       "agent.total_timesteps=96", "checkpoint_every=1"]

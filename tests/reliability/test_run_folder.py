@@ -21,9 +21,10 @@ import pytest
 import torch
 
 import mmssl.io
+from mmssl import checkpoint
 from mmssl.cli import main
 from mmssl.config import compose
-from mmssl.train import checkpoint, run_folder
+from mmssl.train import run_folder
 from tests.conftest import tiny_overrides
 from tests.reliability.harness import fit
 

@@ -13,11 +13,10 @@ import torch
 import yaml
 
 import mmssl_envs
-from mmssl import sweep
+from mmssl import checkpoint, sweep
 from mmssl.cli import main
 from mmssl.config import compose, stored_config
 from mmssl.errors import ConfigError
-from mmssl.train import checkpoint
 from tests.conftest import tiny_overrides
 
 SECRET = "s3cr3t-token-value"

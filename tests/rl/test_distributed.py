@@ -124,7 +124,7 @@ def _run_worker(rank, world, port, run_dir, extra):
 def _two_rank_run(run_dir, *extra):
     mp.start_processes(_run_worker, args=(2, free_port(), str(run_dir), extra), nprocs=2, join=True,
                        start_method="fork")
-    from mmssl.train import checkpoint
+    from mmssl import checkpoint
 
     return checkpoint.load(checkpoint.checkpoints(run_dir / "checkpoints")[-1])
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from mmssl import checkpoint
 from mmssl.config import compose
 from mmssl.errors import ConfigError
 from mmssl.logging import metric_curve, read_metrics
 from mmssl.rl.agent import Agent
 from mmssl.rl.run import run
-from mmssl.train import checkpoint
 
 
 def tiny(run_dir, *extra):

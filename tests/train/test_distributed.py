@@ -63,7 +63,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, strategy):
         assert torch.allclose(ddp[name], value, atol=1e-5, rtol=1e-4), name
     start = compose("pretrain", _overrides(tmp_path / "init"))
     torch.manual_seed(int(start.seed))
-    from mmssl.train.build import build_model
+    from mmssl.build import build_model
 
     initial = build_model(start).state_dict()
     assert any(not torch.equal(initial[k], v) for k, v in single.items())  # training did move the weights
@@ -87,7 +87,7 @@ def test_resume_under_ddp_is_bit_identical(tmp_path, strategy):
         extra += ("trainer.optimizer=adamw", "trainer.lr=1e-3")
     straight = _ddp(tmp_path / "straight", *extra)
     _ddp(tmp_path / "stopped", *extra, "trainer.checkpoint_every=2")
-    from mmssl.train import checkpoint
+    from mmssl import checkpoint
 
     ckpts = checkpoint.checkpoints(tmp_path / "stopped" / "checkpoints")
     assert [p.name for p in ckpts] == ["step_00000002.pt", "step_00000004.pt"]

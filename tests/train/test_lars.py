@@ -75,8 +75,8 @@ def test_trainer_builds_lars_excluding_biases_and_norms():
 def test_pretrain_runs_with_trainer_optimizer_lars(tmp_path):
     """``trainer.optimizer=lars`` (advertised in configs/trainer/default.yaml) trains end to end and
     checkpoints LARS's state: the momentum buffers and the two groups (biases and norms unadapted)."""
+    from mmssl import checkpoint
     from mmssl.cli import main
-    from mmssl.train import checkpoint
     from tests.conftest import tiny_overrides
 
     run = tmp_path / "run"

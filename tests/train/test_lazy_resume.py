@@ -2,7 +2,7 @@
 
 import torch
 
-from mmssl.train import checkpoint
+from mmssl import checkpoint
 from tests.data.test_lazy import image_tree
 from tests.train.test_resume import _train
 

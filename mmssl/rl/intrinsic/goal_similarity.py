@@ -12,6 +12,7 @@ from einops import rearrange
 from omegaconf import OmegaConf
 from torch import nn
 
+from mmssl import checkpoint as ckpt
 from mmssl.config import registry_kwargs, stored_config
 from mmssl.encoders.heads import mlp
 from mmssl.encoders.memo import RowMemo
@@ -19,7 +20,6 @@ from mmssl.errors import ConfigError, ShapeError
 from mmssl.registry import ENCODERS, INTRINSIC_REWARDS
 from mmssl.rl.intrinsic.base import IntrinsicReward, select_obs
 from mmssl.rl.storage import Obs, Rollout, flatten_obs
-from mmssl.train import checkpoint as ckpt
 from mmssl.types import AUDIO, IMAGE, OBS, TEXT
 
 MODES = ("similarity", "increase")

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from mmssl import checkpoint
 from mmssl.errors import ConfigError
 from mmssl.registry import ENCODERS, INTRINSIC_REWARDS
 from mmssl.rl.storage import Rollout
-from mmssl.train import checkpoint
 from mmssl.types import EncoderOutput
 
 from .conftest import ACTIONS, SPACES, make_rollout, step

@@ -1,4 +1,8 @@
-"""Evaluation of a pretrained model: probes per labelled modality, diagnostics, baselines, plots, cross-modal."""
+"""The evaluation suite of a pretrained model (what `mmssl pretrain` and `mmssl eval` report): linear and kNN
+probes per labelled modality, diagnostics, raw-input and random-init baselines, embedding plots, cross-modal.
+
+Not to be confused with ``mmssl.report`` (the `mmssl report` command: tables and plots across run folders).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from mmssl.build import SSLModel, build_encoders
 from mmssl.data.base import DatasetSplits
 from mmssl.eval import diagnostics
 from mmssl.eval.probes import extract_features, probe_all, raw_features
-from mmssl.train.build import SSLModel, build_encoders
 
 
 def _view_augment(model: SSLModel, modality: str):

@@ -1,4 +1,5 @@
-"""Cross-rank gathering for objectives with in-batch negatives or batch statistics.
+"""Rank, world size and differentiable cross-rank gathering (objectives with in-batch negatives or batch
+statistics, the trainer and PPO use these; no process group → rank 0 of 1).
 
 ``gather(x)`` concatenates ``x`` from every rank along dim 0 *with gradients* (through
 ``torch.distributed.nn``), so a loss over the gathered batch at world size W has the same value and
