@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from mmssl.data.audio import AUDIO_EXTENSIONS, DEFAULT_SAMPLE_RATE, native_sample_rate
+from mmssl.data.audio import AUDIO_EXTENSIONS, DEFAULT_SAMPLE_RATE, AudioFiles, native_sample_rate
 from mmssl.data.base import ArrayDataset, DatasetSplits, split_dataset, stratified_limit
-from mmssl.data.images import MAX_PIXELS
+from mmssl.data.images import MAX_PIXELS, ImageFiles
+from mmssl.data.lazy import TextStrings
 from mmssl.errors import DataError
 from mmssl.registry import DATASETS
 from mmssl.types import AUDIO, IMAGE, TEXT
@@ -83,9 +84,6 @@ def _columns(p: Path, rows: list[dict], mods: list[str], image_size: int, channe
              clip_seconds: float, context_length: int, allow_outside_root: bool,
              max_pixels: int | None) -> tuple[dict, int | None]:
     """({modality: lazy column}, the audio sample rate used): every path checked before any file is read."""
-    from mmssl.data.audio import native_sample_rate
-    from mmssl.data.lazy import AudioFiles, ImageFiles, TextStrings
-
     paths = {m: [confined(p, r[m], n, m, allow_outside_root) for n, r in enumerate(rows, 1)]
              for m in (IMAGE, AUDIO) if m in mods}
     data = {}
