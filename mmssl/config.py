@@ -151,6 +151,13 @@ def _plugin_overrides(overrides: list[str]) -> list[str]:
     return names
 
 
+#: keys of earlier versions → what replaced them (an override of the old key says so instead of "unknown key")
+RENAMED_KEYS = {
+    "trainer.amp": "trainer.precision (auto | fp32 | bf16 | fp16; amp=bf16 → precision=bf16, amp=off → precision=fp32)",
+    "amp": "precision (auto | fp32 | bf16 | fp16; amp=bf16 → precision=bf16, amp=off → precision=fp32)",
+}
+
+
 def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Compose ``configs/<name>.yaml`` with Hydra overrides; errors become one-line ``ConfigError``s.
 
@@ -162,6 +169,7 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfi
     load_plugins(_plugin_overrides(overrides))
     for override in overrides:
         _check_syntax(override)
+        _check_renamed(override)
     overrides, encoder_choices = _split_encoder_choices(overrides)
     cfg = _compose(name, overrides)
     groups = [o for o in overrides if _is_group_override(o)]
@@ -198,6 +206,13 @@ def compose(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfi
 
         RunLogger._resolve_mode(cfg.logger.mode)  # logger.mode or $WANDB_MODE: checked before any folder exists
     return cfg
+
+
+def _check_renamed(override: str) -> None:
+    """A one-line error for an override of a key that was renamed (``+key=…`` adds a new key: allowed)."""
+    key = override.split("=", 1)[0].lstrip("~")
+    if key in RENAMED_KEYS:
+        raise ConfigError(f"{key} was replaced by {RENAMED_KEYS[key]}; rename it in {override!r}")
 
 
 def _split_encoder_choices(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -300,6 +315,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], known: list[str] | tu
         key = override.key_or_group
         current = OmegaConf.select(cfg, key, default=_UNSET)
         if override.is_delete() or (current is _UNSET and not override.is_add()):
+            _check_renamed(text)
             close = difflib.get_close_matches(key, config_keys(cfg) + list(known), n=3, cutoff=0.6)
             hint = f"did you mean {', '.join(close)}? " if close else ""
             verb = "cannot delete" if override.is_delete() else "unknown config key"

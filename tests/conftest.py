@@ -5,7 +5,16 @@ import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
+# precision=auto resolves to fp32 without probing: every test computes alike on every machine (tests of
+# the probe itself unset it); nothing is cached in the user's ~/.cache
+os.environ["MMSSL_AUTO_PRECISION"] = "fp32"
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory):
+    os.environ["MMSSL_CACHE_DIR"] = str(tmp_path_factory.mktemp("mmssl-cache"))
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -47,6 +47,9 @@ def make_config(run_config: Mapping, overrides: list[str], source: str | Path = 
         cfg.data = ft.data
     ft = OmegaConf.masked_copy(ft, [k for k in ft if k != "data"])
     cfg.finetune = ft
+    if "amp" in ft:  # a fine-tune folder of an older version
+        raise ConfigError("finetune.amp was replaced by precision (auto | fp32 | bf16 | fp16): amp=bf16 → "
+                          "precision=bf16, amp=off → precision=fp32; rename the key")
     if ft.mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {ft.mode!r}")
     return cfg
@@ -61,8 +64,7 @@ def default_name(cfg: DictConfig) -> str:
 
 def loop_settings(ft: DictConfig) -> DictConfig:
     """The ``finetune`` keys as the trainer's loop settings (the ``trainer`` keys of pretraining)."""
-    keys = ("steps", "warmup_steps", "final_lr_fraction", "amp", "grad_clip", "nonfinite", "checkpoint_every",
+    keys = ("steps", "warmup_steps", "final_lr_fraction", "precision", "grad_clip", "nonfinite", "checkpoint_every",
             "keep_checkpoints", "progress")
     # metrics are logged where validation runs; the pretraining evaluation (eval_every) is not a fine-tune's
-    return OmegaConf.create({k: ft[k] for k in keys} | {"log_every": ft.eval_every, "eval_every": 0,
-                                                        "channels_last": False})
+    return OmegaConf.create({k: ft[k] for k in keys} | {"log_every": ft.eval_every, "eval_every": 0})

@@ -79,6 +79,7 @@ def _train(trainer: FinetuneTrainer, logger: RunLogger) -> None:
     # the linear probe's own solver on the frozen features, so the head scores what the probe does
     ft = cfg.finetune
     C = float(ft.probe_C if ft.probe_C is not None else (cfg.get("eval") or {}).get("linear_probe_C", 1.0))
+    trainer.record_precision()  # fp32: the solver's fit is not autocast
     trainer.train_mode()
     fit_probe_head(trainer.classifier, split.labelled, split.num_classes, C, int(ft.eval_batch_size), trainer.device)
     logger.log({"train/probe_C": C}, 0)

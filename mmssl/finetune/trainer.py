@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mmssl import checkpoint
@@ -213,6 +213,10 @@ class FinetuneTrainer(Trainer):
             torch.set_num_threads(int(ft.threads))
         self.device = resolve_device(str(ft.device))
         self.rank, self.world = distributed.init_from_env(self.device)
+        # the probe solver fits outside the loop, in fp32; the loop's forward runs in the resolved precision
+        self._init_precision(ft if not split.use_probe else OmegaConf.create({"precision": "fp32"}), bool(ft.resume),
+                             prefix="")
+        self.channels_last = False  # the fine-tune's batches and classifier stay in the default memory format
         self.seed = int(ft.seed)
         torch.manual_seed(self.seed)
         self.classifier, self.units, self.trains = self._build_classifier(model_state)
@@ -270,12 +274,12 @@ class FinetuneTrainer(Trainer):
         ft, modality, (batch, u) = self.cfg.finetune, self.split.modality, batches
         x = self.model.weak(batch[modality]) if ft.augment_labelled else batch[modality]
         logits, ssl, weak_logits, strong_logits = self.forward_module(x, None if u is None else u[modality])
-        ce = F.cross_entropy(logits, batch.labels)
+        ce = F.cross_entropy(logits.float(), batch.labels)  # under bf16 autocast: the loss in fp32
         outputs = {"labelled_ce": ObjectiveOutput(ce)}
         if u is None:
             return ce, outputs
         targets, mask = pseudo_labels(weak_logits, float(ft.pseudo_threshold))
-        pseudo = fixmatch_loss(strong_logits, targets, mask)
+        pseudo = fixmatch_loss(strong_logits.float(), targets, mask)
         # the unlabelled items do have labels: how right are the kept pseudo-labels?
         right = (targets == u.labels)[mask].float().mean().item() if mask.any() else float("nan")
         outputs |= {"ssl": ssl, "pseudo": ObjectiveOutput(pseudo, {"mask_rate": mask.float().mean().item(),

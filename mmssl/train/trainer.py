@@ -2,18 +2,17 @@
 
 One step: batch (indexed from in-memory tensors, or decoded from files in DataLoader workers:
 ``mmssl.data.loader``) → device → objectives (each makes its own views on the device) →
-weighted sum → backward (under torchrun through DistributedDataParallel or FSDP2, see
+weighted sum (under autocast in the run's precision: ``trainer.precision``, ``mmssl.precision``) → backward (under torchrun through DistributedDataParallel or FSDP2, see
 ``mmssl.train.distributed``) → non-finite check → grad clip → optimiser and LR schedule → EMA hooks →
 metrics. Every ``checkpoint_every`` steps the model, optimiser, scheduler, RNG states, step and config
-go into one atomic file; ``resume=true`` continues from the newest valid one and reproduces the
+go into one atomic file, the chosen precision into ``precision.json``; ``resume=true`` continues from the newest valid one and reproduces the
 uninterrupted run bit for bit on CPU (batch order is a function of (seed, epoch) — for tar shards the
 loader's position is checkpointed —, augmentation draws come from the restored torch RNG, EMA momenta
-are functions of progress).
+are functions of progress, the precision is the one the run folder recorded).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,13 +21,14 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from mmssl import checkpoint
+from mmssl import checkpoint, precision
 from mmssl.build import SSLModel, build_data, build_model
 from mmssl.config import to_container
 from mmssl.data.base import DatasetSplits
 from mmssl.data.loader import Loader
 from mmssl.errors import ConfigError, MMSSLError, NonFiniteError  # noqa: F401  (NonFiniteError: re-exported)
 from mmssl.logging import RunLogger, console
+from mmssl.precision import Precision
 from mmssl.train import distributed
 from mmssl.train.optim import LARS
 from mmssl.train.schedule import warmup_cosine
@@ -66,14 +66,6 @@ def make_optimizer(model: torch.nn.Module, tcfg: DictConfig) -> torch.optim.Opti
     raise ConfigError(f"trainer.optimizer must be adamw, sgd or lars, got {tcfg.optimizer!r}")
 
 
-def autocast(device: torch.device, amp: str):
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return contextlib.nullcontext()
-    if amp not in ("auto", "bf16"):
-        raise ConfigError(f"trainer.amp must be auto, bf16 or off, got {amp!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 class Trainer:
     """Runs ``cfg`` in ``run_dir``: build, (resume), train, checkpoint, evaluate.
 
@@ -96,6 +88,10 @@ class Trainer:
             torch.set_num_threads(int(cfg.threads))
         self.device = resolve_device(str(cfg.device))
         self.rank, self.world = distributed.init_from_env(self.device)
+        tcfg = cfg.trainer
+        self._init_precision(tcfg, bool(cfg.resume))
+        cl = tcfg.get("channels_last")
+        self.channels_last = self.precision.channels_last if cl is None else bool(cl)
         torch.manual_seed(int(cfg.seed))
         self.data: DatasetSplits = build_data(cfg)
         missing = [m for m in cfg.encoder if m not in self.data.train.modalities]
@@ -104,9 +100,8 @@ class Trainer:
                               "pick a dataset with those modalities or drop the encoders")
         torch.manual_seed(int(cfg.seed))
         self.model: SSLModel = build_model(cfg).to(self.device)
-        if cfg.trainer.channels_last:
+        if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        tcfg = cfg.trainer
         self.strategy = str(tcfg.get("distributed", "ddp"))
         # DDP wraps (self.model stays the plain module: state dicts without a "module." prefix); FSDP shards
         # self.model in place. Either way self.forward_module is what a step runs forward/backward through.
@@ -121,10 +116,20 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg.trainer)
         self._init_loop(cfg.trainer)
 
+    def _init_precision(self, tcfg: DictConfig, resume: bool, prefix: str = "trainer.") -> None:
+        """``self.precision`` from ``tcfg.precision`` (resumed: the run folder's record; see ``mmssl.precision``)
+        and ``self.scaler``, fp16's loss scaler (None otherwise)."""
+        if "amp" in tcfg:
+            raise ConfigError(f"{prefix}amp was replaced by {prefix}precision (auto | fp32 | bf16 | fp16): "
+                              f"amp=bf16 → precision=bf16, amp=off → precision=fp32; rename the key")
+        self.precision: Precision = precision.for_run(str(tcfg.get("precision", "auto")), self.device, self.run_dir,
+                                                      resume, key=f"{prefix}precision")
+        self.scaler = self.precision.grad_scaler(self.device)
+
     def _init_loop(self, tcfg: DictConfig, prefix: str = "trainer.") -> None:
         """The schedule and counters of the loop over ``self.optimizer``, run by ``tcfg`` (the ``trainer`` keys:
-        steps, warmup_steps, final_lr_fraction, amp, grad_clip, nonfinite, log_every, checkpoint_every,
-        eval_every, keep_checkpoints, progress, channels_last); ``prefix`` names those keys in errors."""
+        steps, warmup_steps, final_lr_fraction, grad_clip, nonfinite, log_every, checkpoint_every,
+        eval_every, keep_checkpoints, progress); ``prefix`` names those keys in errors."""
         self.tcfg, self.key_prefix = tcfg, prefix
         total = int(tcfg.steps)
         if total < 1:
@@ -146,7 +151,8 @@ class Trainer:
     def state(self) -> dict:
         model_state, optimizer_state = distributed.full_state_dict(self.model, self.optimizer)  # collective under FSDP
         extra = self.extra_state()
-        return ({"task": extra} if extra else {}) | {
+        scaler = {"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+        return ({"task": extra} if extra else {}) | scaler | {
             "model": model_state,
             "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(),
@@ -183,6 +189,8 @@ class Trainer:
             checkpoint.load_matching(self.model, state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.step, self.skipped_steps = int(state["step"]), int(state.get("skipped_steps", 0))
         per_rank = state.get("rng_per_rank") or []
         checkpoint.restore_rng(per_rank[self.rank] if len(per_rank) == self.world else state["rng"])
@@ -217,24 +225,39 @@ class Trainer:
                              pin_memory=self.device.type == "cuda", state=self.loader_state)
         for batch in self.loader:
             batch = batch.to(self.device, non_blocking=True)
-            if cfg.trainer.channels_last:
+            if self.channels_last:
                 batch.data = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
                               for k, v in batch.data.items()}
             yield batch
 
     def train_step(self, batch: Batch) -> tuple[torch.Tensor, dict, torch.Tensor] | None:
-        """One optimiser update; returns (loss, per-objective outputs, grad norm), or None when skipped."""
-        tcfg = self.tcfg
-        with autocast(self.device, str(tcfg.amp)):
+        """One optimiser update; returns (loss, per-objective outputs, grad norm), or None when skipped.
+
+        Forward under the run precision's autocast; with fp16 the loss is scaled before backward and the
+        gradients unscaled before clipping (``torch.amp.GradScaler``), and an overflowing step is the
+        scaler's to skip (it halves the scale), not a non-finite error.
+        """
+        with self.precision.autocast(self.device):
             loss, outputs = self.forward(batch)
         self.optimizer.zero_grad(set_to_none=True)
         if self._nonfinite(loss, outputs, "loss"):
             return None
-        loss.backward()  # DDP all-reduces (averages) gradient buckets while backward runs; FSDP reduce-scatters
+        # DDP all-reduces (averages) gradient buckets while backward runs; FSDP reduce-scatters
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         grad_norm = self._clip()
+        if self.scaler is not None and not distributed.all_finite(grad_norm):
+            self.scaler.step(self.optimizer)  # skipped by the scaler: inf/NaN found while unscaling
+            self.scaler.update()
+            return None
         if self._nonfinite(grad_norm, outputs, "gradient"):
             return None
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         self.consecutive_skips = 0
@@ -274,45 +297,61 @@ class Trainer:
         """Restore what ``extra_state`` returned."""
 
     def fit(self, logger: RunLogger) -> None:
-        cfg, tcfg = self.cfg, self.tcfg
-        total = int(tcfg.steps)
-        if cfg.resume and not self.resumed:
+        """Train to ``steps`` (or until a hook sets ``stop``): resume, record the precision, loop, save."""
+        total = int(self.tcfg.steps)
+        if self.cfg.resume and not self.resumed:
             self.try_resume()
+        self.record_precision()
         if self.step >= total or self.stop:
             return
         batches = self.batches()
         self.train_mode()
-        bar = tqdm(total=total, initial=self.step, disable=not tcfg.progress or self.rank != 0, mininterval=1.0,
+        bar = tqdm(total=total, initial=self.step, disable=not self.tcfg.progress or self.rank != 0, mininterval=1.0,
                    desc=self.description, dynamic_ncols=True)
         start, start_step = time.perf_counter(), self.step
-        while self.step < total:
+        while self.step < total and not self.stop:
             result = self.train_step(next(batches))
             if result is None:
                 continue
-            loss, outputs, grad_norm = result
             bar.update(1)
-            if self.step % int(tcfg.log_every) == 0 or self.step == total:
-                metrics = self.log_metrics(loss, outputs, grad_norm,
-                                           (self.step - start_step) / (time.perf_counter() - start))
+            metrics = self._after_update(logger, *result, (self.step - start_step) / (time.perf_counter() - start))
+            if metrics:
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}")
-                logger.log(metrics, self.step)
-            if int(tcfg.checkpoint_every) and self.step % int(tcfg.checkpoint_every) == 0:
-                self.save()
-            if self.stop:
-                break
-            if int(tcfg.eval_every) and self.step % int(tcfg.eval_every) == 0 and self.step < total:
-                model = self.eval_model()  # collective under FSDP, so every rank calls it
-                if self.rank == 0:
-                    from mmssl.eval.suite import evaluate
-
-                    logger.log({f"eval/{k}": v for k, v in evaluate(model, self.data, cfg, baselines=False).items()},
-                               self.step)
-                self.train_mode()
         bar.close()
         if self.saved_step != self.step:  # written once: the loop may just have saved this very step
             self.save()
         if self.sharded:  # what rank 0 evaluates and reports on after training: the whole model
             self.model = self.eval_model()
+
+    def record_precision(self) -> None:
+        """``precision.json`` in the run folder (rank 0): what this run computes in, read back on resume."""
+        if self.rank == 0 and self.precision.source != "recorded":
+            precision.write_record(self.run_dir, self.precision)
+
+    def _after_update(self, logger: RunLogger, loss: torch.Tensor, outputs: dict, grad_norm: torch.Tensor,
+                      steps_per_second: float) -> dict | None:
+        """At the step's multiples of ``log_every``, ``checkpoint_every``, ``eval_every``: log, save, evaluate.
+        Returns the logged record (None when this step logs nothing)."""
+        tcfg, total = self.tcfg, int(self.tcfg.steps)
+        metrics = None
+        if self.step % int(tcfg.log_every) == 0 or self.step == total:
+            metrics = self.log_metrics(loss, outputs, grad_norm, steps_per_second)
+            logger.log(metrics, self.step)
+        if int(tcfg.checkpoint_every) and self.step % int(tcfg.checkpoint_every) == 0:
+            self.save()
+        if not self.stop and int(tcfg.eval_every) and self.step % int(tcfg.eval_every) == 0 and self.step < total:
+            self._evaluate(logger)
+        return metrics
+
+    def _evaluate(self, logger: RunLogger) -> None:
+        """The evaluation suite during training (rank 0 logs it), then back to train mode."""
+        model = self.eval_model()  # collective under FSDP, so every rank calls it
+        if self.rank == 0:
+            from mmssl.eval.suite import evaluate
+
+            logger.log({f"eval/{k}": v for k, v in evaluate(model, self.data, self.cfg, baselines=False).items()},
+                       self.step)
+        self.train_mode()
 
     def eval_model(self) -> SSLModel:
         """The model to evaluate: ``self.model``, or under FSDP an unsharded copy (collective: every rank calls it)."""
@@ -320,7 +359,7 @@ class Trainer:
             return self.model
         state, _ = distributed.full_state_dict(self.model)
         model = build_model(self.cfg).to(self.device)
-        if self.cfg.trainer.channels_last:
+        if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model.load_state_dict(state)
         return model

@@ -19,17 +19,21 @@ def _train(run_dir, steps, *extra, resume=False):
     return trainer
 
 
-@pytest.mark.parametrize("objective", ["simclr", "byol"])
-def test_resume_is_bit_identical(tmp_path, objective):
-    straight = _train(tmp_path / "a", 6, f"objective={objective}", "trainer.checkpoint_every=0")
+@pytest.mark.parametrize("objective,precision", [("simclr", "fp32"), ("byol", "fp32"), ("simclr", "bf16"),
+                                                 ("byol", "bf16")])
+def test_resume_is_bit_identical(tmp_path, objective, precision):
+    run = (f"objective={objective}", f"trainer.precision={precision}")
+    straight = _train(tmp_path / "a", 6, *run, "trainer.checkpoint_every=0")
     # "stopped" after 3 steps: same schedule (steps=6) but only the step-3 checkpoint survives
-    _train(tmp_path / "b", 6, f"objective={objective}", "trainer.checkpoint_every=3")
+    _train(tmp_path / "b", 6, *run, "trainer.checkpoint_every=3")
     ckpts = checkpoint.checkpoints(tmp_path / "b" / "checkpoints")
     for p in ckpts:
         if not p.name.endswith("00000003.pt"):
             p.unlink()
-    resumed = _train(tmp_path / "b", 6, f"objective={objective}", "trainer.checkpoint_every=3", resume=True)
+    resumed = _train(tmp_path / "b", 6, *run, "trainer.checkpoint_every=3", resume=True)
     assert resumed.step == straight.step == 6
+    assert resumed.precision.name == precision and resumed.precision.source == "recorded"
+    assert resumed.channels_last == (precision == "bf16")
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
 
