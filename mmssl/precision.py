@@ -184,9 +184,9 @@ def probe(workload: Workload, device: torch.device | str = "cpu", budget_s: floa
     per step. The torch RNG is forked: a run's random stream is the same with or without the probe.
     """
     device = torch.device(device)
-    step = workload.build()
     candidates = {"fp32": Precision("fp32", False, "probe"), "bf16": Precision("bf16", True, "probe")}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        step = workload.build()
         first = {}
         for key, cand in candidates.items():
             for _ in range(2):  # the first call of a kernel pays for its setup (oneDNN primitives, autocast caches)

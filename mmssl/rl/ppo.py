@@ -8,7 +8,9 @@ One update, top to bottom (``PPO.update``):
   3. GAE(γ, λ) advantages and returns;
   4. ``update_epochs`` passes over shuffled minibatches: clipped policy loss, (clipped) value loss,
      entropy bonus, plus the weighted auxiliary objectives on the same minibatch, one Adam step with
-     global-norm clipping, then each objective's ``after_step`` (momentum encoders);
+     global-norm clipping, then each objective's ``after_step`` (momentum encoders). The networks' forward
+     runs in the run's ``precision`` (``mmssl.precision``: bf16 autocast where a probe of this network on a
+     minibatch finds it faster); log-probabilities, values and every loss are computed in fp32;
   5. intrinsic rewards ``update(rollout)`` train their own networks.
 The learning rate anneals linearly to 0 over the run. ``state_dict``/``load_state_dict`` capture
 everything (networks, optimiser, normalisers, RNGs, env replay snapshots), so a resumed run on CPU
@@ -17,6 +19,8 @@ continues bit-identically.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -31,6 +35,7 @@ import mmssl_envs
 from mmssl.checkpoint import capture_rng, restore_rng
 from mmssl.config import registry_kwargs
 from mmssl.errors import ConfigError, NonFiniteError
+from mmssl.precision import Precision, Workload, for_run, module_workload
 from mmssl.registry import INTRINSIC_REWARDS
 from mmssl.rl.agent import Agent, scale_action
 from mmssl.rl.aux import build_aux_objectives, rollout_batch
@@ -249,6 +254,32 @@ class PPO:
         self.recent_success: deque = deque(maxlen=100)
         obs, _ = self.envs.reset(seed=env_seed)
         self.next_obs = self.prepare(self.to_device(to_tensor(obs)))
+        # after the first observations (the probe's minibatch is made of them); the probe forks the RNG
+        self.precision: Precision = for_run(str(cfg.get("precision", "auto")), self.device, cfg.get("run_dir"),
+                                            bool(cfg.get("resume", False)), self._update_workload(), key="precision")
+        self.scaler = self.precision.grad_scaler(self.device)
+
+    def _update_workload(self) -> Workload:
+        """The probe of ``precision=auto``: forward+backward of (a copy of) this agent on one minibatch of the
+        first observations — small MLPs are fastest in fp32, CNNs on a bf16 CPU may not be."""
+        shapes = {k: tuple(v.shape[1:]) for k, v in self.next_obs.items()} if isinstance(self.next_obs, dict) \
+            else tuple(self.next_obs.shape[1:])
+        signature = f"{self.agent!r}|{shapes}|{self.minibatch_size}"
+        name = f"ppo-{hashlib.sha256(signature.encode()).hexdigest()[:12]}-b{self.minibatch_size}"
+
+        def make():
+            agent = copy.deepcopy(self.agent).train()
+            obs = index_obs(self.next_obs, torch.arange(self.minibatch_size, device=self.device) % self.num_envs)
+            with torch.no_grad():
+                actions = agent.act(obs).action
+
+            def loss(module: nn.Module) -> torch.Tensor:
+                new = module.evaluate(obs, actions)
+                return new.value.float().square().mean() - new.logprob.float().mean() - new.entropy.float().mean()
+
+            return agent, loss
+
+        return module_workload(name, make, self.device)
 
     # -- observations ------------------------------------------------------------------------------
     def prepare(self, obs, update_stats: bool = True):
@@ -415,18 +446,19 @@ class PPO:
                 mb = mb.to(self.device)
                 batch = rollout_batch(index_obs(b_obs, mb), index_obs(b_next, mb), b_actions[mb], b_dones[mb]) \
                     if self.aux else None
-                new, aux_out = self.learner(index_obs(b_obs, mb), b_actions[mb], batch)
+                with self.precision.autocast(self.device):
+                    new, aux_out = self.learner(index_obs(b_obs, mb), b_actions[mb], batch)
                 mb_adv = normalise_advantages(b_adv[mb]) if norm_adv else b_adv[mb]
-                pg_loss, pg_stats = policy_loss(new.logprob, b_logprobs[mb], mb_adv, clip)
-                v_loss = value_loss(new.value, b_values[mb], b_returns[mb], clip, clip_v)
+                pg_loss, pg_stats = policy_loss(new.logprob.float(), b_logprobs[mb], mb_adv, clip)
+                v_loss = value_loss(new.value.float(), b_values[mb], b_returns[mb], clip, clip_v)
                 if returns_int is not None:
-                    v_loss = v_loss + value_loss(new.value_int, values_int.flatten()[mb], returns_int.flatten()[mb],
-                                                 clip, clip_v)
-                entropy = new.entropy.mean()
+                    v_loss = v_loss + value_loss(new.value_int.float(), values_int.flatten()[mb],
+                                                 returns_int.flatten()[mb], clip, clip_v)
+                entropy = new.entropy.float().mean()
                 loss = pg_loss - ent_coef * entropy + vf_coef * v_loss
                 terms = {"policy_loss": pg_loss, "value_loss": v_loss, "entropy": entropy}
                 for slot, out in aux_out.items():
-                    loss = loss + self.aux_weights[slot] * out.loss
+                    loss = loss + self.aux_weights[slot] * out.loss.float()
                     terms[f"aux/{slot}/loss"] = out.loss
                     _add(stats, {f"aux/{slot}/loss": out.loss.item(),
                                  **{f"aux/{slot}/{k}": v for k, v in out.metrics.items()}})
@@ -435,14 +467,7 @@ class PPO:
                     raise NonFiniteError(f"non-finite loss ({', '.join(bad)}) at {where}; the update was stopped before "
                                          "the optimiser step, no checkpoint written; lower agent.learning_rate or check "
                                          "the rewards")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # under torchrun: DDP all-reduces (averages) gradients during backward
-                grad_norm = nn.utils.clip_grad_norm_(self.params, max_norm)
-                if not torch.isfinite(grad_norm):
-                    raise NonFiniteError(f"non-finite gradient in {', '.join(self._nonfinite_grads()[:3])} at {where}; "
-                                         "the update was stopped before the optimiser step, no checkpoint written; "
-                                         "lower agent.learning_rate or agent.max_grad_norm")
-                self.optimizer.step()
+                grad_norm = self._step(loss, max_norm, where)
                 progress = (self.update_index + 1) / self.num_updates
                 for objective in self.aux.values():
                     objective.after_step(self.agent.encoders, progress)
@@ -451,6 +476,25 @@ class PPO:
             if a.target_kl is not None and _mean_over_ranks(stats["approx_kl"][-1], self.world) > float(a.target_kl):
                 break  # CleanRL's early stop on the last minibatch's KL estimate (every rank decides alike)
         return stats
+
+    def _step(self, loss: torch.Tensor, max_norm: float, where: str) -> torch.Tensor:
+        """Backward, global-norm clipping, Adam step (fp16: through the loss scaler); returns the grad norm."""
+        self.optimizer.zero_grad(set_to_none=True)
+        # under torchrun: DDP all-reduces (averages) gradients during backward
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(self.params, max_norm)
+        if self.scaler is not None:  # an fp16 overflow: the scaler skips this step and halves its scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return grad_norm
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteError(f"non-finite gradient in {', '.join(self._nonfinite_grads()[:3])} at {where}; "
+                                 "the update was stopped before the optimiser step, no checkpoint written; "
+                                 "lower agent.learning_rate or agent.max_grad_norm")
+        self.optimizer.step()
+        return grad_norm
 
     def to_device(self, obs):
         """Observations (a tensor or a dict of them) → the agent's device (a no-op on CPU)."""
@@ -473,6 +517,7 @@ class PPO:
             "recent_returns": list(self.recent_returns), "recent_success": list(self.recent_success),
             "envs": mmssl_envs.snapshot_vector(self.envs), "next_obs": _to_cpu(self.next_obs),
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "aux_momentum": {slot: float(getattr(o, "momentum", 0.0)) for slot, o in self.aux.items()},
             # intrinsic rewards train with their own optimisers, which are not part of their state_dict
             "intrinsic_optimizers": {slot: r.optimizer.state_dict() for slot, r in self.intrinsic.items()
@@ -486,6 +531,8 @@ class PPO:
         self.obs_norm.load_state_dict(state["obs_norm"])
         self.reward_scaler.load_state_dict(state["reward_scaler"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("grad_scaler") is not None:
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.update_index, self.global_step = int(state["update_index"]), int(state["global_step"])
         self.recent_returns.extend(state["recent_returns"])
         self.recent_success.extend(state["recent_success"])

@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import mmssl_envs
-from mmssl import checkpoint
+from mmssl import checkpoint, precision
 from mmssl.config import compose, to_container
 from mmssl.errors import ConfigError
 from mmssl.io import atomic_write
@@ -74,6 +74,8 @@ def _train(cfg: DictConfig, ppo: PPO, run_dir: Path, found: tuple[Path, dict] | 
         if ppo.rank == 0:
             drop_metrics_after(run_dir, ppo.global_step)
         console(f"resumed from {found[0]} at update {ppo.update_index}")
+    if ppo.rank == 0 and ppo.precision.source != "recorded":
+        precision.write_record(run_dir, ppo.precision)
     lcfg = cfg.logger
     logger = RunLogger(run_dir, to_container(cfg), mode=lcfg.mode, project=lcfg.project, name=lcfg.name,
                        group=lcfg.group, tags=list(lcfg.tags), resume=found is not None, enabled=ppo.rank == 0)

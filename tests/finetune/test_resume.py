@@ -22,6 +22,7 @@ def _records(folder):
 @pytest.mark.parametrize("tag, mode", [
     ("full", ["labels=10", "patience=0"]),  # weak views on labelled batches, validation keeping the best state
     ("semi", ["labels=2", "mode=semi", "pseudo_threshold=0.5", "unlabelled_batch_size=32"]),  # + objective, strong views
+    ("full-bf16", ["labels=10", "patience=0", "precision=bf16"]),  # the loop's forward in bf16 autocast
 ])
 def test_interrupted_finetune_resumes_bit_exactly(run_dir, monkeypatch, tag, mode):
     assert main(["finetune", str(run_dir), *mode, f"name=straight-{tag}", *FAST]) == 0
@@ -43,6 +44,8 @@ def test_interrupted_finetune_resumes_bit_exactly(run_dir, monkeypatch, tag, mod
     for name in ("classifier.pt", "checkpoints/step_00000008.pt"):  # the result, and the whole learner + optimiser
         a, b = checkpoint.load(straight / name)["model"], checkpoint.load(resumed / name)["model"]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    expected = "bf16" if "precision=bf16" in mode else "fp32"
+    assert json.loads((resumed / "precision.json").read_text())["name"] == expected
     assert _records(straight) == _records(resumed)  # steps 2, 4 logged once, 6, 8 after the resume, then test
     assert [r["step"] for r in _records(resumed)] == [2, 4, 6, 8, 8]
     summaries = [json.loads((f / "summary.json").read_text()) for f in (straight, resumed)]

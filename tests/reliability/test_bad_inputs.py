@@ -178,7 +178,8 @@ CASES = [
     Case("bad-group-data", pre("data=mnist"), ("unknown data 'mnist'", "digits")),
     Case("zero-steps", pre("trainer.steps=0"), ("trainer.steps must be an int ≥ 1",)),
     Case("bad-optimizer", pre("trainer.optimizer=adam"), ("trainer.optimizer must be adamw, sgd or lars",)),
-    Case("bad-amp", pre("trainer.amp=fp8"), ("trainer.amp must be",), untouched_run=False),  # checked at step 1
+    Case("bad-precision", pre("trainer.precision=fp8"), ("trainer.precision must be one of auto, fp32, bf16, fp16",)),
+    Case("renamed-amp", pre("trainer.amp=bf16"), ("trainer.amp was replaced by trainer.precision",)),
     Case("no-cuda", pre("device=cuda"), ("CUDA is not available",)),
     pytest.param(Case("bad-logger-mode", pre("logger.mode=sometimes"), ("logger.mode must be",))),
     pytest.param(Case("bad-nonfinite-policy", pre("trainer.nonfinite=ignore"), ("trainer.nonfinite must be",))),

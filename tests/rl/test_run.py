@@ -53,6 +53,7 @@ def test_periodic_evaluation_on_other_env_kwargs(tmp_path):
      "intrinsic=rnd", "intrinsic.embed_dim=8", "intrinsic_integration=value_head"),
     ("env=minigrid_doorkey_5x5", "agent=ppo_minigrid", "agent_encoder=minigrid", "agent.num_envs=2",
      "agent.num_steps=16", "agent.total_timesteps=128", "objective=rl_curl", "objective.curl.augment_kwargs.pad=1"),
+    ("precision=bf16", "objective=rl_inverse_dynamics"),  # the update's forward in bf16 autocast
 ])
 def test_resume_is_bit_exact(tmp_path, extra):
     full = tiny(tmp_path / "full", *extra)
@@ -68,6 +69,35 @@ def test_resume_is_bit_exact(tmp_path, extra):
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
     strip = lambda r: {k: v for k, v in r.items() if k not in ("time", "steps_per_second")}  # noqa: E731
     assert [strip(r) for r in read_metrics(tmp_path / "full")] == [strip(r) for r in read_metrics(tmp_path / "part")]
+
+
+def test_precision_is_recorded_and_reused_on_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMSSL_AUTO_PRECISION", "bf16")  # what precision=auto resolves to when the run starts
+    assert run(tiny(tmp_path, "stop_after_updates=2")) == {"interrupted_at_update": 2}
+    record = json.loads((tmp_path / "precision.json").read_text())
+    assert (record["name"], record["source"]) == ("bf16", "env")
+    monkeypatch.setenv("MMSSL_AUTO_PRECISION", "fp32")  # auto now says otherwise: the resumed run keeps bf16
+    from mmssl.rl.ppo import PPO
+
+    ppo = PPO(tiny(tmp_path, "resume=true"))
+    assert (ppo.precision.name, ppo.precision.source) == ("bf16", "recorded")
+    ppo.close()
+    run(tiny(tmp_path, "resume=true"))
+    assert json.loads((tmp_path / "precision.json").read_text()) == record
+
+
+def test_auto_precision_probes_the_agent_network(tmp_path, monkeypatch):
+    monkeypatch.delenv("MMSSL_AUTO_PRECISION")
+    from mmssl.rl.ppo import PPO
+
+    ppo = PPO(tiny(tmp_path))
+    figures = ppo.precision.probe
+    assert ppo.precision.source == "probe" and figures["workload"].startswith("ppo-")
+    assert ppo.precision.name == ("bf16" if figures["speedup"] > 1.1 else "fp32")
+    ppo.close()
+    again = PPO(tiny(tmp_path))  # the same network and minibatch: the cached answer
+    assert again.precision.source == "cache" and again.precision.probe == figures
+    again.close()
 
 
 def test_pretrained_encoder_loads_and_stays_frozen(tmp_path):

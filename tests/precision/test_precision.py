@@ -1,0 +1,136 @@
+"""mmssl.precision: config values, the measured auto choice and its cache, the run folder's record."""
+
+import json
+
+import pytest
+import torch
+
+from mmssl import precision as P
+from mmssl.config import compose
+from mmssl.errors import ConfigError
+from mmssl.logging import RunLogger
+from mmssl.train.trainer import Trainer
+from tests.conftest import tiny_overrides
+
+
+@pytest.fixture
+def measured(monkeypatch, tmp_path):
+    """auto measures (the suite's MMSSL_AUTO_PRECISION unset), caching in tmp_path/cache."""
+    monkeypatch.delenv("MMSSL_AUTO_PRECISION", raising=False)
+    monkeypatch.setenv("MMSSL_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def fake_workload(calls: list, bf16_slower: bool) -> P.Workload:
+    """A workload whose bf16 step does (or does not) do 30x the work of its fp32 step."""
+    def build():
+        x = torch.randn(64, 64)
+
+        def step(p: P.Precision) -> None:
+            calls.append(p.name)
+            for _ in range(30 if (p.name == "bf16") == bf16_slower else 1):
+                x @ x
+        return step
+    return P.Workload(f"fake-{bf16_slower}", build)
+
+
+@pytest.mark.parametrize("value, name, channels_last", [("fp32", "fp32", False), ("bf16", "bf16", True)])
+def test_forced_values(value, name, channels_last):
+    p = P.resolve_precision(value, "cpu")
+    assert (p.name, p.channels_last, p.source) == (name, channels_last, "forced")
+    assert p.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[value]
+    with p.autocast("cpu"):
+        y = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert y.dtype == p.dtype
+    assert p.grad_scaler("cpu") is None
+
+
+def test_bad_value_and_fp16_on_cpu_are_one_line_errors():
+    with pytest.raises(ConfigError, match=r"trainer.precision must be one of auto, fp32, bf16, fp16, got 'fp8'"):
+        P.resolve_precision("fp8", "cpu")
+    with pytest.raises(ConfigError, match=r"trainer.precision=fp16 needs CUDA .*use trainer.precision=bf16 or trainer.precision=fp32"):
+        P.resolve_precision("fp16", "cpu")
+    with pytest.raises(ConfigError, match="fp16 needs CUDA.*use bf16 or fp32"):
+        P.Precision("fp16").grad_scaler("cpu")
+
+
+def test_auto_picks_the_faster_candidate_and_caches_it(measured):
+    calls: list = []
+    fast_bf16 = P.resolve_precision("auto", "cpu", fake_workload(calls, bf16_slower=False))
+    assert (fast_bf16.name, fast_bf16.channels_last, fast_bf16.source) == ("bf16", True, "probe")
+    assert fast_bf16.probe["speedup"] > P.MARGIN and {"fp32", "bf16"} == set(calls)
+    slow_bf16 = P.resolve_precision("auto", "cpu", fake_workload([], bf16_slower=True))
+    assert (slow_bf16.name, slow_bf16.source) == ("fp32", "probe") and slow_bf16.probe["speedup"] < 1
+    assert len(list(measured.glob("precision-*.json"))) == 2  # one file per workload
+    calls.clear()
+    cached = P.resolve_precision("auto", "cpu", fake_workload(calls, bf16_slower=False))
+    assert calls == [] and cached.source == "cache" and cached.probe == fast_bf16.probe
+
+
+def test_corrupt_or_foreign_cache_is_reprobed_quietly(measured):
+    work = fake_workload([], bf16_slower=False)
+    path = P.cache_path("cpu", work.name)
+    path.parent.mkdir(parents=True)
+    for bad in ("{not json", json.dumps({"version": P.CACHE_VERSION, "key": {"cpu": "another one"},
+                                         "precision": {"name": "fp32"}}), json.dumps([1, 2])):
+        path.write_text(bad)
+        chosen = P.resolve_precision("auto", "cpu", work)
+        assert chosen.source == "probe" and chosen.name == "bf16"
+        assert P.read_cache("cpu", work.name) == P.Precision("bf16", True, "cache", chosen.probe)  # rewritten
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_standard_probe_runs_and_reports_figures(measured):
+    chosen = P.resolve_precision("auto", "cpu")
+    assert chosen.name in ("fp32", "bf16") and chosen.source == "probe"
+    assert chosen.probe["fp32_ms"] > 0 and chosen.probe["bf16_ms"] > 0
+    assert chosen.name == ("bf16" if chosen.probe["speedup"] > P.MARGIN else "fp32")
+
+
+def test_record_roundtrip_and_unreadable_record(tmp_path):
+    p = P.Precision("bf16", True, "probe", {"speedup": 1.4})
+    P.write_record(tmp_path, p)
+    assert P.read_record(tmp_path) == P.Precision("bf16", True, "recorded", {"speedup": 1.4})
+    assert P.read_record(tmp_path / "fresh") is None
+    (tmp_path / P.RECORD).write_text('{"name": "fp8"}')
+    with pytest.raises(ConfigError, match="precision.json is unreadable"):
+        P.read_record(tmp_path)
+
+
+def _pretrain(run_dir, *extra, resume=False):
+    cfg = compose("pretrain", tiny_overrides(run_dir, f"resume={str(resume).lower()}", *extra))
+    trainer = Trainer(cfg, run_dir)
+    logger = RunLogger(run_dir, None, mode="disabled", resume=resume)
+    trainer.fit(logger)
+    logger.close()
+    return trainer
+
+
+def test_run_folder_records_the_precision_and_resume_reuses_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMSSL_AUTO_PRECISION", "bf16")  # what auto says when the run starts
+    first = _pretrain(tmp_path / "run", "trainer.steps=3")
+    record = json.loads((tmp_path / "run" / "precision.json").read_text())
+    assert record == {"name": "bf16", "channels_last": True, "source": "env", "probe": {}}
+    assert first.channels_last
+    monkeypatch.setenv("MMSSL_AUTO_PRECISION", "fp32")  # auto (cache, probe, env) now says otherwise
+    resumed = _pretrain(tmp_path / "run", "trainer.steps=6", resume=True)
+    assert resumed.step == 6 and (resumed.precision.name, resumed.precision.source) == ("bf16", "recorded")
+    assert json.loads((tmp_path / "run" / "precision.json").read_text()) == record  # the record is not rewritten
+    fresh = _pretrain(tmp_path / "fresh", "trainer.steps=3")
+    assert (fresh.precision.name, fresh.channels_last) == ("fp32", False)
+
+
+def test_bf16_changes_the_numbers_and_channels_last_can_be_overridden(tmp_path):
+    fp32 = _pretrain(tmp_path / "fp32", "trainer.steps=2", "trainer.precision=fp32")
+    bf16 = _pretrain(tmp_path / "bf16", "trainer.steps=2", "trainer.precision=bf16", "trainer.channels_last=false")
+    assert not bf16.channels_last
+    a, b = fp32.model.state_dict(), bf16.model.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())  # autocast really ran
+
+
+def test_old_amp_key_says_what_replaced_it(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.amp was replaced by trainer.precision"):
+        compose("pretrain", ["trainer.amp=bf16"])
+    cfg = compose("pretrain", tiny_overrides(tmp_path, "+trainer.amp=bf16"))  # e.g. an older stored config
+    with pytest.raises(ConfigError, match="trainer.amp was replaced by trainer.precision"):
+        Trainer(cfg, tmp_path)
