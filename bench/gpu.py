@@ -4,7 +4,7 @@
    32×32 and at 224×224, on a synthetic image folder (JPEGs written here, ImageFolder layout):
    - mmssl: ``mmssl pretrain data=image_folder`` machinery (``Trainer.train_step``): decoded uint8
      batches moved to the device, batched SimCLR augmentation on the device, bf16 autocast
-     (``trainer.amp=bf16``), channels_last;
+     (``trainer.precision=bf16``), channels_last;
    - lightly: its documented recipe — ``SimCLRTransform`` on PIL images in a torchvision ``ImageFolder``,
      a ``DataLoader`` with every CPU core as a worker (pinned memory), ``SimCLRProjectionHead``,
      ``NTXentLoss``; the same bf16 autocast and channels_last on the device, so only the pipelines differ.
@@ -95,7 +95,7 @@ def mmssl_simclr(args, root: Path, size: int, device: torch.device, run_dir: Pat
         "data=image_folder", f"data.root={root}", f"data.size={size}", f"data.batch_size={args.batch}",
         *_augment_overrides(size), "encoder=resnet18", "encoder.image.cifar_stem=false",
         "objective.simclr.temperature=0.5", "objective.simclr.hidden_dim=2048", "objective.simclr.projection_dim=128",
-        f"device={device}", f"trainer.amp={'bf16' if bf16 else 'off'}", "trainer.channels_last=true",
+        f"device={device}", f"trainer.precision={'bf16' if bf16 else 'fp32'}", "trainer.channels_last=true",
         "trainer.steps=1000000", "trainer.progress=false", "trainer.optimizer=sgd", "trainer.lr=0.06",
         "trainer.grad_clip=null", "logger.mode=disabled", f"run_dir={run_dir}"])
     if "num_workers" in cfg.data:  # a streaming image folder decodes in DataLoader workers: give it every core

@@ -45,7 +45,7 @@ def mmssl_trainer(args) -> Trainer:
         "+objective.simclr.augment_kwargs.jitter=0.8", "+objective.simclr.augment_kwargs.hue=0.2",
         "+objective.simclr.augment_kwargs.grayscale_p=0.2", "+objective.simclr.augment_kwargs.blur_p=0.0",
         "+objective.simclr.augment_kwargs.degrees=0.0",
-        f"trainer.amp={args.amp}", f"trainer.channels_last={str(args.channels_last).lower()}",
+        f"trainer.precision={args.precision}", f"trainer.channels_last={str(args.channels_last).lower()}",
         "trainer.steps=100000", "trainer.progress=false", "logger.mode=disabled", "run_dir=/tmp/mmssl-bench",
         "trainer.optimizer=sgd", "trainer.lr=0.06"])
     cfg.objective.simclr.augment_kwargs = {k: v for k, v in cfg.objective.simclr.augment_kwargs.items()
@@ -120,8 +120,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds")
     parser.add_argument("--images", type=int, default=8192)
-    parser.add_argument("--amp", default="off", choices=["bf16", "off"],
-                        help="bf16 autocast measured slower than fp32 on this CPU (see README)")
+    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
+                        help="trainer.precision (auto: measured on this machine, see README)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--lightly-workers", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
@@ -146,7 +146,7 @@ def main() -> None:
     seconds = 0.1 if args.tiny else 1.5
     peak32, peak16 = matmul_peak_gflops(torch.float32, seconds=seconds), matmul_peak_gflops(torch.bfloat16, seconds=seconds)
     result = {
-        "batch": args.batch, "amp": args.amp, "channels_last": args.channels_last, "mmssl_images_per_s": round(median(ours), 1),
+        "batch": args.batch, "precision": args.precision, "channels_last": args.channels_last, "mmssl_images_per_s": round(median(ours), 1),
         "lightly_images_per_s": round(median(theirs), 1) if theirs else None,
         "speedup": round(median(ours) / median(theirs), 2) if theirs else None,
         "gflops_per_step": round(flops / 1e9, 1), "achieved_gflops": round(flops / step_seconds / 1e9, 1),

@@ -22,7 +22,7 @@ import json, sys, time, argparse
 sys.path.insert(0, {here!r})
 from common import peak_rss_mb
 from pretrain_simclr import mmssl_runner
-args = argparse.Namespace(tiny={tiny}, images={images}, batch={batch}, amp="off", channels_last=True)
+args = argparse.Namespace(tiny={tiny}, images={images}, batch={batch}, precision="fp32", channels_last=True)
 trainer, run = mmssl_runner(args)
 run(1)
 rates = [run({steps}) for _ in range({rounds})]

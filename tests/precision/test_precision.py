@@ -134,3 +134,26 @@ def test_old_amp_key_says_what_replaced_it(tmp_path):
     cfg = compose("pretrain", tiny_overrides(tmp_path, "+trainer.amp=bf16"))  # e.g. an older stored config
     with pytest.raises(ConfigError, match="trainer.amp was replaced by trainer.precision"):
         Trainer(cfg, tmp_path)
+
+
+def _rank_choice(rank, port, out_dir):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      MMSSL_AUTO_PRECISION="bf16" if rank == 0 else "fp32")  # each rank's own probe would differ
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    chosen = P.for_run("auto", "cpu", None, resume=False)
+    torch.save(chosen.to_json(), os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_every_rank_takes_rank_0s_choice(tmp_path):
+    import torch.multiprocessing as mp
+
+    from tests.gloo import free_port
+
+    mp.start_processes(_rank_choice, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    choices = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert choices[0] == choices[1] and choices[0]["name"] == "bf16"
