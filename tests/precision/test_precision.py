@@ -157,3 +157,28 @@ def test_every_rank_takes_rank_0s_choice(tmp_path):
     mp.start_processes(_rank_choice, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     choices = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert choices[0] == choices[1] and choices[0]["name"] == "bf16"
+
+
+def test_loss_scaler_path_trains_skips_overflow_and_resumes_exactly(tmp_path, monkeypatch):
+    # fp16's GradScaler path of the step, on CPU: a scaler so large that the first scaled gradients overflow
+    monkeypatch.setattr(P.Precision, "grad_scaler", lambda self, device: torch.amp.GradScaler("cpu", init_scale=1e38))
+    straight = _pretrain(tmp_path / "a", "trainer.checkpoint_every=0")
+    assert straight.step == 6 and straight.scaler.get_scale() < 1e38  # the overflowing step was skipped, scale halved
+    _pretrain(tmp_path / "b", "trainer.checkpoint_every=3")
+    from mmssl import checkpoint
+
+    for p in checkpoint.checkpoints(tmp_path / "b" / "checkpoints"):
+        if not p.name.endswith("00000003.pt"):
+            p.unlink()
+    assert "grad_scaler" in checkpoint.latest(tmp_path / "b" / "checkpoints")[1]
+    resumed = _pretrain(tmp_path / "b", "trainer.checkpoint_every=3", resume=True)
+    assert resumed.scaler.get_scale() == straight.scaler.get_scale()
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 needs CUDA")
+def test_fp16_on_cuda_uses_a_loss_scaler(tmp_path):
+    trainer = _pretrain(tmp_path, "device=cuda", "trainer.precision=fp16", "trainer.steps=2")
+    assert trainer.precision.name == "fp16" and isinstance(trainer.scaler, torch.amp.GradScaler)
+    assert P.resolve_precision("auto", "cuda").source == "device"
