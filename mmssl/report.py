@@ -284,12 +284,7 @@ def plot_curves(runs: list[Run], metric: str, keys: list[str], path: Path, confi
         return None
     ax.set_xlabel("step")
     ax.set_ylabel(f"{metric} (IQM, {confidence:.0%} CI)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_profile(runs: list[Run], metric: str, keys: list[str], path: Path, task_key: str | None = None,
@@ -320,10 +315,16 @@ def plot_profile(runs: list[Run], metric: str, keys: list[str], path: Path, task
     ax.set_xlabel(f"{metric} threshold τ")
     ax.set_ylabel("fraction of runs with score > τ")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7)
+    return _save(fig, ax, path)
+
+
+def _save(fig, ax, path: Path) -> Path:
+    """Legend below the axes (off the data: one entry per group can be many), light grid, atomic save."""
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
