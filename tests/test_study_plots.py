@@ -78,3 +78,9 @@ def test_bench_plots_from_the_committed_tables(tmp_path):
     rl.plot(json.loads((ROOT / "bench/results/rl_scaling_cartpole.json").read_text()), "cartpole", tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rl_scaling_cartpole.png", "scaling_batch.png",
                                                           "scaling_batch_memory.png"]
+
+
+def test_pixels_and_flagship_plots_from_the_committed_tables(tmp_path):
+    pixels = load("experiments/rl_core/pixels.py", "pixels_study_plot")
+    pixels.plot(pixels.read_summary(ROOT / "experiments/rl_core/pixels.json"), tmp_path / "pixels.png")
+    assert (tmp_path / "pixels.png").stat().st_size > 0
