@@ -83,4 +83,6 @@ def test_bench_plots_from_the_committed_tables(tmp_path):
 def test_pixels_and_flagship_plots_from_the_committed_tables(tmp_path):
     pixels = load("experiments/rl_core/pixels.py", "pixels_study_plot")
     pixels.plot(pixels.read_summary(ROOT / "experiments/rl_core/pixels.json"), tmp_path / "pixels.png")
-    assert (tmp_path / "pixels.png").stat().st_size > 0
+    flagship = load("experiments/flagship/run.py", "flagship_study_plot")
+    flagship.plot(json.loads((ROOT / "experiments/flagship/results.json").read_text()), tmp_path / "flagship.png")
+    assert (tmp_path / "pixels.png").stat().st_size > 0 and (tmp_path / "flagship.png").stat().st_size > 0
