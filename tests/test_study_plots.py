@@ -85,4 +85,6 @@ def test_pixels_and_flagship_plots_from_the_committed_tables(tmp_path):
     pixels.plot(pixels.read_summary(ROOT / "experiments/rl_core/pixels.json"), tmp_path / "pixels.png")
     flagship = load("experiments/flagship/run.py", "flagship_study_plot")
     flagship.plot(json.loads((ROOT / "experiments/flagship/results.json").read_text()), tmp_path / "flagship.png")
-    assert (tmp_path / "pixels.png").stat().st_size > 0 and (tmp_path / "flagship.png").stat().st_size > 0
+    embedding = load("experiments/crossmodal_digits/embedding.py", "crossmodal_embedding_plot")
+    embedding.plot(ROOT / "experiments/crossmodal_digits/crossmodal_embedding.csv", tmp_path / "embedding.png")
+    assert all((tmp_path / f"{name}.png").stat().st_size > 0 for name in ("pixels", "flagship", "embedding"))
