@@ -144,12 +144,12 @@ def main() -> None:
     plot(json.loads(stem.with_suffix(".json").read_text()), stem.with_suffix(".png"))
 
 
-PROBE, NMI = "eval/image/ssl/linear_probe_accuracy", "nmi"
+PROBE, KNN, NMI = "eval/image/ssl/linear_probe_accuracy", "eval/image/ssl/knn_accuracy", "nmi"
 
 
 def plot(summary: dict, path: Path) -> None:
     """One idea: how well each objective's features separate the classes. Linear-probe accuracy and k-means
-    NMI per objective (bars: mean, error bars: ± std over the seeds), the raw-pixel and random-init probes as
+    NMI (kNN accuracy in tables without NMI) per objective (bars: mean, error bars: ± std over the seeds), the raw-pixel and random-init probes as
     reference lines, scores on [0, 1], key below; wall-clock stays in the table. Drawn from results_*.json."""
     import matplotlib
 
@@ -159,7 +159,9 @@ def plot(summary: dict, path: Path) -> None:
     table, baselines = summary["objectives"], summary["baselines"]
     rows = sorted(table, key=lambda n: -table[n][PROBE]["mean"])
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.2))
-    for i, (key, label) in enumerate(((PROBE, "linear-probe accuracy"), (NMI, "k-means NMI"))):
+    # the first round's tables have kNN accuracy where later ones have k-means NMI
+    second = (NMI, "k-means NMI") if all(NMI in table[n] for n in rows) else (KNN, "kNN accuracy")
+    for i, (key, label) in enumerate(((PROBE, "linear-probe accuracy"), second)):
         ax.bar([j + (i - 0.5) * 0.4 for j in range(len(rows))], [table[n][key]["mean"] for n in rows], 0.4,
                yerr=[table[n][key]["std"] for n in rows], capsize=2, color=f"C{i}", label=label)
     ax.axhline(baselines["raw"][PROBE], color="k", ls="--", lw=1, label="raw pixels, linear probe")
