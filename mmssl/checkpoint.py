@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmssl.errors import MMSSLError, NonFiniteError
+from mmssl.errors import ConfigError, MMSSLError, NonFiniteError
 from mmssl.io import atomic_write
 
 
@@ -93,6 +93,33 @@ def latest(directory: str | Path) -> tuple[Path, dict] | None:
         except CheckpointError as exc:
             warnings.warn(f"{exc}; falling back to the previous checkpoint", stacklevel=2)
     return None
+
+
+RUN_OR_FILE = "a pretraining run folder or a step_*.pt file"
+
+
+def find(target: str | Path, accepts: str = RUN_OR_FILE) -> tuple[Path, Path, dict]:
+    """(run folder, checkpoint path, state) of ``target``: a run folder (its newest valid checkpoint in
+    ``checkpoints/``, or in the folder itself) or a checkpoint file (its run folder: the one above
+    ``checkpoints/``, else its own folder). The one place that finds the checkpoint of a run; ``accepts``
+    says in the error what the caller takes."""
+    path = Path(target)
+    if path.is_dir():
+        found = latest(path / "checkpoints") or latest(path)
+        if found is None:
+            raise ConfigError(f"no valid checkpoint in {path} (looked in {path / 'checkpoints'}); pass {accepts}")
+        return path, found[0], found[1]
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist; pass {accepts}")
+    state = load(path)
+    return (path.parent.parent if path.parent.name == "checkpoints" else path.parent), path, state
+
+
+def encoder_weights(model_state: dict, modality: str) -> dict[str, torch.Tensor]:
+    """The ``encoders.<modality>.*`` entries of a pretraining model's state dict, prefix removed: the
+    weights of one modality's encoder, as its own ``load_state_dict`` reads them."""
+    prefix = f"encoders.{modality}."
+    return {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
 
 
 _WARNED: set[str] = set()

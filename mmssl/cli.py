@@ -23,7 +23,6 @@ import importlib
 import json
 import sys
 import warnings
-from pathlib import Path
 
 from mmssl.errors import MMSSLError
 
@@ -58,7 +57,6 @@ def cmd_eval(target: str, overrides: list[str] | None = None) -> None:
     from mmssl.build import build_data, build_model
     from mmssl.config import stored_config
     from mmssl.eval.suite import evaluate, probe_table
-    from mmssl.inference import find_checkpoint
 
     if overrides:  # another dataset: RUN/eval/<data name>/, nothing else in the run folder changes
         from mmssl.eval.transfer import results_table, run
@@ -68,7 +66,7 @@ def cmd_eval(target: str, overrides: list[str] | None = None) -> None:
         print(results_table(results, task))
         print(f"results: {out_dir}")
         return
-    run_dir, ckpt_path, state = find_checkpoint(Path(target))
+    run_dir, ckpt_path, state = checkpoint.find(target)
     cfg = stored_config(state.get("config"), ckpt_path)  # inert data: no resolvers, downloads or init weights
     model = build_model(cfg)
     checkpoint.load_matching(model, state["model"])

@@ -35,20 +35,12 @@ from mmssl.inference import (
     FORMAT,
     JOINT,
     JointSpace,
-    find_checkpoint,
     input_spec,
     joint_objective,
     rebuild_encoders,
 )
 from mmssl.io import atomic_write
 from mmssl.plugins import load_plugins
-
-
-def encoder_weights(model_state: dict, modality: str) -> dict[str, torch.Tensor]:
-    """``encoders.<modality>.*`` entries of a pretraining model's state dict, prefix removed."""
-    prefix = f"encoders.{modality}."
-    # clone + contiguous: safetensors refuses views that share storage
-    return {k[len(prefix):]: v.detach().clone().contiguous() for k, v in model_state.items() if k.startswith(prefix)}
 
 
 def export(target: str | Path, out: str | Path, force: bool = False) -> Path:
@@ -60,7 +52,7 @@ def export(target: str | Path, out: str | Path, force: bool = False) -> Path:
         raise MMSSLError(f"--out {out} is a file, not a folder; pass a folder path")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise MMSSLError(f"--out {out} is not empty; pass --force to overwrite or choose another folder")
-    _, path, state = find_checkpoint(target)
+    _, path, state = checkpoint.find(target)
     config = state.get("config") if isinstance(state, dict) else None
     if isinstance(config, dict):  # inert data: no resolvers, downloads or init weights
         config = OmegaConf.to_container(stored_config(config, path))
@@ -68,7 +60,9 @@ def export(target: str | Path, out: str | Path, force: bool = False) -> Path:
         raise MMSSLError(f"{path} is not an mmssl pretraining checkpoint (no model/config.encoder); "
                          "export a run folder of `mmssl pretrain`")
     specs = config["encoder"]
-    weights = {m: encoder_weights(state["model"], m) for m in specs}
+    # clone + contiguous: safetensors refuses views that share storage
+    weights = {m: {k: v.detach().clone().contiguous() for k, v in checkpoint.encoder_weights(state["model"], m).items()}
+               for m in specs}
     empty = [m for m, w in weights.items() if not w]
     if empty:
         raise MMSSLError(f"{path} has no weights for encoder(s) {empty}; is it a checkpoint of this config?")

@@ -55,22 +55,6 @@ Modules = Mapping[str, nn.Module] | nn.ModuleDict
 Inputs = torch.Tensor | np.ndarray | str | Path | Sequence[str | Path]
 
 
-# -- finding a run's checkpoint ----------------------------------------------------------------------
-def find_checkpoint(target: str | Path) -> tuple[Path, Path, dict[str, Any]]:
-    """(run folder, checkpoint path, checkpoint state) for a run folder (its newest valid checkpoint) or a file."""
-    path = Path(target)
-    if path.is_dir():
-        found = checkpoint.latest(path / "checkpoints") or checkpoint.latest(path)
-        if found is None:
-            raise ConfigError(f"no valid checkpoint in {path} (looked in {path / 'checkpoints'}); "
-                              "pass a pretraining run folder, a step_*.pt file or an `mmssl export` folder")
-        return path, found[0], found[1]
-    if not path.exists():
-        raise ConfigError(f"{path} does not exist; pass a pretraining run folder, a step_*.pt checkpoint or an `mmssl export` folder")
-    state = checkpoint.load(path)
-    return (path.parent.parent if path.parent.name == "checkpoints" else path.parent), path, state
-
-
 # -- the joint space ---------------------------------------------------------------------------------
 class JointSpace(nn.Module):
     """Per-modality projection heads into one joint space and the learned logit scale of every bound pair.
@@ -482,7 +466,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
         return load_export(p).to(device)
     from mmssl.build import build_model
 
-    run_dir, ckpt_path, state = find_checkpoint(p)
+    run_dir, ckpt_path, state = checkpoint.find(p, accepts=f"{checkpoint.RUN_OR_FILE} or an `mmssl export` folder")
     if not isinstance(state.get("config"), dict) or "model" not in state:
         raise ConfigError(f"{ckpt_path} is not an mmssl pretraining checkpoint; pass a run folder of `mmssl pretrain`")
     cfg = OmegaConf.create(state["config"])

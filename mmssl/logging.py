@@ -144,9 +144,15 @@ def drop_metrics_after(run_dir: str | Path, step: int) -> None:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """All records of a run's ``metrics.jsonl``."""
+    """Every complete record of a run's ``metrics.jsonl`` (a run killed mid-write leaves a torn last line)."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def metric_curve(run_dir: str | Path, key: str) -> tuple[list[int], list[float]]:

@@ -28,7 +28,7 @@ import yaml
 from mmssl.errors import ConfigError, DataError
 from mmssl.eval import stats
 from mmssl.io import atomic_write, save_figure
-from mmssl.logging import console
+from mmssl.logging import console, read_metrics
 
 # keys that differ between runs without making them different experiments
 IGNORED_KEYS = ("seed", "run_dir", "resume", "device", "threads", "logger.", "progress", "trainer.progress", "_wandb")
@@ -86,21 +86,16 @@ def is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file() and ((path / "metrics.jsonl").is_file() or (path / "summary.json").is_file())
 
 
-def load_run(path: str | Path) -> Run:
+def read_run(path: str | Path) -> Run:
+    """A run folder's flattened config, summary and metric records, for tables and plots (the model itself:
+    ``mmssl.load_run``)."""
     path = Path(path)
     if not is_run_dir(path):
         raise DataError(f"{path} is not a run folder (needs config.yaml and metrics.jsonl or summary.json)")
     try:
         config = yaml.safe_load((path / "config.yaml").read_text()) or {}
         summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
-        lines = (path / "metrics.jsonl").read_text().splitlines() if (path / "metrics.jsonl").is_file() else []
-        # a run killed mid-write can leave a truncated last line: keep every complete record
-        history = []
-        for line in lines:
-            try:
-                history.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+        history = read_metrics(path)
     except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read run folder {path}: {str(exc).splitlines()[0]}") from None
     return Run(str(path), flatten(config), summary, history)
@@ -115,13 +110,13 @@ def find_runs(patterns: list[str]) -> list[Run]:
             raise DataError(f"no such run folder: {pattern}")
         for match in map(Path, matches):
             if is_run_dir(match):
-                runs.append(load_run(match))
+                runs.append(read_run(match))
                 continue
             found = []
             for root, dirs, _ in os.walk(match):
                 dirs[:] = sorted(d for d in dirs if d not in ("wandb", "checkpoints", "plots"))
                 if is_run_dir(Path(root)):
-                    found.append(load_run(root))
+                    found.append(read_run(root))
                     dirs[:] = []
             if not found:
                 raise DataError(f"{match} is not a run folder and holds none (a run folder has config.yaml and "
@@ -289,12 +284,7 @@ def plot_curves(runs: list[Run], metric: str, keys: list[str], path: Path, confi
         return None
     ax.set_xlabel("step")
     ax.set_ylabel(f"{metric} (IQM, {confidence:.0%} CI)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path)
 
 
 def plot_profile(runs: list[Run], metric: str, keys: list[str], path: Path, task_key: str | None = None,
@@ -325,10 +315,16 @@ def plot_profile(runs: list[Run], metric: str, keys: list[str], path: Path, task
     ax.set_xlabel(f"{metric} threshold τ")
     ax.set_ylabel("fraction of runs with score > τ")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7)
+    return _save(fig, ax, path)
+
+
+def _save(fig, ax, path: Path) -> Path:
+    """Legend below the axes (off the data: one entry per group can be many), light grid, atomic save."""
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 

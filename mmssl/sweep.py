@@ -331,7 +331,7 @@ def _report(sweep: LocalSweep, out: Path, resamples: int) -> dict:
                 key=lambda r: r["run_dir"])
     if not ok:
         raise MMSSLError(f"every run of the sweep failed; see the logs, e.g. {sweep.records[0]['log']}")
-    runs = [rep.load_run(r["run_dir"]) for r in ok]
+    runs = [rep.read_run(r["run_dir"]) for r in ok]
     for run, record in zip(runs, ok):  # group by the parameter values as swept (objective=byol, not its subkeys)
         run.config |= record["params"]
     metric = (spec.get("metric") or {}).get("name")
@@ -355,7 +355,7 @@ def _run_bayes(sweep: LocalSweep, spec: dict, n_configs: int, total: int, seed: 
     for index in range(n_configs):
         params = engine.ask()
         results = sweep.run(sweep.jobs(index, params), total)
-        runs = [rep.load_run(r["run_dir"]) for r in results if r["returncode"] == 0 and rep.is_run_dir(Path(r["run_dir"]))]
+        runs = [rep.read_run(r["run_dir"]) for r in results if r["returncode"] == 0 and rep.is_run_dir(Path(r["run_dir"]))]
         values = []
         if runs:
             name = rep.resolve_metric(runs, metric)  # fails clearly when the runs never log the metric

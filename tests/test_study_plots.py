@@ -78,3 +78,15 @@ def test_bench_plots_from_the_committed_tables(tmp_path):
     rl.plot(json.loads((ROOT / "bench/results/rl_scaling_cartpole.json").read_text()), "cartpole", tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rl_scaling_cartpole.png", "scaling_batch.png",
                                                           "scaling_batch_memory.png"]
+
+
+def test_pixels_and_flagship_plots_from_the_committed_tables(tmp_path):
+    pixels = load("experiments/rl_core/pixels.py", "pixels_study_plot")
+    pixels.plot(pixels.read_summary(ROOT / "experiments/rl_core/pixels.json"), tmp_path / "pixels.png")
+    flagship = load("experiments/flagship/run.py", "flagship_study_plot")
+    flagship.plot(json.loads((ROOT / "experiments/flagship/results.json").read_text()), tmp_path / "flagship.png")
+    embedding = load("experiments/crossmodal_digits/embedding.py", "crossmodal_embedding_plot")
+    embedding.plot(ROOT / "experiments/crossmodal_digits/crossmodal_embedding.csv", tmp_path / "embedding.png")
+    objectives = load("experiments/objectives/run.py", "objectives_study_plot")
+    objectives.plot(json.loads((ROOT / "experiments/objectives/results_digits_vit.json").read_text()), tmp_path / "obj.png")
+    assert all((tmp_path / f"{name}.png").stat().st_size > 0 for name in ("pixels", "flagship", "embedding", "obj"))

@@ -6,8 +6,9 @@ Each arm is ``mmssl rl env=minigrid_pixels agent=ppo_minigrid agent_encoder=impa
 on ``--env-id`` rendered at ``--tile`` pixels per cell (egocentric 7×7 view → (3, 7·tile, 7·tile) uint8),
 evaluated every 5 updates on 20 fixed-seed episodes. Runs are separate processes (one torch thread)
 under runs/rl_core/pixels_<arm>_s<seed> (not versioned); a finished run (summary.json) is reused. Writes
-pixels.md (final and early evaluation return/success, IQM with bootstrap CIs), pixels_curves.csv (the
-curves: IQM and 95% CI over seeds per evaluation) and pixels.png from it (``--plot-only`` redraws it).
+pixels.json and pixels.md (final and early evaluation return/success, IQM with bootstrap CIs), pixels_curves.csv
+(the curves: IQM and 95% CI over seeds per evaluation) and pixels.png from pixels.json (``--plot-only`` redraws
+it from the committed pixels.json alone).
 """
 
 from __future__ import annotations
@@ -44,39 +45,44 @@ def curve(folder: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(steps), np.array(values)
 
 
-def plot(curves: list[dict], title: str, path: Path) -> None:
-    """Evaluation return against frames per arm (IQM over seeds, shaded 95% bootstrap CI), legend outside."""
+def plot(summary: dict, path: Path) -> None:
+    """One idea: the auxiliary objectives speed up early learning, and every arm ends solved. Per arm, the
+    evaluation return averaged over the first half of training and at the end (IQM over seeds, bars: 95%
+    bootstrap CI over seeds), on [0, 1]; the key below the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.6, 3.8))
-    for arm in dict.fromkeys(r["arm"] for r in curves):
-        rs = [r for r in curves if r["arm"] == arm]
-        x = [r["frames"] for r in rs]
-        line, = ax.plot(x, [r["iqm"] for r in rs], label=f"{arm} (n={rs[0]['seeds']})")
-        ax.fill_between(x, [r["ci_low"] for r in rs], [r["ci_high"] for r in rs], alpha=0.2, color=line.get_color(),
-                        linewidth=0)
-    ax.set(xlabel="frames", ylabel="evaluation return, IQM over seeds\n(shaded: 95% bootstrap CI over seeds)")
-    ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=8)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    rows = summary["arms"]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    for offset, (key, label, marker) in zip((-0.12, 0.12), (("early", "first half of training (mean of the curve)", "o"),
+                                                         ("final", f"at the end ({summary['frames']:,} frames)", "s"))):
+        iqm = np.array([r[f"{key}_iqm"] for r in rows])
+        ci = np.array([r[f"{key}_ci"] for r in rows])
+        ax.errorbar(x + offset, iqm, yerr=[iqm - ci[:, 0], ci[:, 1] - iqm], fmt=marker, capsize=4, label=label)
+    ax.set_xticks(x, [f"{r['arm']} (n={r['runs']})" for r in rows])
+    ax.set(ylabel="evaluation return, IQM over seeds", ylim=(0, 1.02), xlim=(-0.5, len(rows) - 0.5))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(summary["title"], fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], color="black", marker="|", ls="", markersize=10))
+    labels.append(f"bars: 95% bootstrap CI over {rows[0]['runs']} seeds")
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False, fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
-def report(arms: list[str], seeds: list[int], title: str) -> str:
-    """pixels.md (table), pixels_curves.csv (per arm and evaluation point: IQM and 95% CI over seeds) and
-    pixels.png drawn from that CSV (``--plot-only`` redraws it without the runs)."""
+def report(arms: list[str], seeds: list[int], title: str, frames: int) -> str:
+    """pixels.json (per arm: early and final evaluation return, IQM with 95% bootstrap CIs; committed),
+    pixels.md (the same as a table), pixels_curves.csv (per arm and evaluation point: IQM and 95% CI over
+    seeds) and pixels.png drawn from pixels.json (``--plot-only`` redraws it without the runs)."""
     from mmssl.eval import stats
 
     lines = ["| arm | runs | eval return, first half IQM [95% CI] | eval return at the end, IQM [95% CI] "
              "| eval success at the end (mean) | env-steps/s |", "|---|---|---|---|---|---|"]
-    rows = []
+    rows, summary = [], {"title": title, "frames": frames, "arms": []}
     for arm in arms:
         done = [s for s in seeds if (run_dir(arm, s) / "summary.json").exists()]
         if not done:
@@ -92,27 +98,29 @@ def report(arms: list[str], seeds: list[int], title: str) -> str:
         final = aligned[:, -1]
         summaries = [json.loads((run_dir(arm, s) / "summary.json").read_text()) for s in done]
         success = np.mean([c[1][-1] for c in (curve(run_dir(arm, s), "eval/success_rate") for s in done)])
-        lo, hi = stats.bootstrap_ci(half)
-        flo, fhi = stats.bootstrap_ci(final)
-        lines.append(f"| {arm} | {len(done)} | {stats.iqm(half):.3f} [{lo:.3f}, {hi:.3f}] "
-                     f"| {stats.iqm(final):.3f} [{flo:.3f}, {fhi:.3f}] | {success:.2f} "
-                     f"| {np.mean([s['env_steps_per_second'] for s in summaries]):.0f} |")
+        row = {"arm": arm, "runs": len(done), "early_iqm": float(stats.iqm(half)),
+               "early_ci": [float(v) for v in stats.bootstrap_ci(half)], "final_iqm": float(stats.iqm(final)),
+               "final_ci": [float(v) for v in stats.bootstrap_ci(final)], "final_success_mean": float(success),
+               "env_steps_per_second": float(np.mean([s["env_steps_per_second"] for s in summaries]))}
+        summary["arms"].append(row)
+        lines.append(f"| {arm} | {len(done)} | {row['early_iqm']:.3f} [{row['early_ci'][0]:.3f}, {row['early_ci'][1]:.3f}] "
+                     f"| {row['final_iqm']:.3f} [{row['final_ci'][0]:.3f}, {row['final_ci'][1]:.3f}] | {success:.2f} "
+                     f"| {row['env_steps_per_second']:.0f} |")
     with open(HERE / "pixels_curves.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["arm", "seeds", "frames", "iqm", "ci_low", "ci_high"])
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, title, HERE / "pixels.png")
+    (HERE / "pixels.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot(summary, HERE / "pixels.png")
     table = "\n".join(lines)
     (HERE / "pixels.md").write_text(f"{title}\n\n{table}\n")
     return table
 
 
-def read_curves(path: Path) -> list[dict]:
+def read_summary(path: Path) -> dict:
     if not path.exists():
         sys.exit(f"error: {path} does not exist; run pixels.py without --plot-only first")
-    with open(path, newline="") as f:
-        return [{"arm": r["arm"], "seeds": int(r["seeds"]), "frames": int(r["frames"]),
-                 **{k: float(r[k]) for k in ("iqm", "ci_low", "ci_high")}} for r in csv.DictReader(f)]
+    return json.loads(path.read_text())
 
 
 def main() -> None:
@@ -123,12 +131,12 @@ def main() -> None:
     parser.add_argument("--env-id", default="MiniGrid-Empty-5x5-v0")
     parser.add_argument("--tile", type=int, default=4)
     parser.add_argument("--report", action="store_true", help="only rebuild table, CSV and plot from the runs")
-    parser.add_argument("--plot-only", action="store_true", help="only redraw pixels.png from pixels_curves.csv")
+    parser.add_argument("--plot-only", action="store_true", help="only redraw pixels.png from pixels.json")
     args = parser.parse_args()
     title = (f"{args.env_id}, pixels ({7 * args.tile}×{7 * args.tile}), {args.frames:,} frames, "
              f"seeds {args.seeds}")
     if args.plot_only:
-        plot(read_curves(HERE / "pixels_curves.csv"), title, HERE / "pixels.png")
+        plot(read_summary(HERE / "pixels.json"), HERE / "pixels.png")
         return
     if not args.report:
         for seed in args.seeds:
@@ -139,7 +147,7 @@ def main() -> None:
                 if code:
                     sys.exit(f"{arm} seed {seed} failed with exit code {code}")
                 print(f"{arm} seed {seed} done", flush=True)
-    print(report(args.arms, args.seeds, title))
+    print(report(args.arms, args.seeds, title, args.frames))
 
 
 if __name__ == "__main__":

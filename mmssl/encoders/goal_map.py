@@ -20,8 +20,6 @@ pooled: (B, dim) state feature; tokens: (B, G·G, joint_dim) tile embeddings (ze
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -124,18 +122,11 @@ class GoalMapEncoder(Encoder):
         """Tile/instruction towers (and joint projections when shapes fit) from a pretraining run or checkpoint."""
         from mmssl import checkpoint
 
-        p = Path(path)
-        found = checkpoint.latest(p / "checkpoints") if p.is_dir() else (p, checkpoint.load(p))
-        if found is None:
-            raise ConfigError(f"no pretraining checkpoint in {path}; pass a run folder or a step_*.pt file")
-        state = found[1]["model"]
-
-        def part(prefix: str) -> dict:
-            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-        checkpoint.load_matching(self.tile_encoder, part("encoders.image."), what="image tower")
+        state = checkpoint.find(path)[2]["model"]
+        checkpoint.load_matching(self.tile_encoder, checkpoint.encoder_weights(state, "image"), what="image tower")
         if self.instruction_encoder is not None:
-            checkpoint.load_matching(self.instruction_encoder, part(f"encoders.{self.instruction_modality}."),
+            checkpoint.load_matching(self.instruction_encoder,
+                                     checkpoint.encoder_weights(state, self.instruction_modality),
                                      what=f"{self.instruction_modality} tower")
         for modality, proj in (("image", self.tile_proj), (self.instruction_modality, self.instruction_proj)):
             weights = {k.split(f"projections.{modality}.", 1)[1]: v for k, v in state.items()

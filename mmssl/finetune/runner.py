@@ -18,7 +18,6 @@ from mmssl.errors import ConfigError
 from mmssl.finetune.config import RESUME_SAFE_KEYS, default_name, make_config
 from mmssl.finetune.parts import accuracy_and_loss, fit_probe_head
 from mmssl.finetune.trainer import FinetuneTrainer, prepare
-from mmssl.inference import find_checkpoint
 from mmssl.logging import RunLogger, console, drop_metrics_after
 from mmssl.train import run_folder
 
@@ -117,7 +116,7 @@ def _finish(trainer: FinetuneTrainer, logger: RunLogger, source: str | None, sta
 
 def run(target: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """``mmssl finetune target overrides…`` as a function: returns the summary."""
-    run_dir, ckpt_path, state = find_checkpoint(target)
+    run_dir, ckpt_path, state = checkpoint.find(target)
     cfg = make_config(state.get("config"), list(overrides), ckpt_path)
     stored = stored_config(state["config"], ckpt_path)
     reference = None

@@ -96,6 +96,18 @@ def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float,
     return F.cross_entropy(logits, target), (logits.argmax(1) == target).float().mean()
 
 
+@torch.no_grad()
+def ring_write(queue: torch.Tensor, ptr: torch.Tensor, rows: torch.Tensor) -> int:
+    """Overwrite the oldest rows of the ring buffer ``queue`` (K, P) with ``rows`` (N, P) from position
+    ``ptr`` (a 0-d tensor, advanced in place), wrapping around; keeps the last K rows if N > K.
+    Returns how many rows were written (min(N, K)). MoCo's negatives queue, NNCLR's support set."""
+    rows = rows[-len(queue):]
+    idx = (ptr + torch.arange(len(rows), device=rows.device)) % len(queue)
+    queue[idx] = rows.to(queue.dtype)
+    ptr.copy_((ptr + len(rows)) % len(queue))
+    return len(rows)
+
+
 @OBJECTIVES.register("simclr", modalities=("image", "audio", "text", "obs"))
 class SimCLR(Objective):
     """SimCLR: NT-Xent/InfoNCE between two augmented views through an MLP projector (Chen et al. 2020).
@@ -218,10 +230,7 @@ class MoCoV2(_Momentum):
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Overwrite the oldest queue rows with ``keys`` (N, P), wrapping around; keeps the last K if N > K."""
-        keys = keys[-len(self.queue):]
-        idx = (self.queue_ptr + torch.arange(len(keys), device=keys.device)) % len(self.queue)
-        self.queue[idx] = keys.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + len(keys)) % len(self.queue))
+        ring_write(self.queue, self.queue_ptr, keys)
 
     def after_step(self, encoders: Mapping[str, Encoder], progress: float) -> None:
         self.momentum_update(encoders)

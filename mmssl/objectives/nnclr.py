@@ -12,7 +12,7 @@ from mmssl.encoders.base import Encoder
 from mmssl.encoders.heads import mlp
 from mmssl.errors import ConfigError
 from mmssl.objectives.base import Objective
-from mmssl.objectives.contrastive import float32, info_nce
+from mmssl.objectives.contrastive import float32, info_nce, ring_write
 from mmssl.registry import OBJECTIVES
 from mmssl.types import Batch, ObjectiveOutput
 
@@ -80,11 +80,8 @@ class NNCLR(Objective):
     @torch.no_grad()
     def enqueue(self, z: torch.Tensor) -> None:
         """Overwrite the oldest support rows with unit embeddings ``z`` (N, P), wrapping around."""
-        z = z[-len(self.queue):]
-        idx = (self.queue_ptr + torch.arange(len(z), device=z.device)) % len(self.queue)
-        self.queue[idx] = z.to(self.queue.dtype)
-        self.queue_ptr.copy_((self.queue_ptr + len(z)) % len(self.queue))
-        self.queue_filled.copy_((self.queue_filled + len(z)).clamp(max=len(self.queue)))
+        written = ring_write(self.queue, self.queue_ptr, z)
+        self.queue_filled.copy_((self.queue_filled + written).clamp(max=len(self.queue)))
 
     def after_step(self, encoders: Mapping[str, Encoder], progress: float) -> None:
         if self._pending is not None:

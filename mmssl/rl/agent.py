@@ -201,15 +201,15 @@ class Agent(nn.Module):
 
 
 def load_pretrained(encoder: nn.Module, path: str, modality: str) -> None:
-    """Load ``model`` entries ``encoders.<modality>.*`` of a pretraining checkpoint into ``encoder``.
+    """Load ``model`` entries ``encoders.<modality>.*`` of a pretraining checkpoint (a ``step_*.pt`` file or a run
+    folder: its newest valid one) into ``encoder``.
 
     An encoder wrapped in ``ModalityAdapter`` (an image tower reading pixel observations) receives the
     weights in its inner module, whose parameter names match the pretraining run's.
     """
-    state = checkpoint.load(path)
+    state = checkpoint.find(path)[2]
     model = state.get("model", state)
-    prefix = f"encoders.{modality}."
-    sub = {k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
+    sub = checkpoint.encoder_weights(model, modality)
     if not sub:
         found = sorted({k.split(".")[1] for k in model if k.startswith("encoders.")})
         raise ConfigError(f"checkpoint {path} has no encoder for modality {modality!r} (it has {found}); "

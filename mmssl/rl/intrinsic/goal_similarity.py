@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import gymnasium as gym
 import torch
@@ -34,12 +33,8 @@ def load_encoders(path: str, modalities: tuple[str, ...]) -> tuple[dict[str, nn.
     weights; the goal_map encoder reads them the same way). ``path``: a ``step_*.pt`` file or a run folder
     (its newest valid checkpoint).
     """
-    p = Path(path)
-    found = ckpt.latest(p / "checkpoints") if p.is_dir() else (p, ckpt.load(p))
-    if found is None:
-        raise ConfigError(f"no pretraining checkpoint in {path}; pass a run folder or a step_*.pt file")
-    state = found[1]
-    stored = stored_config(state["config"], found[0]) if isinstance(state.get("config"), dict) else {}
+    _, ckpt_path, state = ckpt.find(path)
+    stored = stored_config(state["config"], ckpt_path) if isinstance(state.get("config"), dict) else {}
     spec = OmegaConf.to_container(stored.encoder) if "encoder" in stored else {}  # inert: no resolvers, no init weights
     encoders, projections = {}, {}
     for m in modalities:
@@ -47,9 +42,7 @@ def load_encoders(path: str, modalities: tuple[str, ...]) -> tuple[dict[str, nn.
             raise ConfigError(f"checkpoint {path} has encoders for {sorted(spec)}, not {m!r}; "
                               "set obs_modality / goal_modality to modalities it was pretrained on")
         encoder = ENCODERS.build(spec[m]["name"], **registry_kwargs(spec[m]))
-        prefix = f"encoders.{m}."
-        weights = {k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)}
-        ckpt.load_matching(encoder, weights, what=f"{m} encoder")
+        ckpt.load_matching(encoder, ckpt.encoder_weights(state["model"], m), what=f"{m} encoder")
         encoders[m] = encoder
         proj = {k.split(f"projections.{m}.", 1)[1]: v for k, v in state["model"].items() if f"projections.{m}." in k}
         if proj:
