@@ -300,6 +300,24 @@ def resolve_precision(value: str, device: torch.device | str, workload: Workload
     return chosen
 
 
+def lacks_kernel(exc: BaseException) -> bool:
+    """Whether ``exc`` is an op refusing a low-precision dtype (``"pdist" not implemented for 'BFloat16'``,
+    ``expected scalar type Float but found BFloat16``): a model or plugin loss that only runs in fp32."""
+    text = str(exc)
+    return isinstance(exc, NotImplementedError | RuntimeError) and ("BFloat16" in text or "Half" in text)
+
+
+def fallback(precision: Precision, exc: BaseException, key: str = "trainer.precision") -> Precision:
+    """fp32 (source ``fallback``) for a chosen (auto) low precision that ``exc`` showed some op cannot run in;
+    a forced one is the user's to change: ConfigError naming the op's message and the key."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if precision.source == "forced":
+        raise ConfigError(f"{key}={precision.name}: {first}; an op of this model or objective has no "
+                          f"{precision.name} kernel here: use {key}=fp32 (or cast that loss to float)") from None
+    return Precision("fp32", precision.channels_last, "fallback", {**precision.probe, "fallback_from": precision.name,
+                                                                    "reason": first[:200]})
+
+
 # -- the run folder and ranks ------------------------------------------------------------------------
 def read_record(run_dir: str | Path) -> Precision | None:
     """The precision a run folder recorded (``precision.json``), or None when it has none (a fresh run)."""

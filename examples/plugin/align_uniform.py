@@ -26,5 +26,6 @@ class AlignUniform(mmssl.Objective):
         z = F.normalize(encoders[self.modality](torch.cat([self.augment(x), self.augment(x)])).pooled, dim=-1)
         z1, z2 = z.chunk(2)
         align = (z1 - z2).pow(2).sum(-1).mean()
-        uniform = torch.pdist(z1).pow(2).mul(-2).exp().mean().log()
+        # pdist has no bf16 kernel: under bf16 autocast (trainer.precision) the embeddings are bf16, the loss is fp32
+        uniform = torch.pdist(z1.float()).pow(2).mul(-2).exp().mean().log()
         return mmssl.ObjectiveOutput(align + self.lam * uniform, {"align": align.item(), "uniform": uniform.item()})

@@ -237,8 +237,7 @@ class Trainer:
         gradients unscaled before clipping (``torch.amp.GradScaler``), and an overflowing step is the
         scaler's to skip (it halves the scale), not a non-finite error.
         """
-        with self.precision.autocast(self.device):
-            loss, outputs = self.forward(batch)
+        loss, outputs = self._forward_in_precision(batch)
         self.optimizer.zero_grad(set_to_none=True)
         if self._nonfinite(loss, outputs, "loss"):
             return None
@@ -263,6 +262,24 @@ class Trainer:
         self.consecutive_skips = 0
         self.after_step()
         return loss, outputs, grad_norm
+
+    def _forward_in_precision(self, batch: Batch) -> tuple[torch.Tensor, dict]:
+        """``forward`` under the precision's autocast. An op without a kernel for a precision that ``auto``
+        chose (a plugin's ``torch.pdist`` in bf16) moves the run to fp32 — recorded, said once — instead of
+        failing; a forced precision fails in one line naming the key (``precision.fallback``)."""
+        try:
+            with self.precision.autocast(self.device):
+                return self.forward(batch)
+        except (NotImplementedError, RuntimeError) as exc:
+            if self.precision.name == "fp32" or not precision.lacks_kernel(exc):
+                raise
+            self.precision = precision.fallback(self.precision, exc, f"{self.key_prefix}precision")
+        self.scaler = None
+        console(f"warning: {self.precision.probe['reason']}; {self.key_prefix}precision=auto falls back to fp32 "
+                f"for this run (set {self.key_prefix}precision=fp32 to skip the attempt)")
+        if self.rank == 0:
+            precision.write_record(self.run_dir, self.precision)
+        return self.forward(batch)
 
     # -- hooks (pretraining's; see the class docstring) -------------------------------------------
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict]:

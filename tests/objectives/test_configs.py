@@ -14,7 +14,8 @@ from tests.objectives.conftest import make_data, make_encoders
 #: the objective library's configs (cross-modal ones — bind, clip, siglip — are tested with their objectives)
 LIBRARY = ("simclr", "byol", "moco_v2", "moco_v3", "triplet", "dcl", "simsiam", "barlow_twins", "vicreg",
            "masked_image", "masked_text", "masked_audio", "rotation", "colorization", "cpc",
-           "temporal_contrastive", "temporal_order", "next_segment", "autoencoder", "vae", "context_encoder", "bigan")
+           "temporal_contrastive", "temporal_order", "next_segment", "autoencoder", "vae", "context_encoder", "bigan",
+           "dino", "swav", "nnclr")  # (mae, ijepa, data2vec need a ViT; deepcluster_v2 epochs: tests/test_recipes.py)
 
 
 def test_every_library_objective_has_a_config():

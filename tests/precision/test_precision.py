@@ -128,6 +128,26 @@ def test_bf16_changes_the_numbers_and_channels_last_can_be_overridden(tmp_path):
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())  # autocast really ran
 
 
+def test_an_op_without_a_bf16_kernel_falls_back_to_fp32_under_auto_and_fails_when_forced(tmp_path, monkeypatch):
+    original = Trainer.forward
+
+    def forward(self, batch):  # a plugin's loss term with torch.pdist, which has no bf16 kernel on CPU
+        loss, outputs = original(self, batch)
+        z = torch.ones(4, 3, device=loss.device) @ torch.eye(3, device=loss.device)  # bf16 under autocast
+        return loss + 0 * torch.pdist(z).sum(), outputs
+
+    monkeypatch.setattr(Trainer, "forward", forward)
+    monkeypatch.setenv("MMSSL_AUTO_PRECISION", "bf16")
+    run = _pretrain(tmp_path / "auto", "trainer.steps=3")
+    assert run.step == 3 and (run.precision.name, run.precision.source) == ("fp32", "fallback")
+    record = json.loads((tmp_path / "auto" / "precision.json").read_text())
+    assert (record["name"], record["probe"]["fallback_from"]) == ("fp32", "bf16") and "pdist" in record["probe"]["reason"]
+    resumed = _pretrain(tmp_path / "auto", "trainer.steps=4", resume=True)  # the record, not auto's bf16 again
+    assert resumed.step == 4 and resumed.precision.name == "fp32"
+    with pytest.raises(ConfigError, match=r"trainer.precision=bf16: .*pdist.*use trainer.precision=fp32"):
+        _pretrain(tmp_path / "forced", "trainer.steps=3", "trainer.precision=bf16")
+
+
 def test_old_amp_key_says_what_replaced_it(tmp_path):
     with pytest.raises(ConfigError, match="trainer.amp was replaced by trainer.precision"):
         compose("pretrain", ["trainer.amp=bf16"])
