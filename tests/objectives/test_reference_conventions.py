@@ -402,3 +402,28 @@ def test_data2vec_targets_loss_and_ema_match_official_code():
         assert d2v.momentum == pytest.approx(get_annealed_rate(0.999, 0.9999, progress * 100, 100))
     assert [_default("data2vec", k) for k in ("momentum", "momentum_end", "instance_norm", "loss_beta",
                                               "mask_ratio", "mask_prob")] == [0.999, 0.9999, True, 0.0, 0.6, 0.15]
+
+
+def test_triplet_matches_tensorflow_addons_semihard_with_facenets_margin():
+    """tfa.losses.triplet_semihard_loss (distance_metric "L2": non-squared Euclidean): per positive pair the
+    closest negative farther than the positive, else the farthest negative; mean over positive pairs.
+    FaceNet's α = 0.2 is printed for *squared* distances (TFA's own default margin is 1.0); mmssl keeps the
+    non-squared distance with α = 0.2 — on unit vectors d ∈ [0, 2], so 0.2 is a tenth of the range either way
+    as in FaceNet (α/4 of d² ∈ [0, 4] there). Recorded here so a port of either default knows which it gets."""
+    from mmssl.objectives.contrastive import semi_hard_triplet_loss
+
+    x = F.normalize(torch.randn(8, 4, generator=G), dim=1)
+    ids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    d = torch.cdist(x, x)
+    losses = []
+    for a in range(8):
+        for p in range(8):
+            if p == a or ids[p] != ids[a]:
+                continue
+            negatives = [float(d[a, n]) for n in range(8) if ids[n] != ids[a]]
+            farther = [v for v in negatives if v > float(d[a, p])]
+            d_an = min(farther) if farther else max(negatives)
+            losses.append(max(0.0, float(d[a, p]) - d_an + 0.2))
+    loss, _ = semi_hard_triplet_loss(x, ids, x, ids, torch.arange(8), 0.2)
+    assert loss.item() == pytest.approx(sum(losses) / len(losses), rel=1e-4, abs=1e-6)
+    assert _default("triplet", "margin") == 0.2
