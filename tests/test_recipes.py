@@ -1,4 +1,4 @@
-"""configs/recipe/: every recipe composes, builds its model and optimiser and runs a forward pass; the
+"""configs/recipe/: every recipe composes, builds its model and optimiser and runs one optimiser step; the
 command line wins over a recipe, a recipe over the defaults; one recipe trains end to end (LARS)."""
 
 import json
@@ -18,7 +18,8 @@ from tests.conftest import tiny_overrides
 RECIPES = sorted(p.stem for p in Path(config_dir(), "recipe").glob("*.yaml"))
 #: the image objectives that have a recipe for each of the three image data sets
 IMAGE_METHODS = ("simclr", "dcl", "moco_v2", "moco_v3", "byol", "simsiam", "barlow_twins", "vicreg", "triplet",
-                 "masked_image", "rotation", "autoencoder", "vae", "cpc", "context_encoder", "bigan")
+                 "masked_image", "rotation", "autoencoder", "vae", "cpc", "context_encoder", "bigan", "dino", "swav",
+                 "deepcluster_v2", "nnclr", "mae", "ijepa", "data2vec")
 #: image side per data set, for a forward pass on random images of the recipe's shape
 IMAGE_SIDE = {"digits": 8, "fashion_mnist": 28, "torchvision": 32}
 
@@ -30,7 +31,7 @@ def test_every_image_method_has_a_recipe_per_data_set():
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_composes_builds_and_runs_forward(recipe):
+def test_recipe_composes_builds_and_runs_one_step(recipe):
     header = Path(config_dir(), "recipe", f"{recipe}.yaml").read_text().splitlines()[0]
     assert header == "# @package _global_", recipe
     cfg = compose("pretrain", [f"recipe={recipe}"])
@@ -52,6 +53,14 @@ def test_recipe_composes_builds_and_runs_forward(recipe):
                   extra={"index": torch.arange(4), "epoch": torch.zeros(4, dtype=torch.long)})
     loss, _ = model(batch)
     assert torch.isfinite(loss)
+    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    params = [p for p in model.parameters() if p.requires_grad]
+    moved = any(not torch.equal(a, p.detach()) for a, p in zip(before, params, strict=True))
+    # the step moves the weights wherever the loss has a gradient (deepcluster_v2 has none before its first k-means)
+    assert moved or not any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params), recipe
 
 
 def test_command_line_wins_over_recipe_and_recipe_over_defaults():

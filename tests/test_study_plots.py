@@ -88,5 +88,5 @@ def test_pixels_and_flagship_plots_from_the_committed_tables(tmp_path):
     embedding = load("experiments/crossmodal_digits/embedding.py", "crossmodal_embedding_plot")
     embedding.plot(ROOT / "experiments/crossmodal_digits/crossmodal_embedding.csv", tmp_path / "embedding.png")
     objectives = load("experiments/objectives/run.py", "objectives_study_plot")
-    objectives.plot(json.loads((ROOT / "experiments/objectives/results_digits_vit.json").read_text()), tmp_path / "obj.png")
+    objectives.plot(json.loads((ROOT / "experiments/objectives/results_digits_vit.json").read_text()), tmp_path / "obj")
     assert all((tmp_path / f"{name}.png").stat().st_size > 0 for name in ("pixels", "flagship", "embedding", "obj"))

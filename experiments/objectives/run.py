@@ -4,6 +4,15 @@
     python experiments/objectives/run.py --seeds 0 --steps 50  # a quick look
     python experiments/objectives/run.py --data fashion_mnist  # when /usr/share/datasets/fashion-mnist exists
     python experiments/objectives/run.py --encoder vit --objectives mae ijepa data2vec simclr --tag _vit
+    python experiments/objectives/run.py --plot-only experiments/objectives/results_digits_new_methods.json
+
+Learning rate (``--lr-from``): ``recipe`` (the default) gives each objective the AdamW lr (and β) of its
+``configs/recipe/<name>_digits.yaml`` — DINO 5e-4, BiGAN/context encoder 2e-4 with β₁ 0.5 (so the
+discriminator's 4e-4 is the larger, as TTUR wants), SwAV/DeepCluster-v2/NNCLR 1e-3, … — and the uniform
+2e-3 (the trainer default) to objectives whose digits recipe uses LARS or does not exist; ``uniform`` is
+the first rounds' protocol (2e-3 for all: DINO at 4× its recipe lr did not learn, and BiGAN's encoder and
+generator ran at 5× its discriminator, TTUR inverted). A run whose lr is not 2e-3 has ``_lr<lr>`` in its
+folder name, so runs of the two protocols are never mixed.
 
 Each run is `mmssl pretrain objective=<name>` with the same encoder (convnet width 16, or with ``--encoder
 vit`` the `vit_tiny` ViT: width 64, depth 4, 2×2 patches on digits, 4×4 on 28×28), batch 128, AdamW with
@@ -24,6 +33,7 @@ import statistics
 from pathlib import Path
 
 import torch
+import yaml
 
 from mmssl.config import compose
 from mmssl.eval.transfer import run as eval_run
@@ -42,10 +52,27 @@ RESIZED = ("autoencoder", "vae", "context_encoder", "bigan")  # objectives with 
 DATA_OVERRIDES = {("ijepa", "digits"): ["objective.ijepa.target_scale=[0.1,0.2]"]}
 
 
+UNIFORM_LR = 2e-3  # the trainer default: the lr of every objective in the first rounds of the study
+RECIPES = HERE.parent.parent / "configs" / "recipe"
+
+
+def study_optimiser(name: str, lr_from: str = "recipe") -> dict:
+    """``{"lr": …, "betas": […]}`` of one objective: its digits recipe's AdamW settings (``lr_from="recipe"``)
+    or, for ``"uniform"`` and objectives whose digits recipe is LARS/SGD or missing, ``UNIFORM_LR``."""
+    path = RECIPES / f"{name}_digits.yaml"
+    trainer = yaml.safe_load(path.read_text()).get("trainer", {}) if path.exists() else {}
+    if lr_from != "recipe" or trainer.get("optimizer", "adamw") != "adamw" or "lr" not in trainer:
+        return {"lr": UNIFORM_LR}
+    return {"lr": float(trainer["lr"])} | ({"betas": list(trainer["betas"])} if "betas" in trainer else {})
+
+
 def folder(args, name: str, seed: int) -> str:
-    """The run folder of one (objective, seed); the step budget (300: the original layout) and a ViT are part of it."""
+    """The run folder of one (objective, seed); the step budget (300: the original layout), a ViT and an lr other
+    than the uniform 2e-3 are part of it."""
     budget = "" if args.steps == 300 else f"_{args.steps}steps"
-    return f"runs/objectives/{args.data}{budget}{'_vit' if args.encoder == 'vit' else ''}/{name}/seed{seed}"
+    lr = study_optimiser(name, args.lr_from)["lr"]
+    tag = "" if lr == UNIFORM_LR else f"_lr{lr:g}"
+    return f"runs/objectives/{args.data}{budget}{'_vit' if args.encoder == 'vit' else ''}/{name}{tag}/seed{seed}"
 
 
 def encoder_overrides(args) -> list[str]:
@@ -65,6 +92,9 @@ def kmeans_nmi(run_dir: Path, rep: str = "ssl") -> float:
     return results[f"image/{rep}/kmeans_nmi"]
 
 
+ALL = Path("all")  # --plot-only without a JSON: every committed table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -74,10 +104,16 @@ def main() -> None:
     parser.add_argument("--objectives", nargs="+", default=IMAGE_OBJECTIVES)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tag", default="", help="suffix of the result files (results_<data><tag>.md/json/csv/png)")
-    parser.add_argument("--plot-only", action="store_true", help="only redraw the PNGs from the committed results_*.json")
+    parser.add_argument("--lr-from", default="recipe", choices=["recipe", "uniform"],
+                        help="recipe: each objective's digits-recipe AdamW lr; uniform: 2e-3 for all (the first rounds)")
+    parser.add_argument("--plot-only", type=Path, nargs="?", const=ALL, default=None, metavar="JSON",
+                        help="redraw the figures of a committed results_*.json (no JSON: of every one) and exit (no runs)")
     args = parser.parse_args()
-    if args.plot_only:
-        print("\n".join(str(p) for p in plot_only()))
+    if args.plot_only is not None:
+        tables = sorted(HERE.glob("results_*.json")) if args.plot_only == ALL else [args.plot_only]
+        for table in tables:
+            plot(json.loads(table.read_text()), table.with_suffix(""))
+            print(table.with_suffix(".png"))
         return
     torch.set_num_threads(args.threads)
     data = [f"data={args.data}"] + (["data.limit=10000"] if args.data == "fashion_mnist" else [])
@@ -89,6 +125,9 @@ def main() -> None:
                          "trainer.warmup_steps=20", "data.batch_size=128", *encoder_overrides(args),
                          "eval.plot=false", "eval.baselines=false", "logger.mode=disabled", "trainer.progress=false",
                          f"run_dir={run_dir}"]
+            optimiser = study_optimiser(name, args.lr_from)
+            overrides += [f"trainer.lr={optimiser['lr']}"] + (
+                [f"trainer.betas=[{','.join(map(str, optimiser['betas']))}]"] if "betas" in optimiser else [])
             if name in RESIZED and args.data != "digits":
                 overrides.append(f"objective.{name}.image_size=28")
             overrides += DATA_OVERRIDES.get((name, args.data), [])
@@ -113,9 +152,14 @@ def main() -> None:
     arch = "vit_tiny (width 64, depth 4)" if args.encoder == "vit" else "convnet width 16"
     command = (f"python experiments/objectives/run.py --data {args.data} --steps {args.steps} --seeds "
                f"{' '.join(map(str, args.seeds))}" + (" --encoder vit" if args.encoder == "vit" else "")
-               + (f" --objectives {' '.join(args.objectives)} --tag {args.tag}" if args.tag else ""))
+               + (f" --objectives {' '.join(args.objectives)} --tag {args.tag}" if args.tag else "")
+               + (" --lr-from uniform" if args.lr_from == "uniform" else ""))
+    lrs = {name: study_optimiser(name, args.lr_from) for name in rows}
     lines = [f"{args.data}, {args.steps} steps, batch 128, {arch}, seeds {args.seeds} (mean ± std); "
              "pretrain s = wall-clock of build + training on the shared 2-core CPU, as measured.",
+             "AdamW lr per objective (" + ("its digits recipe's" if args.lr_from == "recipe" else "uniform") + "): "
+             + ", ".join(f"{n} {o['lr']:g}" + (f" β {tuple(o['betas'])}" if "betas" in o else "") for n, o in lrs.items())
+             + ".",
              f"Command: `{command}`", "",
              "| objective | " + " | ".join(h for _, h, _ in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
     for rep, label in (("raw", "*raw pixels*"), ("random", f"*random-init {args.encoder}*")):
@@ -125,12 +169,13 @@ def main() -> None:
     for name in rows:
         stats = {k: stat(name, k) for k, _, _ in METRICS}
         table[name] = {k: {"mean": m, "std": s, "per_seed": [r[k] for r in results[name]]} for k, (m, s) in stats.items()}
+        table[name]["optimiser"] = lrs[name]
         lines.append(f"| {name} | " + " | ".join(f"{stats[k][0]:{f}} ± {stats[k][1]:{f}}" for k, _, f in METRICS) + " |")
     stem = HERE / f"results_{args.data}{args.tag}"
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     stem.with_suffix(".json").write_text(json.dumps(
         {"data": args.data, "steps": args.steps, "encoder": args.encoder, "seeds": args.seeds, "command": command,
-         "baselines": baselines, "objectives": table}, indent=2) + "\n")
+         "lr_from": args.lr_from, "baselines": baselines, "objectives": table}, indent=2) + "\n")
     with stem.with_suffix(".csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["objective"] + [f"{h} {s}" for _, h, _ in METRICS for s in ("mean", "std")])
@@ -141,50 +186,46 @@ def main() -> None:
             writer.writerow([name] + [x for k, _, _ in METRICS for x in (table[name][k]["mean"], table[name][k]["std"])])
     print("\n".join(lines))
 
-    plot(json.loads(stem.with_suffix(".json").read_text()), stem.with_suffix(".png"))
+    plot(json.loads(stem.with_suffix(".json").read_text()), stem)
 
 
-PROBE, KNN, NMI = "eval/image/ssl/linear_probe_accuracy", "eval/image/ssl/knn_accuracy", "nmi"
-
-
-def plot(summary: dict, path: Path) -> None:
-    """One idea: how well each objective's features separate the classes. Linear-probe accuracy and k-means
-    NMI (kNN accuracy in tables without NMI) per objective (bars: mean, error bars: ± std over the seeds), the raw-pixel and random-init probes as
-    reference lines, scores on [0, 1], key below; wall-clock stays in the table. Drawn from results_*.json."""
+def plot(results: dict, stem: Path) -> None:
+    """Two figures from a results JSON, one idea each: ``<stem>.png`` the linear-probe accuracy per objective
+    (y from 0, the raw-pixel and random-init probes as lines, error bars = std over the seeds) and
+    ``<stem>_wallclock.png`` the pretraining wall-clock; legends sit outside the data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table, baselines = summary["objectives"], summary["baselines"]
-    rows = sorted(table, key=lambda n: -table[n][PROBE]["mean"])
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.2))
-    # the first round's tables have kNN accuracy where later ones have k-means NMI
-    second = (NMI, "k-means NMI") if all(NMI in table[n] for n in rows) else (KNN, "kNN accuracy")
-    for i, (key, label) in enumerate(((PROBE, "linear-probe accuracy"), second)):
-        ax.bar([j + (i - 0.5) * 0.4 for j in range(len(rows))], [table[n][key]["mean"] for n in rows], 0.4,
-               yerr=[table[n][key]["std"] for n in rows], capsize=2, color=f"C{i}", label=label)
-    ax.axhline(baselines["raw"][PROBE], color="k", ls="--", lw=1, label="raw pixels, linear probe")
-    ax.axhline(baselines["random"][PROBE], color="C3", ls=":", lw=1,
-               label=f"random-init {summary['encoder']}, linear probe")
-    ax.plot([], [], color="black", marker="|", ls="", markersize=10,
-            label=f"error bars: mean ± std over {len(summary['seeds'])} seeds")
-    ax.set_xticks(range(len(rows)), rows, rotation=45, ha="right")
-    ax.set(ylim=(0.0, 1.0), ylabel="test score",
-           title=f"objectives on {summary['data']} ({summary['steps']} steps, {summary['encoder']})")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.26), ncol=2, frameon=False)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    table, baselines, n_seeds = results["objectives"], results["baselines"], len(results["seeds"])
+    probe = "eval/image/ssl/linear_probe_accuracy"
+    rows = sorted(table, key=lambda n: -table[n][probe]["mean"])
+    where = f"{results['data']}, {results['steps']} steps, {results['encoder']}"
+    spread = f"mean ± std over {n_seeds} seeds"
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(rows) + 3.5), 3.8))
+    ax.bar(range(len(rows)), [table[n][probe]["mean"] for n in rows], 0.6, yerr=[table[n][probe]["std"] for n in rows],
+           capsize=3, color="C0", label=f"linear probe ({spread})")
+    ax.axhline(baselines["raw"][probe], color="k", ls="--", lw=1, label="raw pixels")
+    ax.axhline(baselines["random"][probe], color="C3", ls=":", lw=1.5, label=f"random-init {results['encoder']}")
+    ax.set_xticks(range(len(rows)), rows, rotation=30, ha="right")
+    ax.set(ylim=(0.0, 1.0), ylabel="test linear-probe accuracy", title=f"linear probe per objective\n({where})")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, frameon=False)
+    fig.savefig(stem.with_suffix(".png"), dpi=110, bbox_inches="tight")
     plt.close(fig)
 
-
-def plot_only() -> list[Path]:
-    """Redraw results_<data><tag>.png from every committed results_<data><tag>.json."""
-    drawn = []
-    for table in sorted(HERE.glob("results_*.json")):
-        plot(json.loads(table.read_text()), table.with_suffix(".png"))
-        drawn.append(table.with_suffix(".png"))
-    return drawn
-
+    if not all("seconds" in table[n] for n in rows):  # the first rounds' tables (transcribed) have no timings
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(rows) + 1.6))
+    ax.barh(rows, [table[n]["seconds"]["mean"] for n in rows], xerr=[table[n]["seconds"]["std"] for n in rows],
+            capsize=3, color="C7", label=spread)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, None), xlabel="pretraining wall-clock, s (build + training, shared 2-core CPU)",
+           title=f"pretraining wall-clock\n({where})")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
+    fig.savefig(stem.parent / f"{stem.name}_wallclock.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 if __name__ == "__main__":
     main()

@@ -289,7 +289,9 @@ def semi_hard_triplet_loss(queries: torch.Tensor, query_ids: torch.Tensor, keys:
     queries (Q, D) with ids (Q,), keys (K, D) with ids (K,), ``self_index`` (Q,) the key position of
     each query. For every anchor a and positive p (same id, p ≠ a) the negative is the closest n with
     ``d(a,n) > d(a,p)`` (semi-hard); when none exists, the farthest negative (TensorFlow's rule).
-    ``L = mean_(a,p) max(0, d(a,p) - d(a,n) + margin)`` with Euclidean d. Anchors without negatives
+    ``L = mean_(a,p) max(0, d(a,p) - d(a,n) + margin)`` with Euclidean d (not squared: TensorFlow Addons'
+    ``triplet_semihard_loss`` default metric; FaceNet prints its α = 0.2 for squared distances, TFA's default
+    margin is 1.0 — the default 0.2 here is FaceNet's number on TFA's distance). Anchors without negatives
     are skipped. Returns (loss, fraction of pairs with non-zero loss).
     """
     sq = (queries.pow(2).sum(1, keepdim=True) + keys.pow(2).sum(1) - 2 * queries @ keys.T)

@@ -93,7 +93,9 @@ class Data2Vec(Objective):
     (the 1/√D scale is the official code's default ``loss_scale``). ``θ̄ ← τθ̄ + (1-τ)θ`` after each
     step with τ linear from ``momentum`` to ``momentum_end`` over training (the official anneal is linear
     over ``ema_anneal_end_step``). The official code shares the feature extractor with the teacher
-    (``ema_transformer_only``); here the whole encoder is averaged.
+    (``ema_transformer_only``); here the whole encoder is averaged. Defaults: τ 0.999 → 0.9999, instance-
+    normalised targets, β = 0 as the official speech/text configs; ``top_k`` 3 where those average the top 8
+    of 12 blocks (``average_top_k_layers``) — the same top two thirds of ``vit_tiny``'s 4 blocks.
     """
 
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, top_k: int = 3,

@@ -124,7 +124,8 @@ class DINO(Objective):
         self._pending_center: torch.Tensor | None = None
 
     def teacher_temperature(self) -> float:
-        """τ_t at the current step: linear warm-up, then constant."""
+        """τ_t at the current step: linear warm-up reaching ``teacher_temp`` at step ``warmup_teacher_temp_steps``,
+        then constant (main_dino.py's per-epoch ``np.linspace`` reaches it one epoch earlier, at index n - 1)."""
         if self.warmup_teacher_temp_steps == 0:
             return self.teacher_temp
         frac = min(1.0, int(self.step) / self.warmup_teacher_temp_steps)

@@ -19,12 +19,13 @@ from mmssl.types import Batch, ObjectiveOutput
 
 
 def block_size(rows: int, cols: int, scale: Sequence[float], aspect: Sequence[float]) -> tuple[int, int]:
-    """One (h, w) block size as the official ``MaskCollator._sample_block_size``: a single ``u ~ U(0,1)``
-    sets both the scale ``s = s₀ + u(s₁ - s₀)`` and the log-uniform aspect ``a = exp(log a₀ + u(log a₁ - log a₀))``;
-    ``h = round(√(⌊s·rows·cols⌋·a))``, ``w = round(√(⌊s·rows·cols⌋/a))``, both kept in [1, grid - 1]."""
+    """One (h, w) block size as the official ``MaskCollator._sample_block_size`` (src/masks/multiblock.py): a
+    single ``u ~ U(0,1)`` sets both the scale ``s = s₀ + u(s₁ - s₀)`` and the aspect ``a = a₀ + u(a₁ - a₀)``
+    (linear in u as the official code, not BEiT's log-uniform aspect); ``h = round(√(⌊s·rows·cols⌋·a))``,
+    ``w = round(√(⌊s·rows·cols⌋/a))``, both kept in [1, grid - 1]."""
     u = torch.rand(1).item()
     keep = int(rows * cols * (scale[0] + u * (scale[1] - scale[0])))
-    a = math.exp(math.log(aspect[0]) + u * (math.log(aspect[1]) - math.log(aspect[0])))
+    a = aspect[0] + u * (aspect[1] - aspect[0])
     h, w = int(round(math.sqrt(keep * a))), int(round(math.sqrt(keep / a)))
     return max(1, min(h, rows - 1)), max(1, min(w, cols - 1))
 

@@ -80,7 +80,8 @@ class MAE(Objective):
     variance of ``norm_pix`` is unbiased and the visible count is ``int``-rounded. Unlike the official
     code the decoder carries no class token (``vit`` has none; an open_clip tower keeps its own inside
     ``transform``). Audio-MAE's shifted-window local decoder attention is not implemented: the decoder
-    is global, as in image MAE.
+    is global, as in image MAE. ``normalize_target`` defaults to on: the official argparse default of
+    ``--norm_pix_loss`` is off, but the paper's results and its README's pre-training command use it.
     """
 
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, mask_ratio: float = 0.75,

@@ -1,0 +1,40 @@
+"""experiments/objectives/run.py: the per-objective lr table follows the digits recipes (TTUR the right way
+round for BiGAN), and --plot-only redraws a committed results JSON without any run folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+
+from mmssl.config import config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _study():
+    spec = importlib.util.spec_from_file_location("objectives_study", ROOT / "experiments/objectives/run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lr_table_follows_the_adamw_recipes_and_ttur():
+    study = _study()
+    assert study.study_optimiser("dino") == {"lr": 5e-4}  # not the uniform 2e-3 at which it collapsed
+    assert study.study_optimiser("simclr") == {"lr": study.UNIFORM_LR}  # a LARS recipe: its lr is no AdamW lr
+    assert study.study_optimiser("dino", "uniform") == {"lr": study.UNIFORM_LR}
+    bigan = study.study_optimiser("bigan")
+    discriminator_lr = yaml.safe_load(Path(config_dir(), "objective", "bigan.yaml").read_text())["bigan"]["discriminator_lr"]
+    assert bigan["betas"] == [0.5, 0.999] and bigan["lr"] < discriminator_lr  # TTUR: D learns faster
+
+
+def test_plot_only_redraws_a_committed_table(tmp_path):
+    committed = ROOT / "experiments/objectives/results_digits_new_methods.json"
+    copy = tmp_path / committed.name
+    copy.write_text(committed.read_text())
+    _study().plot(json.loads(copy.read_text()), copy.with_suffix(""))
+    for name in ("results_digits_new_methods.png", "results_digits_new_methods_wallclock.png"):
+        assert (tmp_path / name).stat().st_size > 10_000, name
