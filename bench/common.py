@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import platform
 import resource
 import statistics
 import time
@@ -54,6 +56,43 @@ def emit(result: dict, out: str | None) -> None:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value) of per-seed results."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summary(values: list[float], digits: int = 1) -> dict:
+    """{"mean", "std", "values"} of per-seed results, rounded to ``digits``."""
+    mean, std = mean_std(values)
+    return {"mean": round(mean, digits), "std": round(std, digits), "values": [round(v, digits) for v in values]}
+
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8")
+
+
+def machine() -> dict:
+    """CPU model, core count, the flags that decide the fast kernels (bf16, AMX), 1-min load average, torch version."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags],
+            "load_avg_1m": round(os.getloadavg()[0], 2), "torch": torch.__version__}
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    """A plain-text table: columns padded to their widest cell."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 def lightly_simclr_model() -> torch.nn.Module:

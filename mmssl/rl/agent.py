@@ -68,6 +68,7 @@ class Agent(nn.Module):
         self.critic = _head(dim, 1, head_hidden, 1.0)
         self.critic_int = _head(dim, 1, head_hidden, 1.0) if intrinsic_value_head else None
         self._wide_params, self._wide_key, self._wide_layers = None, None, None  # rollout cache, see `_wide`
+        self._wide_numpy: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def encoder(self) -> nn.Module:
@@ -121,6 +122,8 @@ class Agent(nn.Module):
         network (`_wide`): the same numbers in a third of the kernel calls.
         """
         layers = None if torch.is_grad_enabled() else self._wide()
+        if layers is not None and self._numpy_rollout(obs):
+            return self._act_numpy(obs, deterministic, generator, entropy)
         if layers is None:
             features = self.features(obs)
             out = self.actor(features)
@@ -169,7 +172,47 @@ class Agent(nn.Module):
                     weight = torch.cat([h.weight for h in heads])
                 layers.append((weight, torch.cat([h.bias for h in heads])))
             self._wide_key, self._wide_layers = key, [(w.t().contiguous(), b) for w, b in layers]
+            self._wide_numpy = [(w.numpy(), b.numpy()) for w, b in self._wide_layers] \
+                if self._wide_layers[0][0].device.type == "cpu" else None
         return self._wide_layers
+
+    def _numpy_rollout(self, obs: Obs) -> bool:
+        """Whether ``act`` runs in numpy: a discrete policy on separate MLP trunks, float32 CPU observations.
+
+        For CleanRL's 4→64→64 networks on a few envs each torch op costs 5–20 µs of dispatch for well
+        under a microsecond of arithmetic; the same forward in numpy is ~5× cheaper per rollout step.
+        """
+        return (self.discrete and self.critic_encoder is not None and self._wide_numpy is not None
+                and isinstance(obs, torch.Tensor) and obs.device.type == "cpu" and obs.dtype == torch.float32)
+
+    def _act_numpy(self, obs: torch.Tensor, deterministic: bool, generator: torch.Generator | None,
+                   entropy: bool) -> Step:
+        """``act`` through the `_wide` layers in numpy (same numbers as the torch path up to float rounding;
+        the same uniform draws from torch's generator, so the same actions)."""
+        self.encoder.check_input(obs)
+        h = obs.numpy().reshape(len(obs), -1)
+        tanh = self.encoder.activation == "tanh"
+        for weight_t, bias in self._wide_numpy[:-1]:
+            h = h @ weight_t
+            h += bias
+            h = np.tanh(h, out=h) if tanh else np.maximum(h, 0, out=h)
+        out = h @ self._wide_numpy[-1][0]
+        out += self._wide_numpy[-1][1]
+        a = self.action_dim
+        logits = out[:, :a]
+        shifted = logits - logits.max(-1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        probs = np.exp(logp)
+        if deterministic:
+            action = logp.argmax(-1)
+        else:  # inverse-CDF sampling as `_policy`: the first action whose CDF reaches u
+            u = torch.rand((len(obs), 1), generator=generator).numpy()
+            action = np.minimum((probs.cumsum(-1) < u).sum(-1), a - 1)
+        rows = np.arange(len(obs))
+        step_entropy = torch.from_numpy(-(probs * logp).sum(-1)) if entropy else None
+        value_int = torch.from_numpy(out[:, a + 1].copy()) if self.critic_int is not None else None
+        return Step(torch.from_numpy(h[:, :self.encoder.dim].copy()), torch.from_numpy(action.astype(np.int64)),
+                    torch.from_numpy(logp[rows, action]), step_entropy, torch.from_numpy(out[:, a].copy()), value_int)
 
     def _wide_parts(self) -> tuple[list[nn.Module], list[nn.Module]] | None:
         """(trunks: [] for a shared one, else the actor and critic MLPs; heads: policy, value[, intrinsic value]),

@@ -125,6 +125,8 @@ def test_rollout_wide_network_matches_the_modules(separate_critic, head_hidden, 
     for _ in range(2):  # the wide weights follow an optimiser step
         with torch.no_grad():
             fast = agent.act(obs, generator=torch.Generator().manual_seed(3))
+            # discrete policies on separate MLP trunks take the numpy path (Agent._act_numpy)
+            assert agent._numpy_rollout(obs) == (separate_critic and head_hidden == 0 and agent.discrete)
         slow = agent.act(obs, generator=torch.Generator().manual_seed(3))  # autograd on: the module path
         torch.testing.assert_close(fast.features, slow.features)
         torch.testing.assert_close(fast.value, slow.value)
