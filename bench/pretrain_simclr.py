@@ -43,7 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, has, lightly_simclr_model, machine, matmul_peak_gflops, median, peak_rss_mb, table  # noqa: E402
 
 from mmssl.config import compose  # noqa: E402
-from mmssl.errors import ConfigError  # noqa: E402
 from mmssl.train.trainer import Trainer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

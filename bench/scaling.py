@@ -18,14 +18,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 CHILD = """
-import json, sys, time, argparse
+import json, shutil, sys, tempfile, time, argparse
 sys.path.insert(0, {here!r})
 from common import peak_rss_mb
 from pretrain_simclr import mmssl_runner
 args = argparse.Namespace(tiny={tiny}, images={images}, batch={batch}, precision="fp32", channels_last=True)
-trainer, run = mmssl_runner(args)
+run_dir = tempfile.mkdtemp(prefix="mmssl-bench-scaling-")
+trainer, run, _, _ = mmssl_runner(args, run_dir)
 run(1)
 rates = [run({steps}) for _ in range({rounds})]
+shutil.rmtree(run_dir, ignore_errors=True)
 rates.sort()
 print(json.dumps({{"batch": {batch}, "images_per_s": rates[len(rates) // 2], "peak_rss_mb": peak_rss_mb()}}))
 """
