@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import platform
 import resource
@@ -46,9 +47,20 @@ def alternate(blocks: dict[str, Callable[[], float]], rounds: int) -> dict[str, 
     return results
 
 
+def strict_json(value):
+    """``value`` with NaN/inf (no episode finished within a quick budget) as null: JSON that strict parsers read."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def emit(result: dict, out: str | None) -> None:
     """Print a benchmark's result as JSON, and write it to ``out`` when given."""
-    text = json.dumps(result, indent=2)
+    text = json.dumps(strict_json(result), indent=2, allow_nan=False)
     print(text)
     if out:
         Path(out).write_text(text + "\n")

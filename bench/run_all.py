@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import machine, table  # noqa: E402
+from common import machine, strict_json, table  # noqa: E402
 
 SCRIPTS = ("rl_ppo", "pretrain_simclr", "minigrid_ppo", "main_job")
 
@@ -92,7 +92,7 @@ def main() -> None:
     summary = {"command": "python bench/run_all.py " + " ".join(sys.argv[1:]), "machine": before,
                "load_avg_1m_after": after["load_avg_1m"], "seconds": seconds, "table": rows, "results": results}
     path = Path(args.out) if args.out else HERE / "results" / ("quick.json" if args.quick else "all.json")
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    path.write_text(json.dumps(strict_json(summary), indent=2, allow_nan=False) + "\n")
     print(f"wrote {path}")
     if any("error" in r for r in results.values()):
         sys.exit(1)
