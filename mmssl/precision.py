@@ -300,6 +300,25 @@ def resolve_precision(value: str, device: torch.device | str, workload: Workload
     return chosen
 
 
+def backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """``loss.backward()``; with fp16's ``scaler`` the loss is scaled first and the gradients unscaled after,
+    so clipping and the non-finite check see true gradients."""
+    if scaler is None:
+        loss.backward()
+        return
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """``optimizer.step()``, or the scaler's step (skipped when the gradients overflowed) and scale update."""
+    if scaler is None:
+        optimizer.step()
+        return
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def lacks_kernel(exc: BaseException) -> bool:
     """Whether ``exc`` is an op refusing a low-precision dtype (``"pdist" not implemented for 'BFloat16'``,
     ``expected scalar type Float but found BFloat16``): a model or plugin loss that only runs in fp32."""

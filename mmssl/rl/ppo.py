@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import mmssl_envs
+from mmssl import precision
 from mmssl.checkpoint import capture_rng, restore_rng
 from mmssl.config import registry_kwargs
 from mmssl.errors import ConfigError, NonFiniteError
@@ -481,19 +482,14 @@ class PPO:
         """Backward, global-norm clipping, Adam step (fp16: through the loss scaler); returns the grad norm."""
         self.optimizer.zero_grad(set_to_none=True)
         # under torchrun: DDP all-reduces (averages) gradients during backward
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
+        precision.backward(loss, self.optimizer, self.scaler)
         grad_norm = nn.utils.clip_grad_norm_(self.params, max_norm)
-        if self.scaler is not None:  # an fp16 overflow: the scaler skips this step and halves its scale
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            return grad_norm
-        if not torch.isfinite(grad_norm):
+        # with fp16's scaler an overflow is not an error: the scaler skips this step and halves its scale
+        if self.scaler is None and not torch.isfinite(grad_norm):
             raise NonFiniteError(f"non-finite gradient in {', '.join(self._nonfinite_grads()[:3])} at {where}; "
                                  "the update was stopped before the optimiser step, no checkpoint written; "
                                  "lower agent.learning_rate or agent.max_grad_norm")
-        self.optimizer.step()
+        precision.optimizer_step(self.optimizer, self.scaler)
         return grad_norm
 
     def to_device(self, obs):

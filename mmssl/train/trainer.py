@@ -242,21 +242,14 @@ class Trainer:
         if self._nonfinite(loss, outputs, "loss"):
             return None
         # DDP all-reduces (averages) gradient buckets while backward runs; FSDP reduce-scatters
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
+        precision.backward(loss, self.optimizer, self.scaler)
         grad_norm = self._clip()
         if self.scaler is not None and not distributed.all_finite(grad_norm):
-            self.scaler.step(self.optimizer)  # skipped by the scaler: inf/NaN found while unscaling
-            self.scaler.update()
+            precision.optimizer_step(self.optimizer, self.scaler)  # skipped by the scaler: it halves its scale
             return None
         if self._nonfinite(grad_norm, outputs, "gradient"):
             return None
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        precision.optimizer_step(self.optimizer, self.scaler)
         self.scheduler.step()
         self.step += 1
         self.consecutive_skips = 0
