@@ -25,7 +25,7 @@ def image_tree(root, per_class=6, size=(20, 24)):
     return root
 
 
-def _same_splits(a: DatasetSplits, b: DatasetSplits):
+def assert_same_splits(a: DatasetSplits, b: DatasetSplits):
     for x, y in ((a.train, b.train), (a.test, b.test)):
         assert len(x) == len(y) and torch.equal(x.labels, y.labels)
         bx, by = x.all(), y.all()
@@ -40,7 +40,7 @@ def test_image_folder_lazy_reads_what_the_cache_holds(tmp_path):
     assert lazy.train.is_lazy and not cached.train.is_lazy
     assert isinstance(lazy.train.data["image"], LazyColumn) and lazy.train.data["image"].shape[1:] == (3, 16, 16)
     assert lazy.train.data["image"].paths.dtype.kind == "S"  # the index is one byte array, not Python objects
-    _same_splits(lazy, cached)
+    assert_same_splits(lazy, cached)
 
 
 def test_lazy_audio_manifest_and_text_match_their_cached_versions(tmp_path):
@@ -48,19 +48,19 @@ def test_lazy_audio_manifest_and_text_match_their_cached_versions(tmp_path):
         for i in range(3):
             sf.write(tmp_path / f"{label}_s{i % 2}_{i}.wav", np.sin(np.arange(4000) * (label + 1) / 7).astype(np.float32), 8000)
     kwargs = dict(root=str(tmp_path), sample_rate=8000, clip_seconds=0.25, test_fraction=0.34)
-    _same_splits(DATASETS.build("audio_folder", cache="none", **kwargs), DATASETS.build("audio_folder", **kwargs))
+    assert_same_splits(DATASETS.build("audio_folder", cache="none", **kwargs), DATASETS.build("audio_folder", **kwargs))
 
     image_tree(tmp_path / "img", per_class=2)
     rows = [{"image": f"img/{c}/{i}.png", "audio": f"{int(c == 'dog')}_s{i % 2}_{i}.wav", "text": f"a {c} {i}", "label": c}
             for c in ("cat", "dog") for i in range(2)]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     kwargs = dict(path=str(tmp_path / "m.jsonl"), image_size=8, channels=3, sample_rate=8000, test_fraction=0.5)
-    _same_splits(DATASETS.build("manifest", cache="none", **kwargs), DATASETS.build("manifest", **kwargs))
+    assert_same_splits(DATASETS.build("manifest", cache="none", **kwargs), DATASETS.build("manifest", **kwargs))
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("pos\tgreat film\n\nneg\tdull plot\npos\tsuperb ending é\nneg\tweak acting\n", encoding="utf-8")
     kwargs = dict(path=str(corpus), context_length=8, label_separator="\t", test_fraction=0.5)
-    _same_splits(DATASETS.build("text_corpus", cache="none", **kwargs), DATASETS.build("text_corpus", **kwargs))
+    assert_same_splits(DATASETS.build("text_corpus", cache="none", **kwargs), DATASETS.build("text_corpus", **kwargs))
 
 
 def test_corrupt_file_is_named_and_skipped_or_stops(tmp_path):

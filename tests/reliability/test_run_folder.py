@@ -37,7 +37,7 @@ def _files(root) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _refused(capsys, argv, root, *expect) -> str:
+def assert_refused(capsys, argv, root, *expect) -> str:
     """``argv`` exits 2 with exactly one `error:` line holding ``expect`` and changes no file under ``root``."""
     before = _files(root)
     code = main(argv)
@@ -70,22 +70,22 @@ def runs(finished, tmp_path):
 # -- a folder that holds a run -------------------------------------------------------------------------------
 
 def test_pretrain_into_a_finished_run_refuses(runs, capsys):
-    _refused(capsys, ["pretrain", *tiny_overrides(runs / "pretrain", "seed=1")], runs,
+    assert_refused(capsys, ["pretrain", *tiny_overrides(runs / "pretrain", "seed=1")], runs,
              "already holds a pretraining run", "config.yaml", "checkpoints/", "resume=true")
 
 
 def test_rl_into_a_finished_run_refuses(runs, capsys):
-    _refused(capsys, ["rl", f"run_dir={runs / 'rl'}", *RL, "seed=5"], runs, "already holds an RL run", "resume=true")
+    assert_refused(capsys, ["rl", f"run_dir={runs / 'rl'}", *RL, "seed=5"], runs, "already holds an RL run", "resume=true")
 
 
 def test_rl_into_a_pretraining_folder_refuses(runs, capsys):
-    _refused(capsys, ["rl", f"run_dir={runs / 'pretrain'}", *RL], runs, "already holds a pretraining run")
+    assert_refused(capsys, ["rl", f"run_dir={runs / 'pretrain'}", *RL], runs, "already holds a pretraining run")
 
 
 def test_finetune_with_a_taken_name_refuses_and_a_derived_name_moves_on(runs, capsys):
     argv = ["finetune", str(runs / "pretrain"), "steps=2", "eval_every=1", "threads=1", "logger.mode=disabled"]
     assert main([*argv, "name=first"]) == 0
-    _refused(capsys, [*argv, "name=first"], runs, "already holds a fine-tuning run", "pick a new name")
+    assert_refused(capsys, [*argv, "name=first"], runs, "already holds a fine-tuning run", "pick a new name")
     assert main(argv) == 0 and main(argv) == 0  # no name: a fresh folder each time, never the previous one
     folders = sorted(p.name for p in (runs / "pretrain" / "finetune").iterdir())
     assert len(folders) == 3 and folders[0] == "first" and folders[2] == folders[1] + "-2", folders
@@ -118,7 +118,7 @@ def test_resume_with_every_checkpoint_damaged_stops_and_keeps_them(runs, capsys)
     ckpts = checkpoint.checkpoints(runs / "pretrain" / "checkpoints")
     for path in ckpts:
         path.write_bytes(path.read_bytes()[:500])
-    _refused(capsys, ["pretrain", *tiny_overrides(runs / "pretrain", "resume=true")], runs,
+    assert_refused(capsys, ["pretrain", *tiny_overrides(runs / "pretrain", "resume=true")], runs,
              "every checkpoint", "step_00000003.pt (fails its checksum)", "step_00000006.pt (fails its checksum)",
              "nothing was changed")
 
@@ -136,7 +136,7 @@ def test_resume_falls_back_past_a_damaged_newest(runs, capsys):
     ("objective=byol", "objective.byol.name"), ("data.batch_size=16", "data.batch_size"), ("seed=1", "seed"),
     ("trainer.steps=9", "trainer.steps")])
 def test_resume_with_a_changed_key_refuses_listing_it(runs, capsys, override, key):
-    err = _refused(capsys, ["pretrain", *tiny_overrides(runs / "pretrain", "resume=true", override)], runs,
+    err = assert_refused(capsys, ["pretrain", *tiny_overrides(runs / "pretrain", "resume=true", override)], runs,
                    "training-defining key", key, "resume_override=[")
     assert "nothing was written" in err
 
@@ -150,25 +150,25 @@ def test_resume_override_allows_the_listed_keys(runs):
 @pytest.mark.parametrize("override, key", [("agent.num_envs=4", "agent.num_envs"), ("env=pendulum", "env.id"),
                                            ("agent.learning_rate=0.01", "agent.learning_rate")])
 def test_rl_resume_with_a_changed_key_refuses(runs, capsys, override, key):
-    _refused(capsys, ["rl", f"run_dir={runs / 'rl'}", *RL, "resume=true", override], runs,
+    assert_refused(capsys, ["rl", f"run_dir={runs / 'rl'}", *RL, "resume=true", override], runs,
              "training-defining key", key)
 
 
 def test_resume_of_another_kind_refuses(runs, capsys):
-    _refused(capsys, ["rl", f"run_dir={runs / 'pretrain'}", *RL, "resume=true"], runs,
+    assert_refused(capsys, ["rl", f"run_dir={runs / 'pretrain'}", *RL, "resume=true"], runs,
              "holds a pretraining run, not an RL run", "mmssl pretrain resume=true")
-    _refused(capsys, ["pretrain", *tiny_overrides(runs / "rl", "resume=true")], runs,
+    assert_refused(capsys, ["pretrain", *tiny_overrides(runs / "rl", "resume=true")], runs,
              "holds an RL run, not a pretraining run", "mmssl rl resume=true")
 
 
 def test_resume_without_a_checkpoint_refuses(runs, capsys):
     shutil.rmtree(runs / "pretrain" / "checkpoints")
-    _refused(capsys, ["pretrain", *tiny_overrides(runs / "pretrain", "resume=true")], runs, "no checkpoint",
+    assert_refused(capsys, ["pretrain", *tiny_overrides(runs / "pretrain", "resume=true")], runs, "no checkpoint",
              "config.yaml")
-    _refused(capsys, ["pretrain", *tiny_overrides(runs / "typo", "resume=true")], runs, "does not exist")
-    _refused(capsys, ["rl", f"run_dir={runs / 'nowhere'}", *RL, "resume=true"], runs, "does not exist")
+    assert_refused(capsys, ["pretrain", *tiny_overrides(runs / "typo", "resume=true")], runs, "does not exist")
+    assert_refused(capsys, ["rl", f"run_dir={runs / 'nowhere'}", *RL, "resume=true"], runs, "does not exist")
     os.makedirs(runs / "empty")
-    _refused(capsys, ["rl", f"run_dir={runs / 'empty'}", *RL, "resume=true"], runs, "no checkpoint", "holds no run")
+    assert_refused(capsys, ["rl", f"run_dir={runs / 'empty'}", *RL, "resume=true"], runs, "no checkpoint", "holds no run")
 
 
 # -- the lock ----------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def test_a_second_process_on_the_folder_refuses_at_once(runs, capsys):
         assert holder.stdout.readline().strip() == "locked"
         record = json.loads((runs / "pretrain" / "run.lock").read_text())
         assert record["pid"] == holder.pid and record["host"] == socket.gethostname()
-        _refused(capsys, ["pretrain", *tiny_overrides(runs / "pretrain", "resume=true")], runs,
+        assert_refused(capsys, ["pretrain", *tiny_overrides(runs / "pretrain", "resume=true")], runs,
                  f"in use by pid {holder.pid} on {socket.gethostname()}")
     finally:
         holder.kill()
@@ -204,7 +204,7 @@ def test_a_second_process_on_the_folder_refuses_at_once(runs, capsys):
 def test_a_lock_from_another_host_is_not_taken_over(runs, capsys):
     lock = runs / "rl" / "run.lock"
     lock.write_text(json.dumps({"pid": 1, "host": "elsewhere.example", "kind": "rl", "started": "yesterday"}))
-    _refused(capsys, ["rl", f"run_dir={runs / 'rl'}", *RL, "resume=true"], runs, "locked by pid 1 on elsewhere.example",
+    assert_refused(capsys, ["rl", f"run_dir={runs / 'rl'}", *RL, "resume=true"], runs, "locked by pid 1 on elsewhere.example",
              "delete")
 
 
