@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mmssl.config import apply_overrides, compose, stored_config
+from mmssl.config import RENAMED_KEYS, apply_overrides, compose, stored_config
 from mmssl.errors import ConfigError
 
 MODES = ("frozen", "partial", "full", "semi")
@@ -48,8 +48,7 @@ def make_config(run_config: Mapping, overrides: list[str], source: str | Path = 
     ft = OmegaConf.masked_copy(ft, [k for k in ft if k != "data"])
     cfg.finetune = ft
     if "amp" in ft:  # a fine-tune folder of an older version
-        raise ConfigError("finetune.amp was replaced by precision (auto | fp32 | bf16 | fp16): amp=bf16 → "
-                          "precision=bf16, amp=off → precision=fp32; rename the key")
+        raise ConfigError(f"finetune.amp was replaced by {RENAMED_KEYS['amp']}; rename the key")
     if ft.mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {ft.mode!r}")
     return cfg

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from mmssl import checkpoint, precision
 from mmssl.build import SSLModel, build_data, build_model
-from mmssl.config import to_container
+from mmssl.config import RENAMED_KEYS, to_container
 from mmssl.data.base import DatasetSplits
 from mmssl.data.loader import Loader
 from mmssl.errors import ConfigError, MMSSLError, NonFiniteError  # noqa: F401  (NonFiniteError: re-exported)
@@ -119,9 +119,8 @@ class Trainer:
     def _init_precision(self, tcfg: DictConfig, resume: bool, prefix: str = "trainer.") -> None:
         """``self.precision`` from ``tcfg.precision`` (resumed: the run folder's record; see ``mmssl.precision``)
         and ``self.scaler``, fp16's loss scaler (None otherwise)."""
-        if "amp" in tcfg:
-            raise ConfigError(f"{prefix}amp was replaced by {prefix}precision (auto | fp32 | bf16 | fp16): "
-                              f"amp=bf16 → precision=bf16, amp=off → precision=fp32; rename the key")
+        if "amp" in tcfg:  # a stored config of an earlier version
+            raise ConfigError(f"{prefix}amp was replaced by {RENAMED_KEYS[prefix + 'amp']}; rename the key")
         self.precision: Precision = precision.for_run(str(tcfg.get("precision", "auto")), self.device, self.run_dir,
                                                       resume, key=f"{prefix}precision")
         self.scaler = self.precision.grad_scaler(self.device)
