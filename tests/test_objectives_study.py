@@ -31,6 +31,17 @@ def test_lr_table_follows_the_adamw_recipes_and_ttur():
     assert bigan["betas"] == [0.5, 0.999] and bigan["lr"] < discriminator_lr  # TTUR: D learns faster
 
 
+def test_dino_on_the_conv_net_gets_its_recipes_batch_norm_head_in_its_own_folders():
+    study = _study()
+    recipe = yaml.safe_load(Path(config_dir(), "recipe", "dino_digits.yaml").read_text())
+    suffix, overrides = study.STUDY_OVERRIDES[("dino", "convnet")]
+    assert overrides == [f"objective.dino.use_bn_in_head={str(recipe['objective']['dino']['use_bn_in_head']).lower()}"]
+    conv = type("Args", (), dict(steps=100, data="digits", encoder="convnet", lr_from="recipe"))
+    vit = type("Args", (), dict(steps=100, data="digits", encoder="vit", lr_from="recipe"))
+    assert study.folder(conv, "dino", 0) == f"runs/objectives/digits_100steps/dino_lr0.0005{suffix}/seed0"
+    assert study.folder(vit, "dino", 0) == "runs/objectives/digits_100steps_vit/dino_lr0.0005/seed0"
+
+
 def test_plot_only_redraws_a_committed_table(tmp_path):
     committed = ROOT / "experiments/objectives/results_digits_new_methods.json"
     copy = tmp_path / committed.name

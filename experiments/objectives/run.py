@@ -50,6 +50,9 @@ RESIZED = ("autoencoder", "vae", "context_encoder", "bigan")  # objectives with 
 #: per-data objective settings without which a default cannot run (recipe=ijepa_digits: 4×4 patches leave no
 #: context around four blocks of the official 15–20 % scale)
 DATA_OVERRIDES = {("ijepa", "digits"): ["objective.ijepa.target_scale=[0.1,0.2]"]}
+#: per-objective settings of the study on its conv net, with the folder suffix that keeps their runs apart:
+#: DINO's head with BatchNorm (its conv recipes' setting; without it the teacher stays near uniform)
+STUDY_OVERRIDES = {("dino", "convnet"): ("_bnhead", ["objective.dino.use_bn_in_head=true"])}
 
 
 UNIFORM_LR = 2e-3  # the trainer default: the lr of every objective in the first rounds of the study
@@ -68,10 +71,11 @@ def study_optimiser(name: str, lr_from: str = "recipe") -> dict:
 
 def folder(args, name: str, seed: int) -> str:
     """The run folder of one (objective, seed); the step budget (300: the original layout), a ViT and an lr other
-    than the uniform 2e-3 are part of it."""
+    than the uniform 2e-3 and the study's per-objective settings (``STUDY_OVERRIDES``) are part of it."""
     budget = "" if args.steps == 300 else f"_{args.steps}steps"
     lr = study_optimiser(name, args.lr_from)["lr"]
     tag = "" if lr == UNIFORM_LR else f"_lr{lr:g}"
+    tag += STUDY_OVERRIDES.get((name, args.encoder), ("", []))[0]
     return f"runs/objectives/{args.data}{budget}{'_vit' if args.encoder == 'vit' else ''}/{name}{tag}/seed{seed}"
 
 
@@ -131,6 +135,7 @@ def main() -> None:
             if name in RESIZED and args.data != "digits":
                 overrides.append(f"objective.{name}.image_size=28")
             overrides += DATA_OVERRIDES.get((name, args.data), [])
+            overrides += STUDY_OVERRIDES.get((name, args.encoder), ("", []))[1]
             done = run_dir / "summary.json"
             summary = json.loads(done.read_text()) if done.exists() else run(compose("pretrain", overrides))
             summary = summary | {"nmi": kmeans_nmi(run_dir), "seconds": summary["time/train_seconds"], "seed": seed}

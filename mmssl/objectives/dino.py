@@ -39,12 +39,13 @@ class WeightNormLinear(nn.Module):
 
 
 class DINOHead(nn.Module):
-    """(N, D) → MLP (GELU, no BN) → bottleneck → L2 normalise → weight-normalised linear → (N, out_dim)."""
+    """(N, D) → MLP (GELU; BatchNorm after each hidden layer with ``use_bn``) → bottleneck → L2 normalise →
+    weight-normalised linear → (N, out_dim)."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, layers: int = 3,
-                 norm_last_layer: bool = True):
+                 norm_last_layer: bool = True, use_bn: bool = False):
         super().__init__()
-        self.mlp = mlp(in_dim, hidden_dim, bottleneck_dim, layers, batch_norm=False, activation=nn.GELU)
+        self.mlp = mlp(in_dim, hidden_dim, bottleneck_dim, layers, batch_norm=use_bn, activation=nn.GELU)
         for m in self.mlp.modules():  # the official init: truncated normal (std 0.02), zero bias
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -91,16 +92,21 @@ class DINO(Objective):
     Defaults are ``main_dino.py``'s (out_dim 65536, τ_s 0.1, τ_t 0.04, m 0.996, λ 0.9). The centre, the
     step counter and the teacher are buffers/parameters of this module, so a resumed run continues
     exactly. Follows the official code where the paper is silent: the per-view-pair loss average and the
-    GELU head without BatchNorm; the official per-view blur/solarisation asymmetry of the global crops is
-    not reproduced (all views share one augmentation pipeline).
+    GELU head, without BatchNorm unless ``use_bn_in_head`` (``main_dino.py --use_bn_in_head``, off there
+    for ViTs; solo-learn's head has it on). Conv encoders want it: their ReLU-pooled features share a large
+    common component (mean cosine between the digits of a random width-16 conv net: 0.73), the centre
+    subtracts what the head maps it to, and the teacher starts, and stays, near the uniform distribution
+    (entropy → log K); BatchNorm in the head removes that component (experiments/objectives/README.md). The
+    official per-view blur/solarisation asymmetry of the global crops is not reproduced (all views share
+    one augmentation pipeline).
     """
 
     def __init__(self, encoders: Mapping[str, Encoder], modality: str | None = None, out_dim: int = 65536,
                  hidden_dim: int = 2048, bottleneck_dim: int = 256, norm_last_layer: bool = True,
                  student_temp: float = 0.1, teacher_temp: float = 0.04, warmup_teacher_temp: float = 0.04,
                  warmup_teacher_temp_steps: int = 0, center_momentum: float = 0.9, momentum: float = 0.996,
-                 freeze_last_layer_steps: int = 0, augment: str | None = None, augment_kwargs: dict | None = None,
-                 multi_crop: dict | None = None):
+                 freeze_last_layer_steps: int = 0, use_bn_in_head: bool = False, augment: str | None = None,
+                 augment_kwargs: dict | None = None, multi_crop: dict | None = None):
         super().__init__(encoders, modality)
         for key, value in (("student_temp", student_temp), ("teacher_temp", teacher_temp),
                            ("warmup_teacher_temp", warmup_teacher_temp)):
@@ -115,7 +121,8 @@ class DINO(Objective):
         self.warmup_teacher_temp_steps, self.freeze_last_layer_steps = warmup_teacher_temp_steps, freeze_last_layer_steps
         self.center_momentum, self.base_momentum, self.momentum = center_momentum, momentum, momentum
         encoder = encoders[self.modality]
-        self.head = DINOHead(encoder.dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer)
+        self.head = DINOHead(encoder.dim, out_dim, hidden_dim, bottleneck_dim, norm_last_layer=norm_last_layer,
+                             use_bn=use_bn_in_head)
         self.teacher_encoder = self.momentum_copy(encoder)
         self.teacher_head = self.momentum_copy(self.head)
         self.augment = build_multi_crop_augment(self, augment, augment_kwargs, multi_crop)

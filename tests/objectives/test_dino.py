@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from mmssl.errors import ConfigError
-from mmssl.objectives.dino import dino_loss
+from mmssl.objectives.dino import DINOHead, dino_loss
 from mmssl.registry import OBJECTIVES
 from tests.objectives.conftest import TEST_AUGMENT, make_batch, make_encoders
 
@@ -113,6 +113,33 @@ def test_centre_update_teacher_temperature_warmup_and_frozen_last_layer():
     for _ in range(5):
         dino.after_step(encoders, 0.5)
     assert dino.teacher_temperature() == pytest.approx(0.07)
+
+
+def test_batch_norm_in_the_head_undoes_a_common_feature_component():
+    """Features sharing one large component (a conv net's ReLU-pooled output) give a near-uniform centred teacher
+    distribution through the plain head; ``use_bn`` (main_dino.py's --use_bn_in_head) normalises it away."""
+    torch.manual_seed(0)
+    features = 3.0 + 0.1 * torch.randn(64, 32)
+    entropies = {}
+    for use_bn in (False, True):
+        torch.manual_seed(1)
+        head = DINOHead(32, 256, hidden_dim=64, bottleneck_dim=16, use_bn=use_bn)
+        assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules()) == use_bn
+        logits = head(features)
+        q = F.softmax((logits - logits.mean(0)) / 0.04, dim=-1)
+        entropies[use_bn] = -(q * q.log()).sum(-1).mean().item()
+    assert entropies[False] > 0.95 * math.log(256)  # ≈ uniform: the centre removed all there was
+    assert entropies[True] < 0.5 * math.log(256)
+
+
+def test_use_bn_in_head_reaches_student_and_teacher_heads():
+    encoders = make_encoders("obs")
+    dino = OBJECTIVES.build("dino", encoders, augment="identity", use_bn_in_head=True, **SMALL)
+    for head in (dino.head, dino.teacher_head):
+        assert any(isinstance(m, torch.nn.BatchNorm1d) for m in head.modules())
+    out = dino(make_batch("obs", 6), encoders)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and all(p.grad is not None for p in encoders.parameters())
 
 
 def test_state_dict_holds_centre_and_step():
