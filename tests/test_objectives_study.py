@@ -40,6 +40,10 @@ def test_dino_on_the_conv_net_gets_its_recipes_batch_norm_head_in_its_own_folder
     vit = type("Args", (), dict(steps=100, data="digits", encoder="vit", lr_from="recipe"))
     assert study.folder(conv, "dino", 0) == f"runs/objectives/digits_100steps/dino_lr0.0005{suffix}/seed0"
     assert study.folder(vit, "dino", 0) == "runs/objectives/digits_100steps_vit/dino_lr0.0005/seed0"
+    conv.seeds, vit.seeds = [0], [0]
+    lrs = {n: study.study_optimiser(n) for n in ("dino", "swav")}
+    assert f"Study settings: dino {overrides[0]}." in study.header(conv, ["dino", "swav"], lrs, "cmd")
+    assert not any(line.startswith("Study settings") for line in study.header(vit, ["dino", "swav"], lrs, "cmd"))
 
 
 def test_plot_only_redraws_a_committed_table(tmp_path):

@@ -79,6 +79,34 @@ def folder(args, name: str, seed: int) -> str:
     return f"runs/objectives/{args.data}{budget}{'_vit' if args.encoder == 'vit' else ''}/{name}{tag}/seed{seed}"
 
 
+def study_settings(args, name: str) -> list[str]:
+    """The overrides one objective gets on top of its own config in this study (``DATA_OVERRIDES``,
+    ``STUDY_OVERRIDES``); recorded in the table's header and JSON."""
+    return DATA_OVERRIDES.get((name, args.data), []) + STUDY_OVERRIDES.get((name, args.encoder), ("", []))[1]
+
+
+def study_command(args) -> str:
+    """The command line that reproduces a table."""
+    return (f"python experiments/objectives/run.py --data {args.data} --steps {args.steps} --seeds "
+            f"{' '.join(map(str, args.seeds))}" + (" --encoder vit" if args.encoder == "vit" else "")
+            + (f" --objectives {' '.join(args.objectives)} --tag {args.tag}" if args.tag else "")
+            + (" --lr-from uniform" if args.lr_from == "uniform" else ""))
+
+
+def header(args, rows: list[str], lrs: dict[str, dict], command: str) -> list[str]:
+    """The lines above a results table: protocol, lr per objective, the study's per-objective settings, command."""
+    arch = "vit_tiny (width 64, depth 4)" if args.encoder == "vit" else "convnet width 16"
+    lines = [f"{args.data}, {args.steps} steps, batch 128, {arch}, seeds {args.seeds} (mean ± std); "
+             "pretrain s = wall-clock of build + training on the shared 2-core CPU, as measured.",
+             "AdamW lr per objective (" + ("its digits recipe's" if args.lr_from == "recipe" else "uniform") + "): "
+             + ", ".join(f"{n} {o['lr']:g}" + (f" β {tuple(o['betas'])}" if "betas" in o else "") for n, o in lrs.items())
+             + "."]
+    settings = {n: study_settings(args, n) for n in rows if study_settings(args, n)}
+    if settings:
+        lines.append("Study settings: " + "; ".join(f"{n} {' '.join(o)}" for n, o in settings.items()) + ".")
+    return [*lines, f"Command: `{command}`"]
+
+
 def encoder_overrides(args) -> list[str]:
     if args.encoder == "vit":
         return ["encoder=vit_tiny"] + ([] if args.data == "digits" else ["encoder.image.patch_size=4"])
@@ -134,8 +162,7 @@ def main() -> None:
                 [f"trainer.betas=[{','.join(map(str, optimiser['betas']))}]"] if "betas" in optimiser else [])
             if name in RESIZED and args.data != "digits":
                 overrides.append(f"objective.{name}.image_size=28")
-            overrides += DATA_OVERRIDES.get((name, args.data), [])
-            overrides += STUDY_OVERRIDES.get((name, args.encoder), ("", []))[1]
+            overrides += study_settings(args, name)
             done = run_dir / "summary.json"
             summary = json.loads(done.read_text()) if done.exists() else run(compose("pretrain", overrides))
             summary = summary | {"nmi": kmeans_nmi(run_dir), "seconds": summary["time/train_seconds"], "seed": seed}
@@ -154,18 +181,9 @@ def main() -> None:
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     rows = sorted(results, key=lambda n: -stat(n, "eval/image/ssl/linear_probe_accuracy")[0])
-    arch = "vit_tiny (width 64, depth 4)" if args.encoder == "vit" else "convnet width 16"
-    command = (f"python experiments/objectives/run.py --data {args.data} --steps {args.steps} --seeds "
-               f"{' '.join(map(str, args.seeds))}" + (" --encoder vit" if args.encoder == "vit" else "")
-               + (f" --objectives {' '.join(args.objectives)} --tag {args.tag}" if args.tag else "")
-               + (" --lr-from uniform" if args.lr_from == "uniform" else ""))
+    command = study_command(args)
     lrs = {name: study_optimiser(name, args.lr_from) for name in rows}
-    lines = [f"{args.data}, {args.steps} steps, batch 128, {arch}, seeds {args.seeds} (mean ± std); "
-             "pretrain s = wall-clock of build + training on the shared 2-core CPU, as measured.",
-             "AdamW lr per objective (" + ("its digits recipe's" if args.lr_from == "recipe" else "uniform") + "): "
-             + ", ".join(f"{n} {o['lr']:g}" + (f" β {tuple(o['betas'])}" if "betas" in o else "") for n, o in lrs.items())
-             + ".",
-             f"Command: `{command}`", "",
+    lines = [*header(args, rows, lrs, command), "",
              "| objective | " + " | ".join(h for _, h, _ in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
     for rep, label in (("raw", "*raw pixels*"), ("random", f"*random-init {args.encoder}*")):
         cells = [format(baselines[rep][k], f) if k in baselines[rep] else "–" for k, _, f in METRICS]
@@ -175,6 +193,7 @@ def main() -> None:
         stats = {k: stat(name, k) for k, _, _ in METRICS}
         table[name] = {k: {"mean": m, "std": s, "per_seed": [r[k] for r in results[name]]} for k, (m, s) in stats.items()}
         table[name]["optimiser"] = lrs[name]
+        table[name]["overrides"] = study_settings(args, name)
         lines.append(f"| {name} | " + " | ".join(f"{stats[k][0]:{f}} ± {stats[k][1]:{f}}" for k, _, f in METRICS) + " |")
     stem = HERE / f"results_{args.data}{args.tag}"
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
