@@ -36,14 +36,19 @@ def test_dino_on_the_conv_net_gets_its_recipes_batch_norm_head_in_its_own_folder
     recipe = yaml.safe_load(Path(config_dir(), "recipe", "dino_digits.yaml").read_text())
     suffix, overrides = study.STUDY_OVERRIDES[("dino", "convnet")]
     assert overrides == [f"objective.dino.use_bn_in_head={str(recipe['objective']['dino']['use_bn_in_head']).lower()}"]
-    conv = type("Args", (), dict(steps=100, data="digits", encoder="convnet", lr_from="recipe"))
-    vit = type("Args", (), dict(steps=100, data="digits", encoder="vit", lr_from="recipe"))
+    conv = type("Args", (), dict(steps=100, data="digits", encoder="convnet", lr_from="recipe", precision="auto"))
+    vit = type("Args", (), dict(steps=100, data="digits", encoder="vit", lr_from="recipe", precision="auto"))
     assert study.folder(conv, "dino", 0) == f"runs/objectives/digits_100steps/dino_lr0.0005{suffix}/seed0"
     assert study.folder(vit, "dino", 0) == "runs/objectives/digits_100steps_vit/dino_lr0.0005/seed0"
     conv.seeds, vit.seeds = [0], [0]
     lrs = {n: study.study_optimiser(n) for n in ("dino", "swav")}
-    assert f"Study settings: dino {overrides[0]}." in study.header(conv, ["dino", "swav"], lrs, "cmd")
-    assert not any(line.startswith("Study settings") for line in study.header(vit, ["dino", "swav"], lrs, "cmd"))
+    used = {"dino": ["bf16"], "swav": ["bf16"]}
+    assert f"Study settings: dino {overrides[0]}." in study.header(conv, ["dino", "swav"], lrs, "cmd", used)
+    assert not any(line.startswith("Study settings") for line in study.header(vit, ["dino", "swav"], lrs, "cmd", used))
+    assert "Precision: trainer.precision=auto → bf16 (each run's precision.json)." in study.header(
+        conv, ["dino", "swav"], lrs, "cmd", used)
+    fp32 = type("Args", (conv,), dict(precision="fp32"))  # a forced precision has its own run folders
+    assert study.folder(fp32, "swav", 1) == "runs/objectives/digits_100steps/swav_lr0.001_fp32/seed1"
 
 
 def test_plot_only_redraws_a_committed_table(tmp_path):

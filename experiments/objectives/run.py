@@ -71,11 +71,12 @@ def study_optimiser(name: str, lr_from: str = "recipe") -> dict:
 
 def folder(args, name: str, seed: int) -> str:
     """The run folder of one (objective, seed); the step budget (300: the original layout), a ViT and an lr other
-    than the uniform 2e-3 and the study's per-objective settings (``STUDY_OVERRIDES``) are part of it."""
+    than the uniform 2e-3, the study's per-objective settings (``STUDY_OVERRIDES``) and a forced precision are
+    part of it."""
     budget = "" if args.steps == 300 else f"_{args.steps}steps"
     lr = study_optimiser(name, args.lr_from)["lr"]
     tag = "" if lr == UNIFORM_LR else f"_lr{lr:g}"
-    tag += STUDY_OVERRIDES.get((name, args.encoder), ("", []))[0]
+    tag += STUDY_OVERRIDES.get((name, args.encoder), ("", []))[0] + ("" if args.precision == "auto" else f"_{args.precision}")
     return f"runs/objectives/{args.data}{budget}{'_vit' if args.encoder == 'vit' else ''}/{name}{tag}/seed{seed}"
 
 
@@ -90,11 +91,13 @@ def study_command(args) -> str:
     return (f"python experiments/objectives/run.py --data {args.data} --steps {args.steps} --seeds "
             f"{' '.join(map(str, args.seeds))}" + (" --encoder vit" if args.encoder == "vit" else "")
             + (f" --objectives {' '.join(args.objectives)} --tag {args.tag}" if args.tag else "")
-            + (" --lr-from uniform" if args.lr_from == "uniform" else ""))
+            + (" --lr-from uniform" if args.lr_from == "uniform" else "")
+            + (f" --precision {args.precision}" if args.precision != "auto" else ""))
 
 
-def header(args, rows: list[str], lrs: dict[str, dict], command: str) -> list[str]:
-    """The lines above a results table: protocol, lr per objective, the study's per-objective settings, command."""
+def header(args, rows: list[str], lrs: dict[str, dict], command: str, precisions: dict[str, list[str]]) -> list[str]:
+    """The lines above a results table: protocol, lr per objective, the study's per-objective settings, the
+    precision the runs trained in (their precision.json), command."""
     arch = "vit_tiny (width 64, depth 4)" if args.encoder == "vit" else "convnet width 16"
     lines = [f"{args.data}, {args.steps} steps, batch 128, {arch}, seeds {args.seeds} (mean ± std); "
              "pretrain s = wall-clock of build + training on the shared 2-core CPU, as measured.",
@@ -104,6 +107,8 @@ def header(args, rows: list[str], lrs: dict[str, dict], command: str) -> list[st
     settings = {n: study_settings(args, n) for n in rows if study_settings(args, n)}
     if settings:
         lines.append("Study settings: " + "; ".join(f"{n} {' '.join(o)}" for n, o in settings.items()) + ".")
+    used = sorted({p for names in precisions.values() for p in names})
+    lines.append(f"Precision: trainer.precision={args.precision} → {' / '.join(used)} (each run's precision.json).")
     return [*lines, f"Command: `{command}`"]
 
 
@@ -138,6 +143,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the result files (results_<data><tag>.md/json/csv/png)")
     parser.add_argument("--lr-from", default="recipe", choices=["recipe", "uniform"],
                         help="recipe: each objective's digits-recipe AdamW lr; uniform: 2e-3 for all (the first rounds)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="trainer.precision of every run (auto: what the machine's probe picks; recorded per run)")
     parser.add_argument("--plot-only", type=Path, nargs="?", const=ALL, default=None, metavar="JSON",
                         help="redraw the figures of a committed results_*.json (no JSON: of every one) and exit (no runs)")
     args = parser.parse_args()
@@ -156,7 +163,7 @@ def main() -> None:
             overrides = [*data, f"objective={name}", f"seed={seed}", f"trainer.steps={args.steps}",
                          "trainer.warmup_steps=20", "data.batch_size=128", *encoder_overrides(args),
                          "eval.plot=false", "eval.baselines=false", "logger.mode=disabled", "trainer.progress=false",
-                         f"run_dir={run_dir}"]
+                         f"run_dir={run_dir}", f"trainer.precision={args.precision}"]
             optimiser = study_optimiser(name, args.lr_from)
             overrides += [f"trainer.lr={optimiser['lr']}"] + (
                 [f"trainer.betas=[{','.join(map(str, optimiser['betas']))}]"] if "betas" in optimiser else [])
@@ -165,7 +172,8 @@ def main() -> None:
             overrides += study_settings(args, name)
             done = run_dir / "summary.json"
             summary = json.loads(done.read_text()) if done.exists() else run(compose("pretrain", overrides))
-            summary = summary | {"nmi": kmeans_nmi(run_dir), "seconds": summary["time/train_seconds"], "seed": seed}
+            summary = summary | {"nmi": kmeans_nmi(run_dir), "seconds": summary["time/train_seconds"], "seed": seed,
+                                 "precision": json.loads((run_dir / "precision.json").read_text())["name"]}
             results.setdefault(name, []).append(summary)  # a finished run (its summary.json) is reused
     # raw pixels and a random-init encoder of the same architecture: one run (seed 0), reused
     base_dir = Path(f"runs/objectives/{args.data}/baselines{'_vit' if args.encoder == 'vit' else ''}")
@@ -183,7 +191,8 @@ def main() -> None:
     rows = sorted(results, key=lambda n: -stat(n, "eval/image/ssl/linear_probe_accuracy")[0])
     command = study_command(args)
     lrs = {name: study_optimiser(name, args.lr_from) for name in rows}
-    lines = [*header(args, rows, lrs, command), "",
+    precisions = {name: sorted({r["precision"] for r in results[name]}) for name in rows}
+    lines = [*header(args, rows, lrs, command, precisions), "",
              "| objective | " + " | ".join(h for _, h, _ in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
     for rep, label in (("raw", "*raw pixels*"), ("random", f"*random-init {args.encoder}*")):
         cells = [format(baselines[rep][k], f) if k in baselines[rep] else "–" for k, _, f in METRICS]
@@ -194,12 +203,13 @@ def main() -> None:
         table[name] = {k: {"mean": m, "std": s, "per_seed": [r[k] for r in results[name]]} for k, (m, s) in stats.items()}
         table[name]["optimiser"] = lrs[name]
         table[name]["overrides"] = study_settings(args, name)
+        table[name]["precision"] = precisions[name]
         lines.append(f"| {name} | " + " | ".join(f"{stats[k][0]:{f}} ± {stats[k][1]:{f}}" for k, _, f in METRICS) + " |")
     stem = HERE / f"results_{args.data}{args.tag}"
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     stem.with_suffix(".json").write_text(json.dumps(
         {"data": args.data, "steps": args.steps, "encoder": args.encoder, "seeds": args.seeds, "command": command,
-         "lr_from": args.lr_from, "baselines": baselines, "objectives": table}, indent=2) + "\n")
+         "lr_from": args.lr_from, "precision": args.precision, "baselines": baselines, "objectives": table}, indent=2) + "\n")
     with stem.with_suffix(".csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["objective"] + [f"{h} {s}" for _, h, _ in METRICS for s in ("mean", "std")])
