@@ -10,9 +10,10 @@
   dot products run bf16 GEMMs several times faster than fp32; without them bf16 is emulated and slower)
   *and* on the workload (a small MLP is dominated by per-op overhead, where autocast's casts only add
   cost). So a short probe times one forward+backward of a ``Workload`` — by default a 512×512 matmul
-  and a small 3×3 convolution (NHWC), or the run's own network — in fp32 and in bf16 autocast,
-  alternating the two in blocks and taking each one's median block time, and picks bf16 (with
-  channels_last) when it is faster by more than ``MARGIN``. A few hundred milliseconds in all.
+  and a small 3×3 convolution (NHWC), or the run's own network (pretraining: its model on a batch of its
+  data, ``step_workload``; PPO: its agent on a minibatch) — in fp32 and in bf16 autocast, alternating the
+  two in blocks and taking each one's median block time, and picks bf16 (with channels_last) when it is
+  faster by more than ``MARGIN``. A few hundred milliseconds to a few seconds, once per machine and workload.
 
 The probe's result is cached as JSON in ``$MMSSL_CACHE_DIR`` (else ``$XDG_CACHE_HOME/mmssl``, else
 ``~/.cache/mmssl``), one file per (CPU model and flags, device name, torch version, workload):
@@ -168,6 +169,28 @@ def module_workload(name: str, make: Callable[[], tuple[torch.nn.Module, Callabl
     return Workload(name, build)
 
 
+def step_workload(name: str, make: Callable[[], tuple[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]]],
+                  device: torch.device | str = "cpu") -> Workload:
+    """Like :func:`module_workload`, with each candidate's memory format: under a channels_last candidate the
+    module and the 4-d tensors its ``loss_fn`` is given are converted first — a pretraining step as it runs
+    (``loss_fn(module, to_format)``, where ``to_format(x)`` puts a 4-d tensor in the candidate's format)."""
+
+    def build() -> Callable[[Precision], None]:
+        module, loss_fn = make()
+
+        def step(precision: Precision) -> None:
+            fmt = torch.channels_last if precision.channels_last else torch.contiguous_format
+            module.to(memory_format=fmt)
+            with precision.autocast(device):
+                loss = loss_fn(module, lambda x: x.contiguous(memory_format=fmt) if x.ndim == 4 else x)
+            loss.float().backward()
+            module.zero_grad(set_to_none=True)
+
+        return step
+
+    return Workload(name, build)
+
+
 # -- the probe ---------------------------------------------------------------------------------------
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -178,10 +201,12 @@ def probe(workload: Workload, device: torch.device | str = "cpu", budget_s: floa
           rounds: int = 5) -> Precision:
     """Time ``workload`` in fp32 and in bf16 (+channels_last) autocast; the faster by ``MARGIN`` wins.
 
-    One warm-up step each, then ``rounds`` rounds that each run a block of k steps of fp32 then of bf16
+    Two warm-up steps each (one when a step is slower than ``budget_s``), then ``rounds`` rounds that each run a block of k steps of fp32 then of bf16
     (the order flips every round, so a neighbour's load spike hits both alike); k is sized from the
-    warm-up so the whole probe takes about ``budget_s``. Each candidate's figure is its median block time
-    per step. The torch RNG is forked: a run's random stream is the same with or without the probe.
+    warm-up so the whole probe takes about ``budget_s`` (fewer rounds of one step, down to one, when a
+    step alone is slower than that: a ResNet on a real batch probes in seconds, once per machine). Each
+    candidate's figure is its median block time per step. The torch RNG is forked: a run's random stream is
+    the same with or without the probe.
     """
     device = torch.device(device)
     candidates = {"fp32": Precision("fp32", False, "probe"), "bf16": Precision("bf16", True, "probe")}
@@ -194,6 +219,10 @@ def probe(workload: Workload, device: torch.device | str = "cpu", budget_s: floa
                 step(cand)
                 _sync(device)
                 first[key] = time.perf_counter() - start
+                if first[key] > budget_s:  # a step that slow amortises its setup: one warm-up is enough
+                    break
+        # a slow step (a ResNet on a real batch): fewer rounds (down to one), so a probe stays a few seconds
+        rounds = max(1, min(rounds, int(3 * budget_s / (2 * max(*first.values(), 1e-6)))))
         per_block = budget_s / (2 * rounds)
         reps = max(1, min(50, int(per_block / max(*first.values(), 1e-6))))
         times: dict[str, list[float]] = {k: [] for k in candidates}

@@ -13,6 +13,9 @@ are functions of progress, the precision is the one the run folder recorded).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +69,9 @@ def make_optimizer(model: torch.nn.Module, tcfg: DictConfig) -> torch.optim.Opti
     raise ConfigError(f"trainer.optimizer must be adamw, sgd or lars, got {tcfg.optimizer!r}")
 
 
+PROBE_BATCH = 64  # samples in the step that precision=auto times (the run's batch when smaller)
+
+
 class Trainer:
     """Runs ``cfg`` in ``run_dir``: build, (resume), train, checkpoint, evaluate.
 
@@ -89,9 +95,7 @@ class Trainer:
         self.device = resolve_device(str(cfg.device))
         self.rank, self.world = distributed.init_from_env(self.device)
         tcfg = cfg.trainer
-        self._init_precision(tcfg, bool(cfg.resume))
-        cl = tcfg.get("channels_last")
-        self.channels_last = self.precision.channels_last if cl is None else bool(cl)
+        precision.check_value(str(tcfg.get("precision", "auto")), self.device)  # a bad value fails before any build
         torch.manual_seed(int(cfg.seed))
         self.data: DatasetSplits = build_data(cfg)
         missing = [m for m in cfg.encoder if m not in self.data.train.modalities]
@@ -100,6 +104,9 @@ class Trainer:
                               "pick a dataset with those modalities or drop the encoders")
         torch.manual_seed(int(cfg.seed))
         self.model: SSLModel = build_model(cfg).to(self.device)
+        self._init_precision(tcfg, bool(cfg.resume), workload=self._step_workload())
+        cl = tcfg.get("channels_last")
+        self.channels_last = self.precision.channels_last if cl is None else bool(cl)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.strategy = str(tcfg.get("distributed", "ddp"))
@@ -116,14 +123,37 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg.trainer)
         self._init_loop(cfg.trainer)
 
-    def _init_precision(self, tcfg: DictConfig, resume: bool, prefix: str = "trainer.") -> None:
+    def _init_precision(self, tcfg: DictConfig, resume: bool, prefix: str = "trainer.",
+                        workload: precision.Workload | None = None) -> None:
         """``self.precision`` from ``tcfg.precision`` (resumed: the run folder's record; see ``mmssl.precision``)
-        and ``self.scaler``, fp16's loss scaler (None otherwise)."""
+        and ``self.scaler``, fp16's loss scaler (None otherwise); ``workload`` is what auto's CPU probe times
+        (default: the standard matmul + convolution)."""
         if "amp" in tcfg:  # a stored config of an earlier version
             raise ConfigError(f"{prefix}amp was replaced by {RENAMED_KEYS[prefix + 'amp']}; rename the key")
         self.precision: Precision = precision.for_run(str(tcfg.get("precision", "auto")), self.device, self.run_dir,
-                                                      resume, key=f"{prefix}precision")
+                                                      resume, workload, key=f"{prefix}precision")
         self.scaler = self.precision.grad_scaler(self.device)
+
+    def _step_workload(self) -> precision.Workload:
+        """What ``precision=auto`` times on a CPU: forward+backward of (a copy of) this run's model and objectives
+        on a batch of its own training data (at most ``PROBE_BATCH`` samples). One CPU can prefer bf16 for a
+        conv net and fp32 for a ViT (Fashion-MNIST ViT-tiny SimCLR here: bf16 1.8× slower, a ResNet-18 1.4×
+        faster), so the probe runs the model, not a stand-in; cached per model, data config and batch."""
+        n = min(int(self.cfg.data.batch_size), PROBE_BATCH)
+        source = self.data.stream or self.data.train
+        signature = f"{self.model!r}|{sorted(to_container(self.cfg.data).items())!r}|{n}"
+        name = f"pretrain-{hashlib.sha256(signature.encode()).hexdigest()[:12]}-b{n}"
+
+        def make():
+            batch = next(iter(Loader(source, n, int(self.cfg.seed)))).to(self.device)
+            model = copy.deepcopy(self.model).train()  # queues, centres and BN statistics of the run stay untouched
+
+            def loss(module: torch.nn.Module, to_format) -> torch.Tensor:
+                return module(dataclasses.replace(batch, data={k: to_format(v) for k, v in batch.data.items()}))[0]
+
+            return model, loss
+
+        return precision.step_workload(name, make, self.device)
 
     def _init_loop(self, tcfg: DictConfig, prefix: str = "trainer.") -> None:
         """The schedule and counters of the loop over ``self.optimizer``, run by ``tcfg`` (the ``trainer`` keys:

@@ -202,3 +202,25 @@ def test_fp16_on_cuda_uses_a_loss_scaler(tmp_path):
     trainer = _pretrain(tmp_path, "device=cuda", "trainer.precision=fp16", "trainer.steps=2")
     assert trainer.precision.name == "fp16" and isinstance(trainer.scaler, torch.amp.GradScaler)
     assert P.resolve_precision("auto", "cuda").source == "device"
+
+
+def test_pretraining_probe_times_the_runs_own_model_and_leaves_the_run_as_it_was(measured, tmp_path, monkeypatch):
+    """auto's CPU probe runs (a copy of) the run's model on a batch of its data: a workload named per model,
+    data config and batch, while the run's model, objective state and random stream are what they are
+    without a probe."""
+    extra = ("objective=moco_v2", "objective.moco_v2.queue_size=64")  # a queue: state the probe must not touch
+    probed = Trainer(compose("pretrain", tiny_overrides(tmp_path / "probed", *extra)), tmp_path / "probed")
+    after_probe = torch.get_rng_state()
+    record = probed.precision.to_json()
+    assert record["source"] == "probe" and record["probe"]["workload"].startswith("pretrain-")
+    batch = compose("pretrain", tiny_overrides(tmp_path / "x", *extra)).data.batch_size
+    assert record["probe"]["workload"].endswith(f"-b{min(batch, 64)}")
+    monkeypatch.setenv("MMSSL_AUTO_PRECISION", record["name"])  # the same choice, without a probe
+    plain = Trainer(compose("pretrain", tiny_overrides(tmp_path / "plain", *extra)), tmp_path / "plain")
+    assert torch.equal(after_probe, torch.get_rng_state())
+    a, b = probed.model.state_dict(), plain.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    monkeypatch.delenv("MMSSL_AUTO_PRECISION")
+    other = Trainer(compose("pretrain", tiny_overrides(tmp_path / "other", *extra, "encoder.image.width=8")),
+                    tmp_path / "other")
+    assert other.precision.probe["workload"] != record["probe"]["workload"]  # another model, its own probe
