@@ -107,10 +107,10 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
-def lightly_simclr_model() -> torch.nn.Module:
-    """lightly's documented SimCLR model: torchvision ResNet-18 without its classifier + SimCLRProjectionHead."""
+def resnet18_simclr_model(head: torch.nn.Module | None = None) -> torch.nn.Module:
+    """torchvision ResNet-18 without its classifier + a projection head (default: the layer shapes of lightly's
+    ``SimCLRProjectionHead(512, 2048, 128)`` in plain torch, so the bare-model reference needs no lightly)."""
     import torchvision
-    from lightly.models.modules import SimCLRProjectionHead
     from torch import nn
 
     class SimCLR(nn.Module):
@@ -118,9 +118,17 @@ def lightly_simclr_model() -> torch.nn.Module:
             super().__init__()
             resnet = torchvision.models.resnet18()
             self.backbone = nn.Sequential(*list(resnet.children())[:-1])
-            self.projection_head = SimCLRProjectionHead(512, 2048, 128)
+            self.projection_head = head if head is not None else nn.Sequential(
+                nn.Linear(512, 2048), nn.BatchNorm1d(2048), nn.ReLU(inplace=True), nn.Linear(2048, 128))
 
         def forward(self, x):
             return self.projection_head(self.backbone(x).flatten(start_dim=1))
 
     return SimCLR()
+
+
+def lightly_simclr_model() -> torch.nn.Module:
+    """lightly's documented SimCLR model: torchvision ResNet-18 without its classifier + SimCLRProjectionHead."""
+    from lightly.models.modules import SimCLRProjectionHead
+
+    return resnet18_simclr_model(SimCLRProjectionHead(512, 2048, 128))

@@ -40,7 +40,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, has, lightly_simclr_model, machine, matmul_peak_gflops, median, peak_rss_mb, table  # noqa: E402
+from common import (  # noqa: E402
+    emit,
+    has,
+    lightly_simclr_model,
+    machine,
+    matmul_peak_gflops,
+    median,
+    peak_rss_mb,
+    resnet18_simclr_model,
+    table,
+)
 
 from mmssl.config import compose  # noqa: E402
 from mmssl.train.trainer import Trainer  # noqa: E402
@@ -162,7 +172,7 @@ def count_flops(fn) -> float:
 
 def bare_model(args, dtype: torch.dtype, seconds: float) -> dict:
     """FLOPs and FLOP/s of the model alone: ResNet-18 + head forward and backward on (2·batch, 3, 32, 32) views."""
-    model = lightly_simclr_model()
+    model = resnet18_simclr_model()
     x = torch.randn(2 * args.batch, 3, 32, 32)
     if args.channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
