@@ -11,7 +11,7 @@
   *and* on the workload (a small MLP is dominated by per-op overhead, where autocast's casts only add
   cost). So a short probe times one forward+backward of a ``Workload`` — by default a 512×512 matmul
   and a small 3×3 convolution (NHWC), or the run's own network (pretraining: its model on a batch of its
-  data, ``step_workload``; PPO: its agent on a minibatch) — in fp32 and in bf16 autocast, alternating the
+  data; PPO: its agent on a minibatch; ``module_workload``) — in fp32 and in bf16 autocast, alternating the
   two in blocks and taking each one's median block time, and picks bf16 (with channels_last) when it is
   faster by more than ``MARGIN``. A few hundred milliseconds to a few seconds, once per machine and workload.
 
@@ -150,39 +150,23 @@ def standard_workload(device: torch.device | str = "cpu", size: int = 512, chann
     return Workload(f"standard-{size}-{channels}x{image}x{image}-b{batch}", build)
 
 
-def module_workload(name: str, make: Callable[[], tuple[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]]],
-                    device: torch.device | str = "cpu") -> Workload:
-    """One forward+backward of ``loss_fn(module)``, ``(module, loss_fn) = make()`` — e.g. a copy of a PPO
-    network on a minibatch of real observations. Gradients are cleared after each step; nothing is updated."""
+def module_workload(name: str, make: Callable[[], tuple[torch.nn.Module, Callable[..., torch.Tensor]]],
+                    device: torch.device | str = "cpu", memory_format: bool = False) -> Workload:
+    """One forward+backward of ``loss_fn(module, to_format)``, ``(module, loss_fn) = make()`` — a copy of a
+    PPO network on a minibatch of real observations, or of a pretraining model on a batch of its data. With
+    ``memory_format`` a channels_last candidate converts the module first and ``to_format(x)`` puts a 4-d
+    input in its format (the step as the run will take it); otherwise ``to_format`` returns its input.
+    Gradients are cleared after each step; nothing is updated."""
 
     def build() -> Callable[[Precision], None]:
         module, loss_fn = make()
 
         def step(precision: Precision) -> None:
+            fmt = torch.channels_last if memory_format and precision.channels_last else torch.contiguous_format
+            if memory_format:
+                module.to(memory_format=fmt)
             with precision.autocast(device):
-                loss = loss_fn(module)
-            loss.float().backward()
-            module.zero_grad(set_to_none=True)
-
-        return step
-
-    return Workload(name, build)
-
-
-def step_workload(name: str, make: Callable[[], tuple[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]]],
-                  device: torch.device | str = "cpu") -> Workload:
-    """Like :func:`module_workload`, with each candidate's memory format: under a channels_last candidate the
-    module and the 4-d tensors its ``loss_fn`` is given are converted first — a pretraining step as it runs
-    (``loss_fn(module, to_format)``, where ``to_format(x)`` puts a 4-d tensor in the candidate's format)."""
-
-    def build() -> Callable[[Precision], None]:
-        module, loss_fn = make()
-
-        def step(precision: Precision) -> None:
-            fmt = torch.channels_last if precision.channels_last else torch.contiguous_format
-            module.to(memory_format=fmt)
-            with precision.autocast(device):
-                loss = loss_fn(module, lambda x: x.contiguous(memory_format=fmt) if x.ndim == 4 else x)
+                loss = loss_fn(module, lambda x: x.contiguous(memory_format=fmt) if memory_format and x.ndim == 4 else x)
             loss.float().backward()
             module.zero_grad(set_to_none=True)
 

@@ -69,6 +69,11 @@ def study_optimiser(name: str, lr_from: str = "recipe") -> dict:
     return {"lr": float(trainer["lr"])} | ({"betas": list(trainer["betas"])} if "betas" in trainer else {})
 
 
+def study_override(args, name: str) -> tuple[str, list[str]]:
+    """(folder suffix, overrides) of one objective's ``STUDY_OVERRIDES`` entry for the run's encoder; none: ("", [])."""
+    return STUDY_OVERRIDES.get((name, args.encoder), ("", []))
+
+
 def folder(args, name: str, seed: int) -> str:
     """The run folder of one (objective, seed); the step budget (300: the original layout), a ViT and an lr other
     than the uniform 2e-3, the study's per-objective settings (``STUDY_OVERRIDES``) and a forced precision are
@@ -76,14 +81,14 @@ def folder(args, name: str, seed: int) -> str:
     budget = "" if args.steps == 300 else f"_{args.steps}steps"
     lr = study_optimiser(name, args.lr_from)["lr"]
     tag = "" if lr == UNIFORM_LR else f"_lr{lr:g}"
-    tag += STUDY_OVERRIDES.get((name, args.encoder), ("", []))[0] + ("" if args.precision == "auto" else f"_{args.precision}")
+    tag += study_override(args, name)[0] + ("" if args.precision == "auto" else f"_{args.precision}")
     return f"runs/objectives/{args.data}{budget}{'_vit' if args.encoder == 'vit' else ''}/{name}{tag}/seed{seed}"
 
 
 def study_settings(args, name: str) -> list[str]:
     """The overrides one objective gets on top of its own config in this study (``DATA_OVERRIDES``,
     ``STUDY_OVERRIDES``); recorded in the table's header and JSON."""
-    return DATA_OVERRIDES.get((name, args.data), []) + STUDY_OVERRIDES.get((name, args.encoder), ("", []))[1]
+    return DATA_OVERRIDES.get((name, args.data), []) + study_override(args, name)[1]
 
 
 def study_command(args) -> str:
@@ -104,7 +109,7 @@ def header(args, rows: list[str], lrs: dict[str, dict], command: str, precisions
              "AdamW lr per objective (" + ("its digits recipe's" if args.lr_from == "recipe" else "uniform") + "): "
              + ", ".join(f"{n} {o['lr']:g}" + (f" β {tuple(o['betas'])}" if "betas" in o else "") for n, o in lrs.items())
              + "."]
-    settings = {n: study_settings(args, n) for n in rows if study_settings(args, n)}
+    settings = {n: o for n in rows if (o := study_settings(args, n))}
     if settings:
         lines.append("Study settings: " + "; ".join(f"{n} {' '.join(o)}" for n, o in settings.items()) + ".")
     used = sorted({p for names in precisions.values() for p in names})

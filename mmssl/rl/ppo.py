@@ -274,7 +274,7 @@ class PPO:
             with torch.no_grad():
                 actions = agent.act(obs).action
 
-            def loss(module: nn.Module) -> torch.Tensor:
+            def loss(module: nn.Module, _to_format) -> torch.Tensor:  # PPO keeps its memory format
                 new = module.evaluate(obs, actions)
                 return new.value.float().square().mean() - new.logprob.float().mean() - new.entropy.float().mean()
 

@@ -153,7 +153,7 @@ class Trainer:
 
             return model, loss
 
-        return precision.step_workload(name, make, self.device)
+        return precision.module_workload(name, make, self.device, memory_format=True)
 
     def _init_loop(self, tcfg: DictConfig, prefix: str = "trainer.") -> None:
         """The schedule and counters of the loop over ``self.optimizer``, run by ``tcfg`` (the ``trainer`` keys:
