@@ -34,6 +34,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import alternate, emit, has, machine, mean_std, median, summary, table  # noqa: E402
@@ -138,6 +139,7 @@ def main() -> None:
     if args.tiny:
         args.env_steps, args.rounds, args.steps, args.pixel_steps, args.seeds = 200, 1, 1024, 1024, args.seeds[:1]
     torch.set_num_threads(1)
+    threadpool_limits(1)  # numpy's BLAS too (the numpy PPO update of the MLP agent): one thread each
     env_runners = {"minigrid": env_runner(args.env_id, False), "mmssl": env_runner(args.env_id, True)}
     env_speed = alternate({n: functools.partial(r, args.env_steps) for n, r in env_runners.items()}, args.rounds)
 

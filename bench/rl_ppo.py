@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, has, machine, mean_std, peak_rss_mb, summary, table  # noqa: E402
@@ -89,7 +90,7 @@ CLEANRL = ("import runpy, sys, torch; torch.set_num_threads(1); sys.argv = ['ppo
 def run_cleanrl(total: int, seed: int, last: int) -> dict:
     folder = tempfile.mkdtemp(prefix="bench-cleanrl-")  # it writes runs/<name>/ tensorboard files to its cwd
     try:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
                "CUDA_VISIBLE_DEVICES": ""}
         proc = subprocess.run([sys.executable, "-c", CLEANRL, "--total-timesteps", str(total), "--seed", str(seed),
                                "--track", "false", "--cuda", "false", "--capture-video", "false"],
@@ -136,6 +137,7 @@ def main() -> None:
     if args.tiny:
         args.steps, args.seeds = 1024, args.seeds[:1]
     torch.set_num_threads(1)
+    threadpool_limits(1)  # numpy's BLAS too (mmssl's numpy update, SB3's and CleanRL's numpy): one thread each
     libs = available(args.libs)
     runners = {"mmssl": run_mmssl, "sb3": run_sb3, "cleanrl": run_cleanrl,
                "mmssl_rnd": lambda total, seed, last: run_mmssl(total, seed, last, intrinsic=True)}

@@ -20,7 +20,10 @@ class ChannelsFirst(gym.ObservationWrapper):
 
 
 class SuccessInfo(gym.Wrapper):
-    """Adds ``info["success"]`` (1.0 / 0.0) on every step.
+    """Adds ``info["success"]`` (1.0 / 0.0) on the step an episode ends (terminates or truncates).
+
+    Only there: a key in every step's info costs a vector env a merge per env and step, and success
+    is read when an episode ends (``final_info``; evaluation reads a missing key as 0).
 
     ``rule="positive_terminal"``: an episode succeeds when it terminates (not truncates) with a
     positive reward — MiniGrid's goal reward. ``rule="none"``: never (tasks without a notion of success).
@@ -38,8 +41,9 @@ class SuccessInfo(gym.Wrapper):
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        info = dict(info)
-        info["success"] = float(self.rule == "positive_terminal" and terminated and reward > 0)
+        if terminated or truncated:
+            info = dict(info)
+            info["success"] = float(self.rule == "positive_terminal" and terminated and reward > 0)
         return obs, reward, terminated, truncated, info
 
 

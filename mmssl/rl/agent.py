@@ -9,6 +9,7 @@ state-independent log-std (CleanRL's ``ppo_continuous_action.py``).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -132,6 +133,19 @@ class Agent(nn.Module):
             features, out, value, value_int = self._wide_forward(obs, layers)
         action, logprob, entropy = self._policy(out, None, deterministic, generator, entropy)
         return Step(features, action, logprob, entropy, value, value_int)
+
+    def rollout_act(self, obs: Obs):
+        """``act`` (sampling, no entropy) for a rollout whose first observations are ``obs``: the weights stay
+        fixed for its length, so the path (numpy or torch) and the wide network are chosen once, not per step."""
+        if not torch.is_grad_enabled() and self._wide() is not None and self._numpy_rollout(obs):
+            return functools.partial(self._act_numpy, deterministic=False, generator=None, entropy=False)
+        return self.act
+
+    def bootstrap(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(features, value, intrinsic value or None) of observations, drawing no random numbers: what a
+        rollout needs of final and last observations (through the same fast paths as ``act``)."""
+        step = self.act(obs, deterministic=True)
+        return step.features, step.value, step.value_int
 
     def evaluate(self, obs: Obs, action: torch.Tensor) -> Step:
         """Log-probability, entropy and values of given actions (B, ...) under the current policy."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ from mmssl.config import registry_kwargs
 from mmssl.errors import ConfigError, NonFiniteError
 from mmssl.precision import Precision, Workload, for_run, module_workload
 from mmssl.registry import INTRINSIC_REWARDS
+from mmssl.rl import numpy_update
 from mmssl.rl.agent import Agent, scale_action
 from mmssl.rl.aux import build_aux_objectives, rollout_batch
 from mmssl.rl.normalize import ObsNormalizer, RewardScaler
@@ -125,15 +127,28 @@ def to_tensor(obs) -> torch.Tensor | dict[str, torch.Tensor]:
     return torch.as_tensor(np.asarray(obs))
 
 
-def check_finite(values, what: str, where: str, envs: np.ndarray | None = None) -> None:
-    """Raise ``NonFiniteError`` naming ``what``, the env indices and ``where`` when a float array of
-    ``values`` (N, ...) — or a dict of them — holds a NaN or Inf; ``envs`` maps rows to env indices."""
+class _Where:
+    """Where in a rollout a step is, as ``check_finite`` names it: formatted only when there is an error."""
+
+    __slots__ = ("step", "update", "t", "steps")
+
+    def __init__(self, step: int, update: int, t: int, steps: int):
+        self.step, self.update, self.t, self.steps = step, update, t, steps
+
+    def __str__(self) -> str:
+        return f"env step {self.step} (update {self.update}, rollout step {self.t}/{self.steps})"
+
+
+def check_finite(values, what: str, where, envs: np.ndarray | None = None) -> None:
+    """Raise ``NonFiniteError`` naming ``what``, the env indices and ``where`` (a string, or an object whose
+    ``str`` is one) when a float array of ``values`` (N, ...) — or a dict of them — holds a NaN or Inf;
+    ``envs`` maps rows to env indices."""
     if isinstance(values, Mapping):
         for key, value in values.items():
             check_finite(value, f"{what}[{key!r}]", where, envs)
         return
-    array = np.asarray(values)
-    if not np.issubdtype(array.dtype, np.floating) or np.isfinite(array).all():
+    array = values if isinstance(values, np.ndarray) else np.asarray(values)
+    if array.dtype.kind != "f" or np.isfinite(array).all():
         return
     rows = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
     index = [int(envs[r]) if envs is not None else int(r) for r in rows]
@@ -255,10 +270,34 @@ class PPO:
         self.recent_success: deque = deque(maxlen=100)
         obs, _ = self.envs.reset(seed=env_seed)
         self.next_obs = self.prepare(self.to_device(to_tensor(obs)))
-        # after the first observations (the probe's minibatch is made of them); the probe forks the RNG
-        self.precision: Precision = for_run(str(cfg.get("precision", "auto")), self.device, cfg.get("run_dir"),
-                                            bool(cfg.get("resume", False)), self._update_workload(), key="precision")
+        self.precision, self.mlp_update = self._choose_engine(str(a.get("update_engine", "auto")),
+                                                              str(cfg.get("precision", "auto")))
         self.scaler = self.precision.grad_scaler(self.device)
+
+    def _choose_engine(self, engine: str, value: str) -> tuple[Precision, numpy_update.MLPUpdate | None]:
+        """The update's precision and, for CleanRL's MLP agents, its numpy engine (``numpy_update``).
+
+        ``agent.update_engine``: auto (numpy where the agent fits it, else autograd) | numpy (refused with
+        the reason when it does not fit) | torch. Under the numpy engine ``precision=auto`` is fp32 without
+        a probe (the engine computes in fp32); elsewhere — or when a resumed run recorded its precision,
+        or MMSSL_AUTO_PRECISION says what auto is — it is resolved as everywhere (``for_run``).
+        """
+        if engine not in numpy_update.ENGINES:
+            raise ConfigError(f"agent.update_engine must be one of {list(numpy_update.ENGINES)}, got {engine!r}")
+        resume, run_dir = bool(self.cfg.get("resume", False)), self.cfg.get("run_dir")
+        reason = numpy_update.unsupported(self, value) if engine != "torch" else "agent.update_engine=torch"
+        if engine == "numpy" and reason:
+            raise ConfigError(f"agent.update_engine=numpy cannot run this agent: {reason}; use agent.update_engine=auto")
+        recorded = resume and run_dir is not None and precision.read_record(run_dir) is not None
+        if reason is None and value == "auto" and not recorded and not os.environ.get("MMSSL_AUTO_PRECISION"):
+            chosen = Precision("fp32", False, "numpy update engine")
+        else:  # after the first observations (the probe's minibatch is made of them); the probe forks the RNG
+            chosen = for_run(value, self.device, run_dir, resume, self._update_workload(), key="precision")
+            reason = reason or numpy_update.unsupported(self, chosen.name)
+            if engine == "numpy" and reason:
+                raise ConfigError(f"agent.update_engine=numpy cannot run this agent: {reason}; "
+                                  "use agent.update_engine=auto")
+        return chosen, (numpy_update.MLPUpdate(self.agent, self.optimizer) if reason is None else None)
 
     def _update_workload(self) -> Workload:
         """The probe of ``precision=auto``: forward+backward of (a copy of) this agent on one minibatch of the
@@ -344,48 +383,39 @@ class PPO:
         next_feature_fixups: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         episodes: list[tuple[float, float, float, float | None]] = []
         self.agent.eval()
+        cpu, space, intrinsic = device.type == "cpu", self.action_space, list(self.intrinsic.values())
         with torch.no_grad():
+            act = self.agent.rollout_act(self.next_obs)  # the weights are fixed for the rollout: path chosen once
             for t in range(T):
                 obs = self.next_obs
-                step = self.agent.act(obs)
+                step = act(obs)
                 raw_next, reward, terminated, truncated, infos = self.envs.step(
-                    scale_action(step.action.cpu().numpy(), self.action_space))
+                    scale_action(step.action.numpy() if cpu else step.action.cpu().numpy(), space))
                 self.global_step += N * self.world
-                where = f"env step {self.global_step} (update {self.update_index + 1}, rollout step {t + 1}/{T})"
+                where = _Where(self.global_step, self.update_index + 1, t + 1, T)  # formatted only for an error
                 check_finite(raw_next, "observation", where)
                 check_finite(reward, "reward", where)
-                done = np.logical_or(terminated, truncated)
-                done_t = torch.from_numpy(done.astype(np.float32)).to(device)
-                next_obs = self.prepare(self.to_device(to_tensor(raw_next)))  # the one host → device copy of the step
+                done = terminated | truncated
+                done_t = torch.from_numpy(done.astype(np.float32))
+                next_obs = self.prepare(to_tensor(raw_next) if cpu else self.to_device(to_tensor(raw_next)))
                 real_next = next_obs if not isinstance(next_obs, dict) else dict(next_obs)
-                reward = self.reward_scaler(torch.from_numpy(np.asarray(reward, dtype=np.float32)).to(device),
-                                            torch.from_numpy(done).to(device))
+                reward = torch.from_numpy(np.asarray(reward, dtype=np.float32))
+                if not cpu:
+                    done_t, reward = done_t.to(device), reward.to(device)
+                if self.reward_scaler.enabled:
+                    reward = self.reward_scaler(reward, done_t)
                 if done.any():
                     idx = np.flatnonzero(done)
-                    final_raw = _stack_final(infos["final_obs"], idx)
-                    check_finite(final_raw, "final observation", where, envs=idx)
-                    final = self.prepare(self.to_device(to_tensor(final_raw)), update_stats=False)
-                    idx_t = torch.from_numpy(idx).to(device)
-                    if isinstance(real_next, dict):
-                        real_next = {k: v.clone() for k, v in real_next.items()}
-                        for k in real_next:
-                            real_next[k][idx_t] = final[k]
-                    else:
-                        real_next = real_next.clone()
-                        real_next[idx_t] = final
-                    final_features = self.agent.features(final)
-                    final_value, _ = self.agent.values(final, final_features)
-                    trunc = torch.as_tensor(truncated[idx] & ~terminated[idx], dtype=torch.float32, device=device)
-                    reward[idx_t] += gamma * final_value * trunc  # bootstrap time-limit truncations
+                    real_next, idx_t, final_features = self._episode_ends(idx, infos, terminated, truncated, real_next,
+                                                                          reward, gamma, where)
                     episodes += _finished_episodes(infos["final_info"], idx)
                     next_feature_fixups.append((t, idx_t, final_features))
-                for reward_fn in self.intrinsic.values():
+                for reward_fn in intrinsic:
                     reward_fn.watch(obs, step.action, real_next, done_t)
                 buffer.put(t, obs=obs, next_obs=real_next, actions=step.action, logprobs=step.logprob, values=step.value,
                            values_int=step.value_int, rewards=reward, dones=done_t, features=step.features)
                 self.next_obs = next_obs
-            last_features = self.agent.features(self.next_obs)
-            last_value, last_value_int = self.agent.values(self.next_obs, last_features)
+            last_features, last_value, last_value_int = self.agent.bootstrap(self.next_obs)
 
         features = buffer["features"]  # (T, N, D)
         next_features = torch.cat([features[1:], last_features[None]])
@@ -420,6 +450,27 @@ class PPO:
                 "advantages": advantages, "returns": returns, "returns_int": returns_int, "bonus": bonus,
                 "episodes": episodes}
 
+    def _episode_ends(self, idx: np.ndarray, infos: dict, terminated: np.ndarray, truncated: np.ndarray, real_next,
+                      reward: torch.Tensor, gamma: float, where):
+        """Envs ``idx`` ended an episode this step: their true final observations go into ``real_next`` (a
+        copy) and time-limit truncations are bootstrapped in ``reward`` (in place) with ``γ·V(final_obs)``.
+        Returns (real_next, idx as a tensor, the final observations' features)."""
+        final_raw = _stack_final(infos["final_obs"], idx)
+        check_finite(final_raw, "final observation", where, envs=idx)
+        final = self.prepare(self.to_device(to_tensor(final_raw)), update_stats=False)
+        idx_t = torch.from_numpy(idx).to(self.device)
+        if isinstance(real_next, dict):
+            real_next = {k: v.clone() for k, v in real_next.items()}
+            for k in real_next:
+                real_next[k][idx_t] = final[k]
+        else:
+            real_next = real_next.clone()
+            real_next[idx_t] = final
+        final_features, final_value, _ = self.agent.bootstrap(final)
+        trunc = torch.as_tensor(truncated[idx] & ~terminated[idx], dtype=torch.float32, device=self.device)
+        reward[idx_t] += gamma * final_value * trunc
+        return real_next, idx_t, final_features
+
     def optimise(self, data: dict, orders: list[list[torch.Tensor]] | None = None) -> dict[str, list[float]]:
         """Step 4: ``update_epochs`` passes of clipped policy, value, entropy and auxiliary losses over minibatches.
 
@@ -432,6 +483,10 @@ class PPO:
         a = self.cfg.agent
         clip, clip_v, ent_coef, vf_coef = float(a.clip_coef), bool(a.clip_vloss), float(a.ent_coef), float(a.vf_coef)
         norm_adv, max_norm = bool(a.norm_adv), float(a.max_grad_norm)  # plain values: no config lookups per minibatch
+        if self.mlp_update is not None:
+            hp = {"lr": self.optimizer.param_groups[0]["lr"], "clip": clip, "clip_vloss": clip_v, "ent_coef": ent_coef,
+                  "vf_coef": vf_coef, "norm_adv": norm_adv, "max_grad_norm": max_norm}
+            return self._optimise_numpy(data, orders, hp)
         rollout, returns_int, values_int = data["rollout"], data["returns_int"], data["values_int"]
         b_obs, b_next = flatten_obs(rollout.obs), flatten_obs(rollout.next_obs)
         b_actions, b_dones = rollout.actions.flatten(0, 1), rollout.dones.flatten(0, 1)
@@ -477,6 +532,26 @@ class PPO:
             if a.target_kl is not None and _mean_over_ranks(stats["approx_kl"][-1], self.world) > float(a.target_kl):
                 break  # CleanRL's early stop on the last minibatch's KL estimate (every rank decides alike)
         return stats
+
+    def _optimise_numpy(self, data: dict, orders: list[list[torch.Tensor]] | None, hp: dict) -> dict[str, list[float]]:
+        """Step 4 through ``numpy_update.MLPUpdate``: the same minibatches (the same ``randperm`` draws), losses
+        and statistics as the autograd path."""
+        a, rollout = self.cfg.agent, data["rollout"]
+        batch = {"obs": flatten_obs(rollout.obs), "actions": rollout.actions.flatten(0, 1),
+                 "logprobs": data["logprobs"].flatten(), "advantages": data["advantages"].flatten(),
+                 "returns": data["returns"].flatten(), "values": data["values"].flatten()}
+        batch = {k: v.detach().numpy() for k, v in batch.items()}
+
+        def order(epoch: int) -> list[np.ndarray]:
+            minibatches = orders[epoch] if orders is not None else torch.randperm(self.batch_size).split(self.minibatch_size)
+            return [mb.numpy() for mb in minibatches]
+
+        def where(epoch: int, index: int) -> str:
+            return f"update {self.update_index + 1} (epoch {epoch + 1}, minibatch {index + 1})"
+
+        self.agent.train()
+        target_kl = None if a.target_kl is None else float(a.target_kl)
+        return self.mlp_update.optimise(batch, order, int(a.update_epochs), hp, where, target_kl)
 
     def _step(self, loss: torch.Tensor, max_norm: float, where: str) -> torch.Tensor:
         """Backward, global-norm clipping, Adam step (fp16: through the loss scaler); returns the grad norm."""

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from threadpoolctl import threadpool_limits
 
 import mmssl_envs
 from mmssl import checkpoint, precision
@@ -42,6 +43,7 @@ def run(cfg: DictConfig) -> dict:
     mmssl_envs.check_import([cfg.env, eval_env_config(cfg)], cfg.get("plugins") or [])  # before anything is written
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+        threadpool_limits(int(cfg.threads), user_api="blas")  # the numpy update engine's matmuls too
     if cfg.run_dir is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("under torchrun every rank must agree on the run folder: pass run_dir=<path>")
     ppo = PPO(cfg)  # builds (and validates) everything before the run folder is touched

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 Obs = torch.Tensor | dict[str, torch.Tensor]
@@ -51,9 +52,22 @@ class RolloutBuffer:
     def __init__(self, num_steps: int, num_envs: int, device: torch.device | str = "cpu"):
         self.num_steps, self.num_envs, self.device = num_steps, num_envs, torch.device(device)
         self.data: dict[str, Obs] = {}
+        self._rows: dict[tuple[str, str | None], object] = {}  # where ``put`` writes: a numpy view on CPU
 
-    def _alloc(self, like: torch.Tensor) -> torch.Tensor:
-        return torch.empty((self.num_steps, *like.shape), dtype=like.dtype, device=self.device)
+    def _alloc(self, like: torch.Tensor, key: tuple[str, str | None]) -> torch.Tensor:
+        tensor = torch.empty((self.num_steps, *like.shape), dtype=like.dtype, device=self.device)
+        # on CPU rows are written through a numpy view of the same memory: a numpy row copy costs a
+        # fraction of torch's indexed assignment, 8-9 times per env step (bool and bf16 have no numpy view)
+        cpu = self.device.type == "cpu" and like.dtype not in (torch.bool, torch.bfloat16)
+        self._rows[key] = tensor.numpy() if cpu else tensor
+        return tensor
+
+    def _write(self, key: tuple[str, str | None], t: int, value: torch.Tensor) -> None:
+        rows = self._rows[key]
+        if isinstance(rows, np.ndarray):
+            rows[t] = value.detach().numpy() if value.device.type == "cpu" else value.cpu().numpy()
+        else:
+            rows[t] = value
 
     def put(self, t: int, **values) -> None:
         for name, value in values.items():
@@ -63,12 +77,12 @@ class RolloutBuffer:
                 slot = self.data.setdefault(name, {})
                 for k, v in value.items():
                     if k not in slot:
-                        slot[k] = self._alloc(v)
-                    slot[k][t] = v
+                        slot[k] = self._alloc(v, (name, k))
+                    self._write((name, k), t, v)
             else:
                 if name not in self.data:
-                    self.data[name] = self._alloc(value)
-                self.data[name][t] = value
+                    self.data[name] = self._alloc(value, (name, None))
+                self._write((name, None), t, value)
 
     def __getitem__(self, name: str) -> Obs:
         return self.data[name]

@@ -81,7 +81,8 @@ def test_nonfinite_reward_in_a_run_stops_it_and_writes_no_checkpoint(tmp_path, m
 
 
 def test_nonfinite_loss_stops_before_the_optimiser_step(tmp_path, monkeypatch):
-    ppo = PPO(_cfg(tmp_path))
+    # the autograd update; the numpy engine's guards: tests/rl/test_numpy_update.py
+    ppo = PPO(_cfg(tmp_path, "agent.update_engine=torch"))
     before = _weights(ppo)
     real = ppo_module.value_loss
     monkeypatch.setattr(ppo_module, "value_loss", lambda *a, **k: real(*a, **k) * float("nan"))
@@ -92,7 +93,7 @@ def test_nonfinite_loss_stops_before_the_optimiser_step(tmp_path, monkeypatch):
 
 
 def test_nonfinite_gradient_names_the_parameter(tmp_path):
-    ppo = PPO(_cfg(tmp_path))
+    ppo = PPO(_cfg(tmp_path, "agent.update_engine=torch"))
     before = _weights(ppo)
     name, param = next((n, p) for n, p in ppo.agent.named_parameters() if p.ndim == 2)
     param.register_hook(lambda grad: torch.full_like(grad, float("inf")))

@@ -90,12 +90,12 @@ def test_auto_precision_probes_the_agent_network(tmp_path, monkeypatch):
     monkeypatch.delenv("MMSSL_AUTO_PRECISION")
     from mmssl.rl.ppo import PPO
 
-    ppo = PPO(tiny(tmp_path))
+    ppo = PPO(tiny(tmp_path, "agent.update_engine=torch"))  # the numpy engine computes in fp32, no probe
     figures = ppo.precision.probe
     assert ppo.precision.source == "probe" and figures["workload"].startswith("ppo-")
     assert ppo.precision.name == ("bf16" if figures["speedup"] > 1.1 else "fp32")
     ppo.close()
-    again = PPO(tiny(tmp_path))  # the same network and minibatch: the cached answer
+    again = PPO(tiny(tmp_path, "agent.update_engine=torch"))  # the same network and minibatch: the cached answer
     assert again.precision.source == "cache" and again.precision.probe == figures
     again.close()
 
