@@ -2,10 +2,11 @@
 
 CleanRL's defaults on every side: 4 sync envs × 128 steps, 4 epochs of 4 minibatches, 64-64 tanh MLPs
 (separate actor and critic), Adam 2.5e-4 annealed linearly to 0 over the run, γ 0.99, λ 0.95, clip 0.2
-(policy and value), entropy 0.01, value 0.5, grad-norm 0.5; one torch thread each. Each library trains a
-whole run of ``--steps`` env steps per seed, the way its users run it:
+(policy and value), entropy 0.01, value 0.5, grad-norm 0.5; one torch thread and one BLAS thread each.
+Each library trains a whole run of ``--steps`` env steps per seed, the way its users run it:
 
-- mmssl: ``PPO(compose("rl", ...))`` and ``update()`` until the budget is spent (what ``mmssl rl`` runs);
+- mmssl: ``PPO(compose("rl", ...))`` and ``update()`` until the budget is spent (what ``mmssl rl`` runs;
+  its default ``agent.update_engine=auto`` updates this MLP agent in numpy);
 - stable-baselines3: ``make_vec_env`` (DummyVecEnv + Monitor) and one ``model.learn(total_timesteps)``
   call, so its learning-rate schedule spans the run;
 - CleanRL: its ``cleanrl/ppo.py`` from the PyPI package (gym 0.23 API), in a subprocess with one torch
@@ -17,8 +18,8 @@ Return: the mean episodic return of the last ``--last`` finished episodes of eac
 after another and the order of the libraries rotates per seed, so machine drift hits each alike;
 reported as mean ± std over seeds, with the ratios of the means.
 
-    python bench/rl_ppo.py                  # 3 seeds × 102,400 steps × 4 runners (~6 min on 2 cores)
-    python bench/rl_ppo.py --quick          # 3 seeds × 20,480 steps, no RND (~1.5 min)
+    python bench/rl_ppo.py                  # 3 seeds × 102,400 steps × 4 runners (~3 min on 2 cores)
+    python bench/rl_ppo.py --quick          # 3 seeds × 20,480 steps, no RND (~1 min)
     python bench/rl_ppo.py --tiny           # seconds; what the test suite runs
 """
 

@@ -77,7 +77,11 @@ def _linears(mlp: nn.Module) -> list[nn.Linear]:
 
 
 class MLPUpdate:
-    """``optimise(batch, minibatches, lr)`` for one agent and its Adam optimiser; see the module docstring."""
+    """Step 4 of PPO for one agent and its ``torch.optim.Adam`` (``optimise``); see the module docstring.
+
+    The flat vectors (parameters, gradient, both moments) are laid out in the optimiser's parameter order;
+    each layer's weight and bias, and their gradients, are numpy views into them.
+    """
 
     def __init__(self, agent, optimizer: torch.optim.Optimizer):
         self.agent, self.optimizer = agent, optimizer

@@ -10,7 +10,9 @@ One update, top to bottom (``PPO.update``):
      entropy bonus, plus the weighted auxiliary objectives on the same minibatch, one Adam step with
      global-norm clipping, then each objective's ``after_step`` (momentum encoders). The networks' forward
      runs in the run's ``precision`` (``mmssl.precision``: bf16 autocast where a probe of this network on a
-     minibatch finds it faster); log-probabilities, values and every loss are computed in fp32;
+     minibatch finds it faster); log-probabilities, values and every loss are computed in fp32. CleanRL's
+     MLP agents without auxiliary objectives run this step in numpy instead (``numpy_update``: the same
+     losses, gradients written out, one flat Adam; ``agent.update_engine``);
   5. intrinsic rewards ``update(rollout)`` train their own networks.
 The learning rate anneals linearly to 0 over the run. ``state_dict``/``load_state_dict`` capture
 everything (networks, optimiser, normalisers, RNGs, env replay snapshots), so a resumed run on CPU
