@@ -286,19 +286,21 @@ class PPO:
         """
         if engine not in numpy_update.ENGINES:
             raise ConfigError(f"agent.update_engine must be one of {list(numpy_update.ENGINES)}, got {engine!r}")
+        def refuse_numpy(reason: str | None) -> None:
+            if engine == "numpy" and reason:
+                raise ConfigError(f"agent.update_engine=numpy cannot run this agent: {reason}; "
+                                  "use agent.update_engine=auto")
+
         resume, run_dir = bool(self.cfg.get("resume", False)), self.cfg.get("run_dir")
         reason = numpy_update.unsupported(self, value) if engine != "torch" else "agent.update_engine=torch"
-        if engine == "numpy" and reason:
-            raise ConfigError(f"agent.update_engine=numpy cannot run this agent: {reason}; use agent.update_engine=auto")
+        refuse_numpy(reason)  # before any probe
         recorded = resume and run_dir is not None and precision.read_record(run_dir) is not None
         if reason is None and value == "auto" and not recorded and not os.environ.get("MMSSL_AUTO_PRECISION"):
             chosen = Precision("fp32", False, "numpy update engine")
         else:  # after the first observations (the probe's minibatch is made of them); the probe forks the RNG
             chosen = for_run(value, self.device, run_dir, resume, self._update_workload(), key="precision")
             reason = reason or numpy_update.unsupported(self, chosen.name)
-            if engine == "numpy" and reason:
-                raise ConfigError(f"agent.update_engine=numpy cannot run this agent: {reason}; "
-                                  "use agent.update_engine=auto")
+            refuse_numpy(reason)
         return chosen, (numpy_update.MLPUpdate(self.agent, self.optimizer) if reason is None else None)
 
     def _update_workload(self) -> Workload:
