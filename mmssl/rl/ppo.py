@@ -387,25 +387,23 @@ class PPO:
         next_feature_fixups: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         episodes: list[tuple[float, float, float, float | None]] = []
         self.agent.eval()
-        cpu, space, intrinsic = device.type == "cpu", self.action_space, list(self.intrinsic.values())
+        space, intrinsic = self.action_space, list(self.intrinsic.values())
         with torch.no_grad():
             act = self.agent.rollout_act(self.next_obs)  # the weights are fixed for the rollout: path chosen once
             for t in range(T):
                 obs = self.next_obs
                 step = act(obs)
                 raw_next, reward, terminated, truncated, infos = self.envs.step(
-                    scale_action(step.action.numpy() if cpu else step.action.cpu().numpy(), space))
+                    scale_action(step.action.numpy(force=True), space))
                 self.global_step += N * self.world
                 where = _Where(self.global_step, self.update_index + 1, t + 1, T)  # formatted only for an error
                 check_finite(raw_next, "observation", where)
                 check_finite(reward, "reward", where)
                 done = terminated | truncated
-                done_t = torch.from_numpy(done.astype(np.float32))
-                next_obs = self.prepare(to_tensor(raw_next) if cpu else self.to_device(to_tensor(raw_next)))
+                done_t = self.to_device(torch.from_numpy(done.astype(np.float32)))
+                next_obs = self.prepare(self.to_device(to_tensor(raw_next)))  # the one host → device copy of the step
                 real_next = next_obs if not isinstance(next_obs, dict) else dict(next_obs)
-                reward = torch.from_numpy(np.asarray(reward, dtype=np.float32))
-                if not cpu:
-                    done_t, reward = done_t.to(device), reward.to(device)
+                reward = self.to_device(torch.from_numpy(np.asarray(reward, dtype=np.float32)))
                 if self.reward_scaler.enabled:
                     reward = self.reward_scaler(reward, done_t)
                 if done.any():
@@ -573,6 +571,8 @@ class PPO:
 
     def to_device(self, obs):
         """Observations (a tensor or a dict of them) → the agent's device (a no-op on CPU)."""
+        if self.device.type == "cpu":  # rollouts call this 3 times per env step
+            return obs
         if isinstance(obs, dict):
             return {k: v.to(self.device, non_blocking=True) for k, v in obs.items()}
         return obs.to(self.device, non_blocking=True)

@@ -65,7 +65,7 @@ class RolloutBuffer:
     def _write(self, key: tuple[str, str | None], t: int, value: torch.Tensor) -> None:
         rows = self._rows[key]
         if isinstance(rows, np.ndarray):
-            rows[t] = value.detach().numpy() if value.device.type == "cpu" else value.cpu().numpy()
+            rows[t] = value.numpy(force=True)
         else:
             rows[t] = value
 
