@@ -1,10 +1,11 @@
 """SimCLR pretraining: mmssl against lightly's documented recipe in one invocation — speed, MFU and probe accuracy.
 
-Same torchvision ResNet-18 (standard stem, as in lightly's examples), 32×32 RGB inputs from real images
+Same torchvision ResNet-18 (standard stem, as in lightly's examples; mmssl's encoder skips the kernel taps
+that read only padding, ``mmssl.encoders.conv``: the same network and parameters), 32×32 RGB inputs from real images
 (Fashion-MNIST resized to 32×32 and repeated to RGB when installed, else scikit-learn digits), batch 256,
 the SimCLR augmentation family (random resized crop 0.08–1, flip, colour jitter 0.8/0.2 hue with p=0.8,
 grayscale 0.2; no blur, as lightly's CIFAR recipe), a 2048-wide projection head to 128, NT-Xent at
-temperature 0.5, SGD at 0.06; the same torch threads and the same precision on both sides.
+temperature 0.5, SGD at 0.06; the same torch threads on both sides.
 
 - mmssl: the ``mmssl pretrain`` machinery (``Trainer.train_step``): uint8 tensors in memory, batched
   per-sample augmentation, channels_last, ``trainer.precision`` from ``--precision`` (auto: what the
@@ -15,11 +16,13 @@ temperature 0.5, SGD at 0.06; the same torch threads and the same precision on b
 Speed: blocks of ``--steps`` steps alternate between the two (A B A B …) and the median images/s of each
 is reported, so slow drifts of the machine affect both. Quality: after the rounds both have taken the
 same number of steps; a logistic-regression linear probe on frozen backbone features (512-d) of the
-training images, scored on the held-out test images (mmssl.eval.probes). MFU: FLOPs of one mmssl step
-(``torch.utils.flop_counter.FlopCounterMode``) over its time, against (a) the measured matmul peak of the
-dtype in use and (b) the measured FLOP/s of the bare model (ResNet-18 + head forward and backward on
-2·batch views of the same shape, dtype and memory format, no data pipeline): the pipeline's share of
-the model-only ceiling.
+training images, scored on the held-out test images (mmssl.eval.probes). MFU: FLOPs of one mmssl step as
+executed (``torch.utils.flop_counter.FlopCounterMode``: the skipped taps are not counted) over its time,
+against (a) the measured matmul peak of the dtype in use and (b) the FLOP/s of the bare model (the same
+ResNet-18 + head forward and backward on 2·batch views of the same shape, dtype and memory format, no
+data pipeline): the pipeline's share of the model-only ceiling, the median over ``--pairs`` rounds of single
+steps of each taken in turn (the machine's speed drifts more between blocks than the difference measured).
+The bare model with every tap (torchvision's network as lightly runs it) takes its turn beside it.
 
     python bench/pretrain_simclr.py                     # 3 rounds × 20 steps, 8192 images (~10 min on 2 cores)
     python bench/pretrain_simclr.py --quick             # 2 rounds × 3 steps, 2048 images (~1.5 min)
@@ -31,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -53,6 +58,7 @@ from common import (  # noqa: E402
 )
 
 from mmssl.config import compose  # noqa: E402
+from mmssl.encoders.conv import crop_dead_taps  # noqa: E402
 from mmssl.train.trainer import Trainer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -121,8 +127,17 @@ def lightly_runner(args, images: torch.Tensor, dtype: torch.dtype):
 
     it = batches()
 
+    def workers(signal_number: int) -> None:
+        """Pause (SIGSTOP) or resume (SIGCONT) the loader's worker processes; see ``run``."""
+        for worker in getattr(getattr(loader, "_iterator", None), "_workers", []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal_number)
+
     def run(steps: int) -> float:
+        """``steps`` steps, images/s. Between its blocks the workers are paused: left running they would
+        prefetch the next block's batches on the cores another pipeline's block is being timed on."""
         model.train()
+        workers(signal.SIGCONT)
         start = time.perf_counter()
         for _ in range(steps):
             (x0, x1), _ = next(it)
@@ -131,9 +146,11 @@ def lightly_runner(args, images: torch.Tensor, dtype: torch.dtype):
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-        return steps * args.batch / (time.perf_counter() - start)
+        speed = steps * args.batch / (time.perf_counter() - start)
+        workers(signal.SIGSTOP)
+        return speed
 
-    return model, run
+    return model, run, lambda: workers(signal.SIGCONT)
 
 
 @torch.no_grad()
@@ -170,9 +187,16 @@ def count_flops(fn) -> float:
     return counter.get_total_flops()
 
 
-def bare_model(args, dtype: torch.dtype, seconds: float) -> dict:
-    """FLOPs and FLOP/s of the model alone: ResNet-18 + head forward and backward on (2·batch, 3, 32, 32) views."""
+def bare_model(args, dtype: torch.dtype, crop: bool = True):
+    """The model alone: ResNet-18 + head forward and backward on (2·batch, 3, 32, 32) views, no data pipeline.
+
+    Returns (FLOPs of one step, run(steps) -> images/s). ``crop``: the network as mmssl runs it
+    (``crop_dead_taps``: layer4's convolutions skip the taps that read only padding); without it,
+    torchvision's network as lightly runs it, whose FLOP count includes those taps.
+    """
     model = resnet18_simclr_model()
+    if crop:
+        crop_dead_taps(model)
     x = torch.randn(2 * args.batch, 3, 32, 32)
     if args.channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
@@ -183,16 +207,13 @@ def bare_model(args, dtype: torch.dtype, seconds: float) -> dict:
         out.float().square().mean().backward()
         model.zero_grad(set_to_none=True)
 
-    flops = count_flops(step)
-    step()  # warm-up
-    times, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < 2:
+    def run(steps: int) -> float:
         start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    best = min(times)
-    return {"gflops_per_step": round(flops / 1e9, 1), "gflops_per_s": round(flops / best / 1e9, 1),
-            "images_per_s": round(args.batch / best, 1)}
+        for _ in range(steps):
+            step()
+        return steps * args.batch / (time.perf_counter() - start)
+
+    return count_flops(step), run
 
 
 def main() -> None:
@@ -200,6 +221,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds")
+    parser.add_argument("--pairs", type=int, default=10,
+                        help="alternating single steps of the pipeline and the bare models (the model-only ceiling)")
     parser.add_argument("--images", type=int, default=8192, help="Fashion-MNIST training images (test: a sixth)")
     parser.add_argument("--precision", default="auto", choices=["fp32", "bf16", "auto"],
                         help="mmssl's trainer.precision (auto: the trainer's measured choice, its default)")
@@ -213,9 +236,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="results JSON (default bench/results/pretrain_simclr[_quick].json)")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.rounds, args.images = 3, 2, 2048
+        args.steps, args.rounds, args.images, args.pairs = 3, 2, 2048, 4
     if args.tiny:
-        args.batch, args.steps, args.rounds, args.images = 4, 1, 1, 64
+        args.batch, args.steps, args.rounds, args.images, args.pairs = 4, 1, 1, 64, 1
     run_dir = tempfile.mkdtemp(prefix="mmssl-bench-simclr-")
     try:
         result = measure(args, run_dir)
@@ -223,7 +246,8 @@ def main() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
     rows = [["mmssl", result["mmssl_images_per_s"], result["probe_accuracy"].get("mmssl", "-")],
             ["lightly", result["lightly_images_per_s"] or "-", result["probe_accuracy"].get("lightly", "-")],
-            ["bare model", result["bare_model"]["images_per_s"], "-"]]
+            ["bare model", result["bare_model"]["images_per_s"], "-"],
+            ["bare model, every tap (torchvision's)", result["bare_model_every_tap"]["images_per_s"], "-"]]
     print(table(rows, ["pipeline", "img/s", f"linear probe ({result['steps_each']} steps)"]), file=sys.stderr)
     print(f"mmssl/lightly {result['speedup']}×; MFU {result['mfu_vs_matmul_peak']:.1%} of the "
           f"{result['dtype']} matmul peak, {result['share_of_bare_model']:.1%} of the bare model", file=sys.stderr)
@@ -236,25 +260,50 @@ def measure(args, run_dir: str) -> dict:
     dtype = trainer.precision.dtype  # auto resolved by the trainer's probe (or its cache)
     lightly_dtype = dtype if args.lightly_precision == "same" else torch.float32
     images = trainer.data.train.data["image"][: args.images]
-    lightly_model, run_lightly = lightly_runner(args, images, lightly_dtype) if has("lightly") else (None, None)
+    lightly_model, run_lightly, resume_lightly = (lightly_runner(args, images, lightly_dtype) if has("lightly")
+                                                  else (None, None, lambda: None))
     if run_lightly is None:
         print("lightly is not installed (pip install -e '.[bench]'): peer skipped", file=sys.stderr)
-    run_mmssl(1)  # warm-up (allocator, kernels)
-    if run_lightly:
-        run_lightly(1)
+    try:
+        return _measure(args, trainer, run_mmssl, key, batches, lightly_model, run_lightly, lightly_dtype)
+    finally:
+        resume_lightly()  # its paused workers must run to shut down
+
+
+def _measure(args, trainer, run_mmssl, key, batches, lightly_model, run_lightly, lightly_dtype) -> dict:
+    dtype = trainer.precision.dtype
+    for run in (run_mmssl, run_lightly):  # warm-up (allocator, kernels)
+        if run:
+            run(1)
     ours, theirs = [], []
     for _ in range(args.rounds):
         ours.append(run_mmssl(args.steps))
         if run_lightly:
             theirs.append(run_lightly(args.steps))
     steps_each = 1 + args.rounds * args.steps
-    probes = {} if args.no_probe else probe_accuracies(trainer, lightly_model)
+    probes = {} if args.no_probe else probe_accuracies(trainer, lightly_model)  # both after steps_each steps
     flops = count_flops(lambda: trainer.train_step(next(batches)))
-    step_seconds = args.batch / median(ours)
-    seconds = 0.1 if args.tiny else 1.5
-    peak = matmul_peak_gflops(dtype, seconds=seconds)
-    bare = bare_model(args, dtype, seconds=0.1 if args.tiny else 6.0)
-    achieved = flops / step_seconds / 1e9
+    peak = matmul_peak_gflops(dtype, seconds=0.1 if args.tiny else 1.5)
+    achieved = flops * median(ours) / args.batch / 1e9
+    # the model-only ceiling: single steps of the pipeline, the bare model and the bare model with every
+    # tap take turns, and each pair's ratio is taken within one moment (this machine's speed drifts by a
+    # quarter over tens of seconds, more than the difference measured)
+    references = {"bare": bare_model(args, dtype), "every_tap": bare_model(args, dtype, crop=False)}
+    for _, run in references.values():
+        run(1)
+    times: dict[str, list[float]] = {"mmssl": [], "bare": [], "every_tap": []}
+    for _ in range(args.pairs):
+        for name, run in [("mmssl", run_mmssl), *((k, r) for k, (_, r) in references.items())]:
+            times[name].append(args.batch / run(1))
+
+    def reference(name: str) -> dict:
+        step_flops, ts = references[name][0], times[name]
+        return {"gflops_per_step": round(step_flops / 1e9, 1), "images_per_s": round(args.batch / median(ts), 1),
+                "gflops_per_s": round(step_flops / median(ts) / 1e9, 1),
+                "pipeline_share": round(median([flops / m / (step_flops / t) for m, t in zip(times["mmssl"], ts)]), 3)}
+
+    bare, plain = reference("bare"), reference("every_tap")
+    plain["bare_model_speedup"] = round(median([p / b for p, b in zip(times["every_tap"], times["bare"])]), 3)
     return {
         "benchmark": "pretrain_simclr", "command": "python bench/pretrain_simclr.py " + " ".join(sys.argv[1:]),
         "machine": machine(), "threads": torch.get_num_threads(), "batch": args.batch, "precision": args.precision,
@@ -269,7 +318,8 @@ def measure(args, run_dir: str) -> dict:
         "probe_accuracy": probes,
         "gflops_per_step": round(flops / 1e9, 1), "achieved_gflops": round(achieved, 1),
         "matmul_peak_gflops": round(peak, 1), "mfu_vs_matmul_peak": round(achieved / peak, 3),
-        "bare_model": bare, "share_of_bare_model": round(achieved / bare["gflops_per_s"], 3),
+        "pairs": args.pairs, "bare_model": bare, "share_of_bare_model": bare["pipeline_share"],
+        "bare_model_every_tap": plain,
         "peak_rss_mb": round(peak_rss_mb()),
     }
 

@@ -41,7 +41,10 @@ def rows_for(name: str, r: dict) -> list[list[str]]:
                  f"lightly {r['lightly_images_per_s']} ({probe.get('lightly', '-')})", f"{r['speedup']}×"],
                 [f"SimCLR MFU, {r['dtype']}", f"{r['achieved_gflops']} GFLOP/s",
                  f"matmul peak {r['matmul_peak_gflops']} / bare model {r['bare_model']['gflops_per_s']}",
-                 f"{r['mfu_vs_matmul_peak']:.0%} / {r['share_of_bare_model']:.0%}"]]
+                 f"{r['mfu_vs_matmul_peak']:.0%} / {r['share_of_bare_model']:.0%}"],
+                ["SimCLR bare model img/s (dead taps skipped)", f"{r['bare_model']['images_per_s']}",
+                 f"every tap {r['bare_model_every_tap']['images_per_s']}",
+                 f"{r['bare_model_every_tap']['bare_model_speedup']}×"]]
     if name == "minigrid_ppo":
         out = [["MiniGrid env step", f"{r['env_steps_per_s']['mmssl']} steps/s",
                 f"MiniGrid's {r['env_steps_per_s']['minigrid']}", f"{r['env_speedup']}×"]]

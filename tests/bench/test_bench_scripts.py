@@ -16,6 +16,10 @@ def test_pretrain_simclr_bench_runs_tiny(tmp_path):
     assert result["mmssl_images_per_s"] > 0 and result["gflops_per_step"] > 0
     assert result["precision_key"] in ("trainer.precision", "trainer.amp") and result["dtype"] == "float32"
     assert 0 < result["mfu_vs_matmul_peak"] < 2 and 0 < result["share_of_bare_model"] < 2
+    # the bare model as mmssl runs it skips layer4's dead taps at 32×32: fewer FLOPs than torchvision's network
+    every_tap = result["bare_model_every_tap"]
+    assert every_tap["images_per_s"] > 0 and every_tap["bare_model_speedup"] > 0
+    assert 0.7 < result["bare_model"]["gflops_per_step"] / every_tap["gflops_per_step"] < 0.95
     assert 0 <= result["probe_accuracy"]["mmssl"] <= 1
 
 

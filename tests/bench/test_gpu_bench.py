@@ -21,9 +21,11 @@ def test_gpu_bench_runs_tiny(tmp_path):
     assert 3 < ratio < 5
     if result["lightly_installed"]:  # lightly is in the `bench` extra; without it that column is skipped
         assert all(row["lightly"]["images_per_s"] > 0 and row["speedup_vs_lightly"] > 0 for row in result["simclr"])
-        # the same network on both sides: lightly's step counts the same FLOPs as mmssl's (within 10 %)
-        for row in result["simclr"]:
-            assert abs(row["lightly"]["gflops_per_step"] / row["mmssl"]["gflops_per_step"] - 1) < 0.1, row
+        # the same network on both sides: at 64×64 lightly's step counts the same FLOPs as mmssl's (within
+        # 10 %); at 32×32 mmssl's layer4 skips the kernel taps that read only padding (mmssl.encoders.conv)
+        small, large = result["simclr"]
+        assert abs(large["lightly"]["gflops_per_step"] / large["mmssl"]["gflops_per_step"] - 1) < 0.1, large
+        assert 0.7 < small["mmssl"]["gflops_per_step"] / small["lightly"]["gflops_per_step"] < 0.95, small
     else:
         assert all("lightly" not in row and row["speedup_vs_lightly"] is None for row in result["simclr"])
     assert result["matmul_peak_tflops"] > 0 and result["peak_dtype"] == "float32"

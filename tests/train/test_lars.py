@@ -87,3 +87,27 @@ def test_pretrain_runs_with_trainer_optimizer_lars(tmp_path):
     assert [g["lars_adaptation"] for g in groups] == [True, False] and groups[0]["trust_coefficient"] == 0.001
     buffers = [s["mu"] for s in state["optimizer"]["state"].values()]
     assert buffers and all(torch.isfinite(b).all() for b in buffers) and any(b.abs().sum() > 0 for b in buffers)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_adamw_and_sgd_take_the_fused_kernel_with_the_for_loop_update(name: str):
+    """Plain CPU parameters get torch's fused AdamW/SGD: the same update as the per-tensor loop (two steps)."""
+    torch.manual_seed(0)  # no BatchNorm: the bias before it has a zero gradient up to rounding, which Adam amplifies
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    reference = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    reference.load_state_dict(model.state_dict())
+    tcfg = OmegaConf.create({"optimizer": name, "lr": 0.1, "weight_decay": 1e-2, "momentum": 0.9})
+    opt = make_optimizer(model, tcfg)
+    assert all(group["fused"] for group in opt.param_groups)
+    groups = [{"params": [p for p in reference.parameters() if p.ndim > 1], "weight_decay": 1e-2},
+              {"params": [p for p in reference.parameters() if p.ndim <= 1], "weight_decay": 0.0}]
+    loop = (torch.optim.AdamW(groups, lr=0.1, foreach=False) if name == "adamw"
+            else torch.optim.SGD(groups, lr=0.1, momentum=0.9, nesterov=True, foreach=False))
+    x = torch.randn(6, 4)
+    for _ in range(2):
+        for net, optimizer in ((model, opt), (reference, loop)):
+            optimizer.zero_grad()
+            net(x).square().sum().backward()
+            optimizer.step()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
