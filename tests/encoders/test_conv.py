@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mmssl.encoders.conv import LiveTapConv2d, _dim_plan, crop_dead_taps
+from mmssl.encoders.conv import LiveTapConv2d, _Crop, _Dense, _dim_plan, crop_dead_taps
 from mmssl.registry import ENCODERS
 
 
@@ -29,25 +29,38 @@ def _pair(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)  # seeded, nothing written
 @given(size=st.integers(1, 5), kernel=st.sampled_from([1, 2, 3, 5, 7]), stride=st.integers(1, 3),
-       padding=st.integers(0, 3), width=st.integers(1, 5))
-def test_same_output_and_weight_gradient_as_conv2d(size: int, kernel: int, stride: int, padding: int, width: int):
+       padding=st.integers(0, 3), width=st.integers(1, 5), channels_last=st.booleans())
+def test_same_output_and_weight_gradient_as_conv2d(size: int, kernel: int, stride: int, padding: int, width: int,
+                                                   channels_last: bool):
     assume(min(size, width) + 2 * padding >= kernel)  # else no output: nn.Conv2d refuses it too
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, bias=True)
     x = torch.randn(2, 3, size, width)
+    if channels_last:
+        conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     out, cropped, grad, cropped_grad = _pair(conv, x)
     assert cropped.shape == out.shape
     torch.testing.assert_close(cropped, out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(cropped_grad, grad, rtol=1e-5, atol=1e-5)
 
 
-def test_dead_taps_are_found_and_cropped():
-    assert _dim_plan(1, 3, 1, 1) == (1, 1, 0)  # a 3×3 on a 1×1 map: only the centre reads input
+def test_plans_by_map_size():
+    assert _dim_plan(1, 3, 1, 1) == (1, 1, 0)  # a 3×3 on one row: only the middle row of taps reads input
     assert _dim_plan(2, 3, 2, 1) == (1, 2, 0)  # layer4's stride-2 entry on 2×2 maps: the lower-right 2×2
-    assert _dim_plan(8, 3, 1, 1) == (0, 2, 1)  # every tap live: the plan is the convolution itself
+    assert _dim_plan(8, 3, 1, 1) == (0, 2, 1)  # every tap live
     conv = crop_dead_taps(nn.Conv2d(8, 8, 3, padding=1, bias=False))
     assert isinstance(conv, LiveTapConv2d)
-    assert conv._plan(1, 1) is not None and conv._plan(8, 8) is None
+    assert isinstance(conv._plan(1, 1), _Dense) and isinstance(conv._plan(2, 2), _Dense)  # ≤ 9 pixels: a matmul
+    assert isinstance(conv._plan(1, 40), _Crop) and conv._plan(1, 40).rows == slice(1, 2)  # a 1×3 kernel
+    assert conv._plan(8, 8) is None  # the ordinary convolution
+    assert crop_dead_taps(nn.Conv2d(8, 8, 3, padding=1, groups=2))._plan(2, 2) is None  # grouped: not unrolled
+
+
+def test_channels_last_input_keeps_channels_last_output():
+    conv = crop_dead_taps(nn.Conv2d(4, 6, 3, padding=1)).to(memory_format=torch.channels_last)
+    out = conv(torch.randn(2, 4, 2, 2).contiguous(memory_format=torch.channels_last))
+    assert out.shape == (2, 6, 2, 2) and out.is_contiguous(memory_format=torch.channels_last)
+    assert conv(torch.randn(2, 4, 2, 2)).is_contiguous()
 
 
 def test_dead_tap_gradients_stay_exactly_zero():
