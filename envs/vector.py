@@ -58,6 +58,36 @@ def make_env(env_cfg: Mapping, seed: int | None = None, render_mode: str | None 
     return env
 
 
+class SyncVectorEnv(gym.vector.SyncVectorEnv):
+    """gymnasium's ``SyncVectorEnv`` with a leaner ``step`` for SAME_STEP autoreset and array observations.
+
+    The same results, key for key (``tests/envs/test_vector.py`` steps both in lockstep): the batch is
+    stacked into a new array instead of written into a buffer and deep-copied, actions are indexed instead of
+    iterated through the space, and empty per-env infos are not merged. For CartPole's 8 µs env steps the
+    vector's own work was 18 µs of a 51 µs step of 4 envs; other modes and observation spaces take
+    gymnasium's ``step``.
+    """
+
+    def step(self, actions):
+        if (self.autoreset_mode != gym.vector.AutoresetMode.SAME_STEP or not isinstance(actions, np.ndarray)
+                or not isinstance(self.single_observation_space, gym.spaces.Box)):
+            return super().step(actions)
+        infos: dict = {}
+        for i, env in enumerate(self.envs):
+            obs, self._rewards[i], self._terminations[i], self._truncations[i], info = env.step(actions[i])
+            if self._terminations[i] or self._truncations[i]:
+                infos = self._add_info(infos, {"final_obs": obs, "final_info": info}, i)
+                obs, info = env.reset()
+            self._env_obs[i] = obs
+            if info:
+                infos = self._add_info(infos, info, i)
+        # a new array each step (nothing the caller holds is overwritten later), in the space's dtype as before
+        self._observations = np.stack(self._env_obs, out=np.empty_like(self._observations))
+        self._autoreset_envs = np.logical_or(self._terminations, self._truncations)
+        return (self._observations, np.copy(self._rewards), np.copy(self._terminations), np.copy(self._truncations),
+                infos)
+
+
 def make_vector(env_cfg: Mapping, num_envs: int, seed: int, asynchronous: bool = False) -> gym.vector.VectorEnv:
     """``num_envs`` copies of ``env_cfg`` in a gymnasium vector env, env i seeded with ``seed + i``.
 
@@ -66,7 +96,7 @@ def make_vector(env_cfg: Mapping, num_envs: int, seed: int, asynchronous: bool =
     Synchronous envs can be snapshotted and restored exactly (``snapshot_vector`` / ``restore_vector``).
     """
     fns = [lambda i=i: make_env(env_cfg, seed + i) for i in range(num_envs)]
-    cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
+    cls = gym.vector.AsyncVectorEnv if asynchronous else SyncVectorEnv
     return cls(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 

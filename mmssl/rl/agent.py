@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -70,6 +71,7 @@ class Agent(nn.Module):
         self.critic_int = _head(dim, 1, head_hidden, 1.0) if intrinsic_value_head else None
         self._wide_params, self._wide_key, self._wide_layers = None, None, None  # rollout cache, see `_wide`
         self._wide_numpy: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._numpy_tanh = False  # the wide network's activation (set with it)
 
     @property
     def encoder(self) -> nn.Module:
@@ -134,11 +136,19 @@ class Agent(nn.Module):
         action, logprob, entropy = self._policy(out, None, deterministic, generator, entropy)
         return Step(features, action, logprob, entropy, value, value_int)
 
-    def rollout_act(self, obs: Obs):
+    def rollout_act(self, obs: Obs, steps: int | None = None):
         """``act`` (sampling, no entropy) for a rollout whose first observations are ``obs``: the weights stay
-        fixed for its length, so the path (numpy or torch) and the wide network are chosen once, not per step."""
+        fixed for its length, so the path (numpy or torch) and the wide network are chosen once, not per step.
+
+        On the numpy path the observations' shape is checked once (a rollout's all come from one vector env)
+        and, given the rollout's length ``steps``, its uniforms are drawn in one call: the same numbers, in
+        the same order, as ``steps`` draws of one row each from torch's generator.
+        """
         if not torch.is_grad_enabled() and self._wide() is not None and self._numpy_rollout(obs):
-            return functools.partial(self._act_numpy, deterministic=False, generator=None, entropy=False)
+            self.encoder.check_input(obs)
+            draws = iter(torch.rand((steps, len(obs), 1)).numpy()) if steps else None
+            return functools.partial(self._act_numpy, deterministic=False, generator=None, entropy=False,
+                                     draws=draws, checked=True)
         return self.act
 
     def bootstrap(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -188,6 +198,7 @@ class Agent(nn.Module):
             self._wide_key, self._wide_layers = key, [(w.t().contiguous(), b) for w, b in layers]
             self._wide_numpy = [(w.numpy(), b.numpy()) for w, b in self._wide_layers] \
                 if self._wide_layers[0][0].device.type == "cpu" else None
+            self._numpy_tanh = getattr(self.encoder, "activation", None) == "tanh"
         return self._wide_layers
 
     def _numpy_rollout(self, obs: Obs) -> bool:
@@ -200,12 +211,14 @@ class Agent(nn.Module):
                 and isinstance(obs, torch.Tensor) and obs.device.type == "cpu" and obs.dtype == torch.float32)
 
     def _act_numpy(self, obs: torch.Tensor, deterministic: bool, generator: torch.Generator | None,
-                   entropy: bool) -> Step:
+                   entropy: bool, draws: Iterator[np.ndarray] | None = None, checked: bool = False) -> Step:
         """``act`` through the `_wide` layers in numpy (same numbers as the torch path up to float rounding;
-        the same uniform draws from torch's generator, so the same actions)."""
-        self.encoder.check_input(obs)
+        the same uniform draws from torch's generator, so the same actions). ``draws``: the uniforms drawn
+        ahead for a rollout (``rollout_act``); ``checked``: the observations' shape is already checked."""
+        if not checked:
+            self.encoder.check_input(obs)
         h = obs.numpy().reshape(len(obs), -1)
-        tanh = self.encoder.activation == "tanh"
+        tanh = self._numpy_tanh
         for weight_t, bias in self._wide_numpy[:-1]:
             h = h @ weight_t
             h += bias
@@ -220,7 +233,7 @@ class Agent(nn.Module):
         if deterministic:
             action = logp.argmax(-1)
         else:  # inverse-CDF sampling as `_policy`: the first action whose CDF reaches u
-            u = torch.rand((len(obs), 1), generator=generator).numpy()
+            u = next(draws) if draws is not None else torch.rand((len(obs), 1), generator=generator).numpy()
             action = np.minimum((probs.cumsum(-1) < u).sum(-1), a - 1)
         rows = np.arange(len(obs))
         step_entropy = torch.from_numpy(-(probs * logp).sum(-1)) if entropy else None

@@ -389,7 +389,7 @@ class PPO:
         self.agent.eval()
         space, intrinsic = self.action_space, list(self.intrinsic.values())
         with torch.no_grad():
-            act = self.agent.rollout_act(self.next_obs)  # the weights are fixed for the rollout: path chosen once
+            act = self.agent.rollout_act(self.next_obs, T)  # the weights are fixed for the rollout: path chosen once
             for t in range(T):
                 obs = self.next_obs
                 step = act(obs)
