@@ -21,6 +21,7 @@ reported as mean ± std over seeds, with the ratios of the means.
     python bench/rl_ppo.py                  # 3 seeds × 102,400 steps × 4 runners (~3 min on 2 cores)
     python bench/rl_ppo.py --quick          # 3 seeds × 20,480 steps, no RND (~1 min)
     python bench/rl_ppo.py --tiny           # seconds; what the test suite runs
+    python bench/rl_ppo.py --libs mmssl sb3 --mmssl-overrides agent.clip_vloss=false   # a variant's returns
 """
 
 from __future__ import annotations
@@ -45,11 +46,11 @@ from common import emit, has, machine, mean_std, peak_rss_mb, summary, table  # 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run_mmssl(total: int, seed: int, last: int, intrinsic: bool = False) -> dict:
+def run_mmssl(total: int, seed: int, last: int, intrinsic: bool = False, extra: tuple[str, ...] = ()) -> dict:
     from mmssl.config import compose
     from mmssl.rl.ppo import PPO
 
-    overrides = [f"agent.total_timesteps={total}", f"seed={seed}", "logger.mode=disabled", "progress=false"]
+    overrides = [f"agent.total_timesteps={total}", f"seed={seed}", "logger.mode=disabled", "progress=false", *extra]
     if intrinsic:
         overrides.append("intrinsic=rnd")
     ppo = PPO(compose("rl", overrides))
@@ -129,6 +130,8 @@ def main() -> None:
                         choices=["mmssl", "sb3", "cleanrl", "mmssl_rnd"])
     parser.add_argument("--last", type=int, default=20, choices=range(1, 101), metavar="N",
                         help="final return = mean of the last N ≤ 100 episodes")
+    parser.add_argument("--mmssl-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for mmssl's runs, e.g. agent.clip_vloss=false (a variant's returns)")
     parser.add_argument("--quick", action="store_true", help="3 seeds × 20,480 steps, no RND (~1.5 min)")
     parser.add_argument("--tiny", action="store_true", help="one seed, 1,024 steps (seconds)")
     parser.add_argument("--out", default=None, help="results JSON (default bench/results/rl_ppo[_quick].json)")
@@ -140,8 +143,10 @@ def main() -> None:
     torch.set_num_threads(1)
     threadpool_limits(1)  # numpy's BLAS too (mmssl's numpy update, SB3's and CleanRL's numpy): one thread each
     libs = available(args.libs)
-    runners = {"mmssl": run_mmssl, "sb3": run_sb3, "cleanrl": run_cleanrl,
-               "mmssl_rnd": lambda total, seed, last: run_mmssl(total, seed, last, intrinsic=True)}
+    extra = tuple(args.mmssl_overrides)
+    runners = {"mmssl": lambda total, seed, last: run_mmssl(total, seed, last, extra=extra),
+               "sb3": run_sb3, "cleanrl": run_cleanrl,
+               "mmssl_rnd": lambda total, seed, last: run_mmssl(total, seed, last, intrinsic=True, extra=extra)}
     runs: dict[str, list[dict]] = {name: [] for name in libs}
     for i, seed in enumerate(args.seeds):
         for name in libs[i % len(libs):] + libs[:i % len(libs)]:  # rotate the order per seed
@@ -152,7 +157,7 @@ def main() -> None:
     speed = {n: [r["steps_per_s"] for r in rs] for n, rs in runs.items()}
     result = {"benchmark": "rl_ppo", "env": "CartPole-v1", "steps_per_run": args.steps, "seeds": args.seeds,
               "final_return_over_last": args.last, "threads": 1, "machine": machine(),
-              "command": "python bench/rl_ppo.py " + " ".join(sys.argv[1:]),
+              "command": "python bench/rl_ppo.py " + " ".join(sys.argv[1:]), "mmssl_overrides": list(extra),
               "steps_per_s": {n: summary(v, 0) for n, v in speed.items()},
               "final_return": {n: summary([r["final_return"] for r in rs]) for n, rs in runs.items()},
               "ratios": {}}
