@@ -19,11 +19,12 @@ same number of steps; a logistic-regression linear probe on frozen backbone feat
 training images, scored on the held-out test images (mmssl.eval.probes). MFU: FLOPs of one mmssl step as
 executed (``torch.utils.flop_counter.FlopCounterMode``: the skipped taps are not counted; also reported
 with the model's FLOPs as torchvision's network counts them, every tap — the usual MFU, against which the
-executed figure is the hardware's utilisation) over its time, against (a) the measured matmul peak of the dtype in use and (b) the FLOP/s of the bare model (the same
-ResNet-18 + head forward and backward on 2·batch views of the same shape, dtype and memory format, no
-data pipeline): the pipeline's share of the model-only ceiling, the median over ``--pairs`` rounds of single
-steps of each taken in turn (the machine's speed drifts more between blocks than the difference measured).
-The bare model with every tap (torchvision's network as lightly runs it) takes its turn beside it.
+executed figure is the hardware's utilisation) over its time, against (a) the measured matmul peak of the
+dtype in use and (b) the FLOP/s of the bare model (the same ResNet-18 + head forward and backward on
+2·batch views of the same shape, dtype and memory format, no data pipeline): the pipeline's share of
+the model-only ceiling, the median over ``--pairs`` rounds of single steps of each taken in turn (the
+machine's speed drifts more between blocks than the difference measured). The bare model with every tap
+(torchvision's network as lightly runs it) takes its turn beside it.
 
     python bench/pretrain_simclr.py                     # 3 rounds × 20 steps, 8192 images (~10 min on 2 cores)
     python bench/pretrain_simclr.py --quick             # 2 rounds × 3 steps, 2048 images (~1.5 min)
@@ -192,7 +193,7 @@ def bare_model(args, dtype: torch.dtype, crop: bool = True):
     """The model alone: ResNet-18 + head forward and backward on (2·batch, 3, 32, 32) views, no data pipeline.
 
     Returns (FLOPs of one step, run(steps) -> images/s). ``crop``: the network as mmssl runs it
-    (``crop_dead_taps``: layer4's convolutions skip the taps that read only padding); without it,
+    (``crop_dead_taps``: layer3's and layer4's convolutions skip the taps that read only padding); without it,
     torchvision's network as lightly runs it, whose FLOP count includes those taps.
     """
     model = resnet18_simclr_model()

@@ -136,19 +136,19 @@ class Agent(nn.Module):
         action, logprob, entropy = self._policy(out, None, deterministic, generator, entropy)
         return Step(features, action, logprob, entropy, value, value_int)
 
-    def rollout_act(self, obs: Obs, steps: int | None = None):
+    def rollout_act(self, obs: Obs, steps: int):
         """``act`` (sampling, no entropy) for a rollout whose first observations are ``obs``: the weights stay
         fixed for its length, so the path (numpy or torch) and the wide network are chosen once, not per step.
 
         On the numpy path the observations' shape is checked once (a rollout's all come from one vector env)
-        and, given the rollout's length ``steps``, its uniforms are drawn in one call: the same numbers, in
-        the same order, as ``steps`` draws of one row each from torch's generator.
+        and the uniforms of its ``steps`` steps are drawn in one call: the same numbers, in the same order,
+        as ``steps`` draws of one row each from torch's generator.
         """
         if not torch.is_grad_enabled() and self._wide() is not None and self._numpy_rollout(obs):
             self.encoder.check_input(obs)
-            draws = iter(torch.rand((steps, len(obs), 1)).numpy()) if steps else None
+            draws = iter(torch.rand((steps, len(obs), 1)).numpy())
             return functools.partial(self._act_numpy, deterministic=False, generator=None, entropy=False,
-                                     draws=draws, checked=True)
+                                     draws=draws)
         return self.act
 
     def bootstrap(self, obs: Obs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -211,11 +211,11 @@ class Agent(nn.Module):
                 and isinstance(obs, torch.Tensor) and obs.device.type == "cpu" and obs.dtype == torch.float32)
 
     def _act_numpy(self, obs: torch.Tensor, deterministic: bool, generator: torch.Generator | None,
-                   entropy: bool, draws: Iterator[np.ndarray] | None = None, checked: bool = False) -> Step:
+                   entropy: bool, draws: Iterator[np.ndarray] | None = None) -> Step:
         """``act`` through the `_wide` layers in numpy (same numbers as the torch path up to float rounding;
         the same uniform draws from torch's generator, so the same actions). ``draws``: the uniforms drawn
-        ahead for a rollout (``rollout_act``); ``checked``: the observations' shape is already checked."""
-        if not checked:
+        ahead for a rollout by ``rollout_act``, which has also checked the observations' shape."""
+        if draws is None:
             self.encoder.check_input(obs)
         h = obs.numpy().reshape(len(obs), -1)
         tanh = self._numpy_tanh
